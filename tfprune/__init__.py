@@ -1,0 +1,36 @@
+"""tfprune: pruning for Keras 3 that ends in smaller, faster TFLite models.
+
+Wrap a model, train it with a callback, and get back a plain Keras model:
+
+```python
+import tfprune
+
+pruned = tfprune.wrap(model, sparsity=tfprune.schedules.PolynomialDecay(0.0, 0.9, 0, 2000))
+pruned.compile(...)
+pruned.fit(x, y, callbacks=[tfprune.callbacks.UpdateMasks()])
+final = tfprune.strip(pruned)
+tfprune.summary(final)
+```
+"""
+
+from tfprune import allocation, callbacks, criteria, granularity, layers, schedules
+from tfprune.controller import PruningController
+from tfprune.summary import summary
+from tfprune.surgery import strip, wrap
+from tfprune.wrapper import Prunable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Prunable",
+    "PruningController",
+    "allocation",
+    "callbacks",
+    "criteria",
+    "granularity",
+    "layers",
+    "schedules",
+    "strip",
+    "summary",
+    "wrap",
+]

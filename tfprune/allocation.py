@@ -1,0 +1,98 @@
+"""Allocation: turn one sparsity target into exact keep decisions per tensor.
+
+Two scopes are built in:
+
+- layer scope: every tensor prunes `round(s * n)` of its own units;
+- global scope: one ranking over the units of all tensors prunes `round(s * N)` in total,
+  where each tensor may be capped at a ceiling (`max_layer_sparsity`) so no layer collapses.
+
+Ties are broken deterministically: an already-pruned unit is pruned before a kept one of
+equal score, then the earlier unit (lower tensor index, then lower position) first. So the
+same weights always give the same masks, and masks only grow while scores tie at zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["ceiling_count", "count", "select_global", "select_keep"]
+
+
+def _prune_order(scores: np.ndarray, prev_keep: np.ndarray) -> np.ndarray:
+    """Indices in pruning order: lowest score, then already pruned, then position."""
+    return np.lexsort((np.arange(scores.size), prev_keep, scores))
+
+
+def select_keep(scores: np.ndarray, prev_keep: np.ndarray, n_keep: int) -> np.ndarray:
+    """Keeps the `n_keep` highest-scored units and prunes the rest.
+
+    Args:
+        scores: 1-D importance scores.
+        prev_keep: 1-D booleans, the current keep decisions (used for tie-breaking).
+        n_keep: How many units to keep.
+
+    Returns:
+        1-D boolean array with exactly `n_keep` `True` entries.
+    """
+    keep = np.ones(scores.size, bool)
+    keep[_prune_order(scores, prev_keep)[: scores.size - n_keep]] = False
+    return keep
+
+
+def select_global(
+    scores: Sequence[np.ndarray],
+    prev_keep: Sequence[np.ndarray],
+    n_prune: int,
+    max_prune: Sequence[int],
+) -> list[np.ndarray]:
+    """Prunes the `n_prune` lowest-scored units across several tensors.
+
+    Args:
+        scores: One 1-D score array per tensor.
+        prev_keep: The current keep decisions, one 1-D boolean array per tensor.
+        n_prune: Total number of units to prune.
+        max_prune: For each tensor, the most units it may lose (its ceiling).
+
+    Returns:
+        One 1-D boolean keep array per tensor; exactly `n_prune` entries are `False` in all.
+
+    Raises:
+        ValueError: If the ceilings allow fewer than `n_prune` pruned units.
+    """
+    if sum(max_prune) < n_prune:
+        raise ValueError(
+            f"Cannot prune {n_prune} units globally: the per-layer ceilings "
+            f"(`max_layer_sparsity`) allow at most {sum(max_prune)}. Raise "
+            "`max_layer_sparsity` or lower the target sparsity."
+        )
+    # Only the lowest `max_prune[i]` units of tensor i are eligible; rank those globally.
+    eligible_scores, eligible_prev, owner, local = [], [], [], []
+    for i, (s, p, cap) in enumerate(zip(scores, prev_keep, max_prune)):
+        idx = _prune_order(s, p)[:cap]
+        eligible_scores.append(s[idx])
+        eligible_prev.append(p[idx])
+        owner.append(np.full(idx.size, i))
+        local.append(idx)
+    cat_scores = np.concatenate(eligible_scores) if eligible_scores else np.zeros(0)
+    cat_prev = np.concatenate(eligible_prev) if eligible_prev else np.zeros(0, bool)
+    cat_owner = np.concatenate(owner) if owner else np.zeros(0, int)
+    cat_local = np.concatenate(local) if local else np.zeros(0, int)
+    order = np.lexsort((cat_local, cat_owner, cat_prev, cat_scores))[:n_prune]
+    keeps = [np.ones(s.size, bool) for s in scores]
+    chosen_owner, chosen_local = cat_owner[order], cat_local[order]
+    for i, keep in enumerate(keeps):
+        keep[chosen_local[chosen_owner == i]] = False
+    return keeps
+
+
+def count(sparsity: float, n: int) -> int:
+    """Number of pruned units for a target: `round(sparsity * n)`, halves rounded up."""
+    return min(n, math.floor(sparsity * n + 0.5 + 1e-9))
+
+
+def ceiling_count(max_sparsity: float | None, n: int) -> int:
+    """Most units of `n` a tensor may lose under a ceiling (`None`: all of them)."""
+    return n if max_sparsity is None else math.floor(max_sparsity * n + 1e-9)

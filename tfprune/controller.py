@@ -1,0 +1,272 @@
+"""The pruning engine: at an update step, scores -> allocation -> new masks.
+
+`PruningController` is what `tfprune.callbacks.UpdateMasks` runs inside `model.fit`, and what
+a custom training loop calls directly:
+
+```python
+controller = tfprune.PruningController(model)
+for step, (x, y) in enumerate(dataset):
+    controller.update(step)        # new masks when the schedule says so
+    train_step(x, y)               # your tf.function; masks are applied inside the model
+```
+
+The controller holds no state that matters between runs: the step, masks and thresholds
+are variables of the model's `Prunable` layers, so they save with the model and a resumed
+run continues where it stopped. Mask updates run eagerly between training steps, in the
+cross-replica context under `tf.distribute`, so every replica gets the same masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import keras
+import numpy as np
+
+from tfprune import allocation
+from tfprune import layers as registry
+from tfprune import schedules as schedules_lib
+from tfprune.wrapper import Prunable, PruneTarget
+
+__all__ = ["PruningController", "prunable_layers", "sparsities", "thresholds"]
+
+
+def prunable_layers(model: keras.layers.Layer) -> list[Prunable]:
+    """Every `Prunable` layer in `model` (nested models included), in layer order.
+
+    Args:
+        model: A Keras model, or a single layer.
+
+    Returns:
+        The `Prunable` layers.
+    """
+    if isinstance(model, Prunable):
+        return [model]
+    return [layer for layer in registry.iter_layers(model) if isinstance(layer, Prunable)]
+
+
+def _to_numpy(variable: keras.Variable) -> np.ndarray:
+    return keras.ops.convert_to_numpy(variable)
+
+
+class PruningController:
+    """Updates the masks of every `Prunable` layer of a model according to its schedule.
+
+    Args:
+        model: A model (Sequential, functional or subclassed) or layer that contains
+            `tfprune.Prunable` layers.
+
+    Raises:
+        ValueError: If `model` contains no `Prunable` layer, or its global-scope layers use
+            different schedules.
+    """
+
+    def __init__(self, model: keras.layers.Layer):
+        self.model = model
+        self.layers = prunable_layers(model)
+        if not self.layers:
+            raise ValueError(
+                f"Model '{getattr(model, 'name', model)}' has no tfprune.Prunable layers. "
+                "Wrap it first: model = tfprune.wrap(model, sparsity=...)."
+            )
+        for layer in self.layers:
+            if not layer.built:
+                raise ValueError(
+                    f"Layer '{layer.name}' is not built yet. Build the model (call it once on "
+                    "data, or give it an Input) before creating a PruningController."
+                )
+            layer._driven = True
+        global_schedules = {
+            repr(layer.schedule)
+            for layer in self.layers
+            if layer.scope == "global" and layer.schedule is not None
+        }
+        if len(global_schedules) > 1:
+            raise ValueError(
+                "Global-scope layers rank their weights together, so they must share one "
+                f"schedule. Received {len(global_schedules)} different schedules: "
+                f"{sorted(global_schedules)}"
+            )
+        self._last_step: int | None = None
+
+    # --- step --------------------------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        """The pruning step (number of training steps seen), as saved in the model."""
+        return int(_to_numpy(self.layers[0].step))
+
+    def set_step(self, step: int) -> None:
+        """Sets the pruning step of every layer.
+
+        Args:
+            step: Non-negative training step.
+
+        Raises:
+            ValueError: If `step` is negative.
+        """
+        if step < 0:
+            raise ValueError(f"Expected a non-negative `step`. Received: step={step}")
+        for layer in self.layers:
+            layer.step.assign(step)
+
+    def advance(self, steps: int = 1) -> None:
+        """Adds `steps` training steps to the pruning step."""
+        self.set_step(self.step + steps)
+
+    # --- updates -----------------------------------------------------------------------
+
+    def update(self, step: int | None = None) -> bool:
+        """Recomputes masks if a schedule has an update due.
+
+        An update is due when a schedule says so at `step`, or at a step skipped since the
+        previous call (so `steps_per_execution > 1` applies the update at the first step the
+        caller sees after it).
+
+        Args:
+            step: The current training step; `None` uses the step stored in the model.
+
+        Returns:
+            True if any mask was recomputed.
+
+        Raises:
+            ValueError: If a schedule returns a sparsity outside [0, 1).
+        """
+        if step is None:
+            step = self.step
+        elif step != self.step:
+            self.set_step(step)
+        due: dict[int, float] = {}
+        for i, layer in enumerate(self.layers):
+            if layer.schedule is None:
+                continue
+            found, sparsity = schedules_lib.next_update(layer.schedule, self._last_step, step)
+            if found:
+                if not schedules_lib.sparsity_is_valid(sparsity):
+                    raise ValueError(
+                        f"The schedule of layer '{layer.name}' returned sparsity={sparsity} at "
+                        f"step {step}; expected a value in [0, 1)."
+                    )
+                due[i] = sparsity
+        self._last_step = step
+        if not due:
+            return False
+        local = [i for i in due if self.layers[i].scope == "layer"]
+        for i in local:
+            self.prune_layer(self.layers[i], due[i])
+        shared = [self.layers[i] for i in due if self.layers[i].scope == "global"]
+        if shared:
+            self.prune_global(shared, due[self.layers.index(shared[0])])
+        return True
+
+    def prune_layer(self, layer: Prunable, sparsity: float) -> None:
+        """Prunes each mask of `layer` to `sparsity` on its own (layer scope).
+
+        Args:
+            layer: A built `Prunable`.
+            sparsity: Target fraction of pruned units, in [0, 1).
+        """
+        for target in layer.targets:
+            scores = self._scores(layer, target)
+            prev = _to_numpy(target.mask)
+            keep = layer.granularity.keep_mask(scores, prev, sparsity, target.spec)
+            layer.set_mask(target.name, keep, self._threshold(layer, target, scores, keep))
+
+    def prune_global(self, layers: Iterable[Prunable], sparsity: float) -> None:
+        """Prunes the masks of `layers` to `sparsity` with one ranking (global scope).
+
+        Args:
+            layers: Built `Prunable` layers whose units are ranked together.
+            sparsity: Target fraction of all their units, in [0, 1).
+
+        Raises:
+            ValueError: If per-layer ceilings make the target unreachable.
+        """
+        entries = [(layer, target) for layer in layers for target in layer.targets]
+        scores, units, prevs, caps = [], [], [], []
+        for layer, target in entries:
+            g, spec = layer.granularity, target.spec
+            s = self._scores(layer, target)
+            scores.append(s)
+            units.append(g.to_units(s, spec))
+            full_prev = g.expand(_to_numpy(target.mask), s.shape, spec)
+            prevs.append(g.to_units(full_prev, spec) > 0)
+            caps.append(allocation.ceiling_count(layer.max_layer_sparsity, units[-1].size))
+        total = sum(u.size for u in units)
+        keeps = allocation.select_global(
+            units, prevs, allocation.count(sparsity, total), caps
+        )
+        for (layer, target), s, keep in zip(entries, scores, keeps):
+            mask = layer.granularity.from_units(keep, s.shape, target.spec)
+            layer.set_mask(target.name, mask, self._threshold(layer, target, s, mask))
+
+    @staticmethod
+    def _scores(layer: Prunable, target: PruneTarget) -> np.ndarray:
+        g = layer.granularity
+        weights = _to_numpy(target.variable)
+        keep = g.expand(_to_numpy(target.mask), weights.shape, target.spec)
+        scores = np.asarray(layer.criterion(np.where(keep, weights, 0)), np.float64)
+        if scores.shape != weights.shape:
+            raise ValueError(
+                f"Criterion {layer.criterion!r} returned scores of shape {scores.shape} for "
+                f"weight '{target.spec.path}' of layer '{layer.name}' with shape "
+                f"{weights.shape}; it must return one score per weight."
+            )
+        return scores
+
+    @staticmethod
+    def _threshold(layer: Prunable, target: PruneTarget, scores, keep) -> float:
+        g, spec = layer.granularity, target.spec
+        units = g.to_units(scores, spec)
+        kept = g.to_units(g.expand(keep, scores.shape, spec), spec) > 0
+        return float(units[~kept].max()) if (~kept).any() else 0.0
+
+    def sparsities(self) -> dict[str, float]:
+        """See `tfprune.controller.sparsities`."""
+        return sparsities(self.layers)
+
+    def thresholds(self) -> dict[str, float]:
+        """See `tfprune.controller.thresholds`."""
+        return thresholds(self.layers)
+
+
+def sparsities(layers: Iterable[Prunable]) -> dict[str, float]:
+    """Fraction of masked weights per mask, keyed `"layer/mask"`, plus `"global"`.
+
+    Args:
+        layers: Built `Prunable` layers.
+
+    Returns:
+        The fractions; `"global"` counts every prunable weight of `layers` together.
+    """
+    out, pruned, total = {}, 0, 0
+    for layer in layers:
+        for target in layer.targets:
+            keep = _to_numpy(target.mask)
+            n_pruned = n_total = 0
+            for spec, w in target.weights:
+                if not spec.prunable:
+                    continue
+                full = layer.granularity.expand(keep, tuple(w.shape), spec)
+                n_pruned += int(full.size - np.count_nonzero(full))
+                n_total += full.size
+            out[f"{layer.name}/{target.name}"] = n_pruned / max(n_total, 1)
+            pruned, total = pruned + n_pruned, total + n_total
+    out["global"] = pruned / max(total, 1)
+    return out
+
+
+def thresholds(layers: Iterable[Prunable]) -> dict[str, float]:
+    """Highest score pruned at the last update, per mask, keyed `"layer/mask"`.
+
+    Args:
+        layers: Built `Prunable` layers.
+
+    Returns:
+        The thresholds (0.0 before the first update).
+    """
+    return {
+        f"{layer.name}/{target.name}": float(_to_numpy(target.threshold))
+        for layer in layers
+        for target in layer.targets
+    }

@@ -1,0 +1,201 @@
+"""Model surgery: insert pruning wrappers (`wrap`) and bake them out again (`strip`).
+
+Both rebuild the model with `keras.models.clone_model` (nested models included) and copy
+the weights, so the model passed in is never modified.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+
+import keras
+
+from tfprune import layers as registry
+from tfprune.wrapper import Prunable
+
+__all__ = ["clone_layer", "strip", "wrap"]
+
+LayerSelector = Iterable[str] | Callable[[keras.layers.Layer], bool] | None
+
+
+def clone_layer(layer: keras.layers.Layer, weights: list | None = None) -> keras.layers.Layer:
+    """A new layer with `layer`'s config, built like it, holding `weights` (default: its own).
+
+    Args:
+        layer: A Keras layer (not a model).
+        weights: Weights in `layer.get_weights()` order, or `None` to copy `layer`'s.
+
+    Returns:
+        The new layer; it shares no variables with `layer`.
+    """
+    new = layer.__class__.from_config(layer.get_config())
+    if layer.built:
+        new.build_from_config(layer.get_build_config())
+        new.set_weights(layer.get_weights() if weights is None else weights)
+    return new
+
+
+def _is_graph_model(model: keras.Model) -> bool:
+    """Sequential or functional: a model whose layer graph Keras can clone."""
+    return isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
+
+
+def _check_rebuildable(model: keras.layers.Layer, fn: str) -> None:
+    for layer in [model, *registry.iter_layers(model)]:
+        if isinstance(layer, keras.Model) and not _is_graph_model(layer):
+            raise TypeError(
+                f"tfprune.{fn} rebuilds Sequential and functional models, but "
+                f"'{layer.name}' is a subclassed model ({type(layer).__name__}), whose layer "
+                "graph Keras cannot see. Wrap its layers in its __init__ instead, e.g. "
+                "`self.dense = tfprune.Prunable(keras.layers.Dense(10), sparsity=0.5)`, and "
+                "train with tfprune.callbacks.UpdateMasks()."
+            )
+
+
+def _selector(arg: LayerSelector, name: str, known: set[str]) -> Callable | None:
+    if arg is None:
+        return None
+    if callable(arg):
+        return arg
+    if isinstance(arg, str):
+        arg = [arg]
+    names = list(arg)
+    missing = sorted(set(names) - known)
+    if missing:
+        raise ValueError(
+            f"`{name}` names layers that are not in the model: {missing}. "
+            f"Layers in the model: {sorted(known)}"
+        )
+    chosen = set(names)
+    return lambda layer: layer.name in chosen
+
+
+def wrap(
+    model: keras.layers.Layer,
+    sparsity,
+    granularity: str | tuple[int, int] = "weight",
+    scope: str = "layer",
+    criterion: str | Callable = "magnitude",
+    layers: LayerSelector = None,
+    exclude: LayerSelector = None,
+    max_layer_sparsity: float | None = None,
+) -> keras.layers.Layer:
+    """Wraps every supported layer of a model in `tfprune.Prunable`.
+
+    The result is a new model (the input model is left as it is) with the same weights; it
+    predicts exactly what the input model predicts until the first mask update.
+
+    Args:
+        model: A Sequential or functional model (nested models included), or one layer.
+        sparsity: A float in [0, 1), a `tfprune.schedules` schedule (or a tfmot schedule),
+            or `None` for masks that change only when set explicitly.
+        granularity: `"weight"`, `"m:n"` (e.g. `"2:4"`), a `(rows, cols)` block, or
+            `"channel"`.
+        scope: `"layer"` or `"global"`.
+        criterion: `"magnitude"` or a function `weights -> scores`.
+        layers: Names of the layers to wrap, or a predicate `layer -> bool`; default: all
+            supported layers.
+        exclude: Names of layers to leave dense (e.g. the output layer), or a predicate.
+        max_layer_sparsity: Ceiling on any one layer's sparsity under global scope.
+
+    Returns:
+        The wrapped model, or `Prunable(model)` when `model` is a single layer.
+
+    Raises:
+        TypeError: If `model` is not a Keras layer or model, or is a subclassed model.
+        ValueError: If `model` is already wrapped, `layers`/`exclude` name missing layers,
+            `layers` names an unsupported layer, or an argument is out of range.
+    """
+    options = dict(
+        sparsity=sparsity,
+        granularity=granularity,
+        scope=scope,
+        criterion=criterion,
+        max_layer_sparsity=max_layer_sparsity,
+    )
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(
+            "tfprune.wrap expects a Keras model or layer. Received: "
+            f"model={model!r} of type {type(model).__name__}"
+        )
+    if not isinstance(model, keras.Model):
+        return Prunable(model, **options)
+    _check_rebuildable(model, "wrap")
+    all_layers = list(registry.iter_layers(model))
+    wrapped = [layer.name for layer in all_layers if isinstance(layer, Prunable)]
+    if wrapped:
+        raise ValueError(
+            f"Model '{model.name}' is already wrapped (tfprune.Prunable layers: {wrapped}). "
+            "Wrapping twice would stack two masks; call tfprune.wrap on the original model, "
+            "or tfprune.strip(model) first."
+        )
+    known = {layer.name for layer in all_layers}
+    include = _selector(layers, "layers", known)
+    skip = _selector(exclude, "exclude", known)
+
+    def prunable(layer: keras.layers.Layer) -> bool:
+        spec = registry.lookup(layer)
+        return spec is not None and spec.weights != ()
+
+    if include is not None:
+        bad = [f"{x.name} ({type(x).__name__})" for x in all_layers if include(x) and not (
+            prunable(x) or isinstance(x, keras.Model)
+        )]
+        if bad and not callable(layers):
+            raise ValueError(
+                f"`layers` names layers that tfprune cannot prune: {bad}. Supported types: "
+                f"{', '.join(registry.supported())}."
+            )
+    unsupported = sorted(
+        f"{x.name} ({type(x).__name__})"
+        for x in all_layers
+        if x.weights and registry.lookup(x) is None and not isinstance(x, keras.Model)
+    )
+    if unsupported:
+        warnings.warn(
+            "tfprune.wrap leaves these layers dense because their types are not in the "
+            f"registry: {', '.join(unsupported)}. Register a type with "
+            "tfprune.layers.register to prune it.",
+            stacklevel=2,
+        )
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        new = clone_layer(layer)
+        chosen = prunable(layer) and (include is None or include(layer))
+        if chosen and not (skip is not None and skip(layer)):
+            return Prunable(new, **options)
+        return new
+
+    return keras.models.clone_model(model, clone_function=clone, recursive=True)
+
+
+def strip(model: keras.layers.Layer) -> keras.layers.Layer:
+    """Removes every `tfprune.Prunable` wrapper, baking its masks into the weights.
+
+    Args:
+        model: A Sequential or functional model (nested models included), or a single
+            `Prunable` layer.
+
+    Returns:
+        A new plain Keras model (or layer) with no tfprune classes left, whose pruned weights
+        are exactly zero and whose predictions equal the wrapped model's.
+
+    Raises:
+        TypeError: If `model` is not a Keras model or layer, or is a subclassed model.
+    """
+    if isinstance(model, Prunable):
+        return clone_layer(model.layer, model.masked_weights())
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "tfprune.strip expects a Keras model or a tfprune.Prunable layer. Received: "
+            f"model={model!r} of type {type(model).__name__}"
+        )
+    _check_rebuildable(model, "strip")
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, Prunable):
+            return clone_layer(layer.layer, layer.masked_weights())
+        return clone_layer(layer)
+
+    return keras.models.clone_model(model, clone_function=clone, recursive=True)

@@ -1,0 +1,329 @@
+"""`Prunable`: a Keras wrapper layer that holds pruning masks for the layer it wraps."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfprune import criteria as criteria_lib
+from tfprune import granularity as granularity_lib
+from tfprune import layers as registry
+from tfprune import schedules as schedules_lib
+
+__all__ = ["Prunable", "PruneTarget"]
+
+SCOPES = ("layer", "global")
+
+
+@dataclasses.dataclass
+class PruneTarget:
+    """One mask of a `Prunable` and the weights it covers.
+
+    Attributes:
+        name: Mask name (`"kernel"`, `"query_dense_kernel"`, `"channel"`).
+        mask: Boolean mask variable (`True` = kept).
+        threshold: Scalar variable: the highest score pruned at the last update.
+        weights: `(spec, variable)` pairs the mask applies to; the first is scored.
+    """
+
+    name: str
+    mask: keras.Variable
+    threshold: keras.Variable
+    weights: list[tuple[registry.WeightSpec, keras.Variable]]
+
+    @property
+    def spec(self) -> registry.WeightSpec:
+        """Spec of the scored weight."""
+        return self.weights[0][0]
+
+    @property
+    def variable(self) -> keras.Variable:
+        """The scored weight."""
+        return self.weights[0][1]
+
+
+class _MaskConstraint:
+    """Variable constraint that keeps masked weights at exactly zero after each update.
+
+    Keras optimizers apply `variable.constraint` after every step, so momentum and weight
+    decay cannot move a masked weight away from zero. Any constraint the layer already had
+    is applied first.
+    """
+
+    def __init__(self, expand: Callable[[], Any], base: Callable | None):
+        self.expand, self.base = expand, base
+
+    def __call__(self, w):
+        if self.base is not None:
+            w = self.base(w)
+        return ops.where(self.expand(), w, ops.zeros_like(w))
+
+
+def _broadcast_view(mask_shape: tuple[int, ...], spec: registry.WeightSpec, shape) -> list[int]:
+    """Shape that broadcasts a mask of `mask_shape` against a weight of `shape`."""
+    if tuple(mask_shape) == tuple(shape):
+        return list(shape)
+    out = tuple(a % len(shape) for a in spec.out_axes)
+    return [shape[a] if a in out else 1 for a in range(len(shape))]
+
+
+@keras.saving.register_keras_serializable(package="tfprune")
+class Prunable(keras.layers.Wrapper):
+    """Wraps a Keras layer so that its weights can be pruned with masks.
+
+    The wrapped layer computes with `weight * mask` (masked weights receive no gradient),
+    and each weight's constraint re-applies the mask after every optimizer step, so pruned
+    weights stay exactly zero under momentum, Adam or weight decay. Masks are boolean,
+    non-trainable variables saved with the model, together with the pruning step and the
+    last threshold. Masks are changed by a `tfprune.PruningController`, which
+    `tfprune.callbacks.UpdateMasks` drives during `model.fit`.
+
+    Args:
+        layer: The layer to wrap: any layer in the registry (`tfprune.layers`).
+        sparsity: A float in [0, 1), a schedule from `tfprune.schedules` (or a
+            tensorflow-model-optimization schedule), or `None` for masks that change only
+            when set explicitly.
+        granularity: `"weight"`, `"m:n"` such as `"2:4"` (m zeros in every n weights along
+            the input channels), a `(rows, cols)` block shape, or `"channel"`.
+        scope: `"layer"` (this layer reaches the target on its own) or `"global"` (one
+            ranking across every global-scope `Prunable` of the model).
+        criterion: Importance criterion: `"magnitude"` or a function `weights -> scores`.
+        max_layer_sparsity: Ceiling on this layer's sparsity under global scope.
+        **kwargs: Base layer arguments (`name`, ...). The name defaults to the wrapped
+            layer's.
+
+    Raises:
+        TypeError: If `layer` is not a Keras layer.
+        ValueError: If `layer` is already a `Prunable`, its type is not supported, or an
+            argument is out of range.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> dense = tfprune.Prunable(keras.layers.Dense(8), sparsity=0.5)
+    >>> y = dense(keras.ops.ones((2, 4)))
+    >>> [t.name for t in dense.targets]
+    ['kernel']
+    """
+
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        sparsity: float | schedules_lib.PruningSchedule | Callable | None = None,
+        granularity: str | tuple[int, int] = "weight",
+        scope: str = "layer",
+        criterion: str | Callable = "magnitude",
+        max_layer_sparsity: float | None = None,
+        **kwargs,
+    ):
+        if isinstance(layer, Prunable):
+            raise ValueError(
+                f"Layer '{layer.name}' is already wrapped in tfprune.Prunable; wrapping twice "
+                "would stack two masks. Pass the model or layer that is not yet wrapped."
+            )
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(
+                "tfprune.Prunable wraps a Keras layer. Received: "
+                f"layer={layer!r} of type {type(layer).__name__}"
+            )
+        spec = registry.lookup(layer)
+        if spec is None or spec.weights == ():
+            raise ValueError(
+                f"Layer '{layer.name}' of type {type(layer).__name__} is not supported by "
+                f"tfprune.Prunable. Supported: {', '.join(registry.supported())}. Register "
+                "a custom layer with tfprune.layers.register(cls, LayerSpec(...))."
+            )
+        kwargs.setdefault("name", layer.name)
+        super().__init__(layer, **kwargs)
+        self.schedule = schedules_lib.get(sparsity)
+        self.granularity = granularity_lib.get(granularity)
+        if scope not in SCOPES:
+            raise ValueError(
+                f"Expected `scope` to be one of {SCOPES}. Received: scope={scope!r}"
+            )
+        if scope == "global" and not self.granularity.supports_global:
+            raise ValueError(
+                f"Granularity {granularity!r} fixes the sparsity of every group, so it cannot "
+                "be ranked globally. Use scope='layer'."
+            )
+        self.scope = scope
+        self.criterion = criteria_lib.get(criterion)
+        if max_layer_sparsity is not None:
+            schedules_lib._check_sparsity("max_layer_sparsity", max_layer_sparsity)
+        self.max_layer_sparsity = max_layer_sparsity
+        self.targets: list[PruneTarget] = []
+        self._driven = False
+        self._call_takes_training = "training" in inspect.signature(layer.call).parameters
+
+    # --- building ----------------------------------------------------------------------
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            try:
+                self.layer.build(input_shape)
+            except TypeError as e:
+                raise ValueError(
+                    f"tfprune.Prunable could not build layer '{self.layer.name}' from a "
+                    f"single input shape ({e}). Build it before wrapping, e.g. "
+                    "`layer.build(query_shape, value_shape)`, or use tfprune.wrap(model)."
+                ) from e
+        spec = registry.lookup(self.layer)
+        where = f"layer '{self.layer.name}'"
+        specs = spec.weight_specs(self.layer)
+        if isinstance(self.granularity, granularity_lib.Channel):
+            groups = [("channel", [s for s in specs if s.output])]
+        else:
+            groups = [(s.name, [s]) for s in specs if s.prunable]
+        if not any(g for _, g in groups):
+            raise ValueError(
+                f"Layer '{self.layer.name}' has no weights that granularity "
+                f"{self.granularity.get_config()!r} can prune."
+            )
+        self.step = self.add_weight(
+            name="prune_step", shape=(), dtype="int64", initializer="zeros", trainable=False
+        )
+        for name, group in groups:
+            main = registry.resolve(self.layer, group[0].path)
+            self.granularity.check(tuple(main.shape), group[0], where)
+            mask_shape = self.granularity.mask_shape(tuple(main.shape), group[0])
+            mask = self.add_weight(
+                name=f"{name}_mask",
+                shape=mask_shape,
+                dtype="bool",
+                initializer="ones",
+                trainable=False,
+                autocast=False,
+            )
+            threshold = self.add_weight(
+                name=f"{name}_threshold", shape=(), initializer="zeros", trainable=False
+            )
+            weights = [(s, registry.resolve(self.layer, s.path)) for s in group]
+            self.targets.append(PruneTarget(name, mask, threshold, weights))
+            for s, w in weights:
+                w.constraint = _MaskConstraint(self._expander(mask, s, w.shape), w.constraint)
+        self.built = True
+
+    def _expander(self, mask: keras.Variable, spec: registry.WeightSpec, shape):
+        view = _broadcast_view(tuple(mask.shape), spec, tuple(shape))
+        return lambda: ops.broadcast_to(ops.reshape(mask.value, view), tuple(shape))
+
+    # --- forward -----------------------------------------------------------------------
+
+    def call(self, inputs, *args, training=None, **kwargs):
+        if training and not self._driven:
+            raise RuntimeError(
+                f"Layer '{self.name}' is a tfprune.Prunable being trained without a pruning "
+                "controller, so its masks would never update. Add the callback: "
+                "model.fit(..., callbacks=[tfprune.callbacks.UpdateMasks()]), or in a custom "
+                "training loop create tfprune.PruningController(model) and call "
+                "controller.update(step) each step."
+            )
+        if self._call_takes_training and training is not None:
+            kwargs["training"] = training
+        masked = {}
+        for target in self.targets:
+            for spec, w in target.weights:
+                keep = self._expander(target.mask, spec, w.shape)()
+                masked[id(w)] = ops.where(keep, w.value, ops.zeros_like(w.value))
+        mapping = [(v, masked.get(id(v), v.value)) for v in self.layer.variables]
+        with keras.StatelessScope(
+            state_mapping=mapping, collect_losses=True, initialize_variables=False
+        ) as scope:
+            outputs = self.layer(inputs, *args, **kwargs)
+        # Carry state updates made inside the layer (e.g. dropout seeds) and its losses out.
+        for variable, value in mapping:
+            new = scope.get_current_value(variable)
+            if new is not value:
+                variable.assign(new)
+        if scope.losses:
+            self.add_loss(scope.losses)
+        return outputs
+
+    def compute_output_shape(self, *args, **kwargs):
+        return self.layer.compute_output_shape(*args, **kwargs)
+
+    def compute_output_spec(self, *args, **kwargs):
+        kwargs.pop("training", None)
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    # --- masks -------------------------------------------------------------------------
+
+    def set_mask(self, name: str, keep: np.ndarray, threshold: float | None = None) -> None:
+        """Sets one mask and zeroes the weights it prunes.
+
+        Args:
+            name: Target name (see `targets`).
+            keep: Boolean array of the mask's shape, `True` where weights are kept.
+            threshold: Score of the highest pruned unit, for logging.
+
+        Raises:
+            KeyError: If there is no target of that name.
+            ValueError: If `keep` has the wrong shape.
+        """
+        target = self.target(name)
+        keep = np.asarray(keep, bool)
+        if keep.shape != tuple(target.mask.shape):
+            raise ValueError(
+                f"Mask '{name}' of layer '{self.name}' has shape {tuple(target.mask.shape)}. "
+                f"Received: keep.shape={keep.shape}"
+            )
+        target.mask.assign(keep)
+        for spec, w in target.weights:
+            full = np.broadcast_to(
+                keep.reshape(_broadcast_view(keep.shape, spec, tuple(w.shape))), w.shape
+            )
+            w.assign(np.where(full, keras.ops.convert_to_numpy(w), 0).astype(w.dtype))
+        if threshold is not None:
+            target.threshold.assign(threshold)
+
+    def target(self, name: str) -> PruneTarget:
+        """Returns the target named `name`.
+
+        Raises:
+            KeyError: If there is none.
+        """
+        for t in self.targets:
+            if t.name == name:
+                return t
+        raise KeyError(
+            f"Layer '{self.name}' has no mask '{name}'. It has: {[t.name for t in self.targets]}"
+        )
+
+    def masked_weights(self) -> list[np.ndarray]:
+        """The wrapped layer's weights with masks applied, in `layer.get_weights()` order."""
+        masked = {}
+        for target in self.targets:
+            keep = keras.ops.convert_to_numpy(target.mask)
+            for spec, w in target.weights:
+                view = _broadcast_view(keep.shape, spec, tuple(w.shape))
+                full = np.broadcast_to(keep.reshape(view), w.shape)
+                masked[id(w)] = np.where(full, keras.ops.convert_to_numpy(w), 0).astype(w.dtype)
+        return [masked.get(id(w), keras.ops.convert_to_numpy(w)) for w in self.layer.weights]
+
+    # --- config ------------------------------------------------------------------------
+
+    def get_config(self) -> dict[str, Any]:
+        if self.schedule is not None and not isinstance(
+            self.schedule, schedules_lib.PruningSchedule
+        ):
+            raise TypeError(
+                f"Layer '{self.name}' uses a schedule of type {type(self.schedule).__name__}, "
+                "which cannot be saved. Use a tfprune.schedules schedule (or a subclass of "
+                "tfprune.schedules.PruningSchedule registered with "
+                "keras.saving.register_keras_serializable)."
+            )
+        config = {
+            "sparsity": keras.saving.serialize_keras_object(self.schedule),
+            "granularity": self.granularity.get_config(),
+            "scope": self.scope,
+            "criterion": criteria_lib.serialize(self.criterion),
+            "max_layer_sparsity": self.max_layer_sparsity,
+        }
+        return {**super().get_config(), **config}
+
