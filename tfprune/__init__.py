@@ -13,7 +13,7 @@ tfprune.summary(final)
 ```
 """
 
-from tfprune import allocation, callbacks, criteria, granularity, layers, schedules
+from tfprune import allocation, callbacks, controller, criteria, granularity, layers, schedules
 from tfprune.controller import PruningController
 from tfprune.summary import summary
 from tfprune.surgery import strip, wrap
@@ -26,6 +26,7 @@ __all__ = [
     "PruningController",
     "allocation",
     "callbacks",
+    "controller",
     "criteria",
     "granularity",
     "layers",

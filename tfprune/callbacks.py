@@ -17,8 +17,10 @@ class UpdateMasks(keras.callbacks.Callback):
     """Updates pruning masks during `model.fit` according to each layer's schedule.
 
     Before every training step (every execution with `steps_per_execution > 1`) it asks a
-    `tfprune.PruningController` whether an update is due, and after it counts the steps
-    run, so the pruning step saved in the model always equals the number of steps trained.
+    `tfprune.PruningController` whether an update is due, and after it adds the optimizer
+    steps that ran (read from `optimizer.iterations`, which is exact even when the last
+    execution of an epoch is short), so the pruning step saved in the model always equals
+    the number of steps trained.
 
     Example:
 
@@ -32,17 +34,20 @@ class UpdateMasks(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.controller: controller_lib.PruningController | None = None
-        self._begin = 0
+        self._iterations = 0
+
+    def _optimizer_steps(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_begin(self, logs=None):
         self.controller = controller_lib.PruningController(self.model)
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._begin = batch
+        self._iterations = self._optimizer_steps()
         self.controller.update()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.controller.advance(batch - self._begin + 1)
+        self.controller.advance(self._optimizer_steps() - self._iterations)
 
     def get_config(self) -> dict:
         return {}

@@ -70,11 +70,6 @@ class PruningController:
                 "Wrap it first: model = tfprune.wrap(model, sparsity=...)."
             )
         for layer in self.layers:
-            if not layer.built:
-                raise ValueError(
-                    f"Layer '{layer.name}' is not built yet. Build the model (call it once on "
-                    "data, or give it an Input) before creating a PruningController."
-                )
             layer._driven = True
         global_schedules = {
             repr(layer.schedule)
@@ -121,7 +116,9 @@ class PruningController:
 
         An update is due when a schedule says so at `step`, or at a step skipped since the
         previous call (so `steps_per_execution > 1` applies the update at the first step the
-        caller sees after it).
+        caller sees after it). While some layer is not built yet (a subclassed model before
+        its first call), nothing is updated and the due update is applied at the first call
+        after the model is built.
 
         Args:
             step: The current training step; `None` uses the step stored in the model.
@@ -136,6 +133,10 @@ class PruningController:
             step = self.step
         elif step != self.step:
             self.set_step(step)
+        if not all(layer.built for layer in self.layers):
+            if self._last_step is None:
+                self._last_step = step - 1
+            return False
         due: dict[int, float] = {}
         for i, layer in enumerate(self.layers):
             if layer.schedule is None:

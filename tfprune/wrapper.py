@@ -158,6 +158,9 @@ class Prunable(keras.layers.Wrapper):
             schedules_lib._check_sparsity("max_layer_sparsity", max_layer_sparsity)
         self.max_layer_sparsity = max_layer_sparsity
         self.targets: list[PruneTarget] = []
+        self.step = self.add_weight(
+            name="prune_step", shape=(), dtype="int64", initializer="zeros", trainable=False
+        )
         self._driven = False
         self._call_takes_training = "training" in inspect.signature(layer.call).parameters
 
@@ -185,9 +188,6 @@ class Prunable(keras.layers.Wrapper):
                 f"Layer '{self.layer.name}' has no weights that granularity "
                 f"{self.granularity.get_config()!r} can prune."
             )
-        self.step = self.add_weight(
-            name="prune_step", shape=(), dtype="int64", initializer="zeros", trainable=False
-        )
         for name, group in groups:
             main = registry.resolve(self.layer, group[0].path)
             self.granularity.check(tuple(main.shape), group[0], where)

@@ -1,0 +1,43 @@
+"""Shared fixtures: quiet TensorFlow, deterministic seeds, small models."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+
+
+def small_cnn(name: str = "cnn") -> keras.Model:
+    """Conv-BN-ReLU-Conv-Flatten-Dense-Dense on 8x8x1 inputs."""
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, name="c1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(16, 3, name="c2")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(32, activation="relu", name="d1")(x)
+    outputs = keras.layers.Dense(10, name="out")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def toy_data(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, n).astype("int32")
+
+
+def compile_model(model: keras.Model, optimizer=None, **kwargs) -> keras.Model:
+    model.compile(
+        optimizer=optimizer or keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **kwargs,
+    )
+    return model
