@@ -103,5 +103,5 @@ def test_sparsity_logger_batch_frequency_and_errors(tmp_path):
     steps = [s for s, _ in _read_scalars(tmp_path / "pruning")["sparsity/global"]]
     assert steps == [2, 4, 4]
     plain = compile_model(small_cnn())
-    with pytest.raises(ValueError, match="found no tfprune.Prunable layers"):
+    with pytest.raises(ValueError, match=r"found no tfprune.Prunable layers"):
         plain.fit(x, y, verbose=0, callbacks=[tfprune.callbacks.SparsityLogger(tmp_path)])

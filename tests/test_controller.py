@@ -28,7 +28,9 @@ def test_global_scope_hits_exact_global_count_with_ceiling():
     model = tfprune.wrap(small_cnn(), sparsity=0.9, scope="global", max_layer_sparsity=0.95)
     controller = tfprune.PruningController(model)
     controller.update(0)
-    sizes = {layer.name: int(np.prod(layer.targets[0].variable.shape)) for layer in controller.layers}
+    sizes = {
+        layer.name: int(np.prod(layer.targets[0].variable.shape)) for layer in controller.layers
+    }
     zeros = {layer.name: _mask_zeros(layer)["kernel"] for layer in controller.layers}
     assert sum(zeros.values()) == allocation.count(0.9, sum(sizes.values()))
     assert all(zeros[name] <= int(0.95 * sizes[name]) for name in sizes)
@@ -85,7 +87,7 @@ def test_custom_criterion_is_used():
 
 
 def test_controller_errors():
-    with pytest.raises(ValueError, match="has no tfprune.Prunable layers.*tfprune.wrap"):
+    with pytest.raises(ValueError, match=r"has no tfprune.Prunable layers.*tfprune.wrap"):
         tfprune.PruningController(small_cnn())
     a = tfprune.Prunable(keras.layers.Dense(2), sparsity=0.5, scope="global")
     b = tfprune.Prunable(keras.layers.Dense(2), sparsity=0.6, scope="global")
@@ -100,7 +102,7 @@ def test_controller_errors():
 
 def test_bad_foreign_schedule_value_is_reported():
     model = tfprune.wrap(small_cnn(), sparsity=lambda step: (True, 1.5), layers=["d1"])
-    with pytest.raises(ValueError, match="returned sparsity=1.5 at step 0"):
+    with pytest.raises(ValueError, match=r"returned sparsity=1.5 at step 0"):
         tfprune.PruningController(model).update(0)
 
 

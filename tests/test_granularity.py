@@ -122,7 +122,7 @@ def test_bad_granularity_values(value, error, match):
 
 def test_m_n_must_divide_input_axis():
     g = granularity.get("2:4")
-    with pytest.raises(ValueError, match="n=4 to divide.*layer 'd'.*size 6"):
+    with pytest.raises(ValueError, match=r"n=4 to divide.*layer 'd'.*size 6"):
         g.check((6, 3), DENSE, "layer 'd'")
     depthwise = WeightSpec("kernel", in_axes=(), out_axes=(-2, -1))
     with pytest.raises(ValueError, match="needs an input-channel axis"):

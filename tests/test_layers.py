@@ -30,8 +30,16 @@ def _built(layer, *shapes):
             (8, 8, 2),
             ["depthwise_kernel", "pointwise_kernel", "bias"],
         ),
-        (keras.layers.SeparableConv1D(4, 3), (8, 2), ["depthwise_kernel", "pointwise_kernel", "bias"]),
-        (keras.layers.EinsumDense("ab,bc->ac", output_shape=4, bias_axes="c"), (3,), ["kernel", "bias"]),
+        (
+            keras.layers.SeparableConv1D(4, 3),
+            (8, 2),
+            ["depthwise_kernel", "pointwise_kernel", "bias"],
+        ),
+        (
+            keras.layers.EinsumDense("ab,bc->ac", output_shape=4, bias_axes="c"),
+            (3,),
+            ["kernel", "bias"],
+        ),
     ],
 )
 def test_weight_specs_resolve_every_weight(layer, shape, paths):
@@ -79,7 +87,7 @@ def test_unregistered_and_subclass_are_not_matched():
 
 
 def test_register_rejects_bad_arguments():
-    with pytest.raises(TypeError, match="subclass of keras.layers.Layer"):
+    with pytest.raises(TypeError, match=r"subclass of keras.layers.Layer"):
         registry.register(int, registry.LayerSpec(()))
     with pytest.raises(TypeError, match="LayerSpec"):
         registry.register(keras.layers.Dense, {"kernel": 0})
@@ -128,7 +136,9 @@ def test_macs_of_attention_and_embedding():
 
 
 def test_iter_layers_enters_nested_models_once():
-    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="inner_dense")], name="inner")
+    inner = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, name="inner_dense")], name="inner"
+    )
     x = keras.Input((4,))
     y = inner(x)
     y = inner(y[:, :3] @ np.ones((3, 4), "float32"))

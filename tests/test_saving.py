@@ -57,8 +57,14 @@ def _run(epochs, initial_epoch=0, model=None, checkpoint=None):
     if checkpoint is not None:
         callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint))
     model.fit(
-        x, y, batch_size=8, epochs=epochs, initial_epoch=initial_epoch, shuffle=False,
-        verbose=0, callbacks=callbacks,
+        x,
+        y,
+        batch_size=8,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
     )
     return model
 

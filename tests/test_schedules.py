@@ -105,7 +105,7 @@ def test_bad_sparsity_values():
         schedules.get("half")
     with pytest.raises(TypeError, match="Received: target=True"):
         schedules.ConstantSparsity(True)
-    with pytest.raises(ValueError, match="end_step.*> `begin_step`"):
+    with pytest.raises(ValueError, match=r"end_step.*> `begin_step`"):
         schedules.PolynomialDecay(0.0, 0.5, 10, 10)
 
 

@@ -31,7 +31,11 @@ def test_wrap_functional_keeps_weights_and_predictions():
 
 def test_wrap_sequential_and_nested_models():
     inner = keras.Sequential(
-        [keras.Input((6,)), keras.layers.Dense(5, name="inner_a"), keras.layers.Dense(4, name="inner_b")],
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5, name="inner_a"),
+            keras.layers.Dense(4, name="inner_b"),
+        ],
         name="block",
     )
     x = keras.Input((6,))
@@ -55,7 +59,11 @@ def test_layers_and_exclude_accept_names_and_predicates():
     )
     assert [layer.name for layer in tfprune.controller.prunable_layers(convs)] == ["c1", "c2"]
     no_out = tfprune.wrap(model, sparsity=0.5, exclude=lambda layer: layer.name == "out")
-    assert [layer.name for layer in tfprune.controller.prunable_layers(no_out)] == ["c1", "c2", "d1"]
+    assert [layer.name for layer in tfprune.controller.prunable_layers(no_out)] == [
+        "c1",
+        "c2",
+        "d1",
+    ]
 
 
 def test_wrap_single_layer_returns_prunable():
@@ -91,17 +99,21 @@ class _Subclassed(keras.Model):
 def test_wrap_errors():
     model = small_cnn()
     wrapped = tfprune.wrap(model, sparsity=0.5)
-    with pytest.raises(ValueError, match="already wrapped.*tfprune.strip"):
+    with pytest.raises(ValueError, match=r"already wrapped.*tfprune.strip"):
         tfprune.wrap(wrapped, sparsity=0.5)
     sub = _Subclassed()
     sub(np.ones((1, 3), "float32"))
     with pytest.raises(TypeError, match=r"subclassed model.*tfprune.Prunable\(keras.layers.Dense"):
         tfprune.wrap(sub, sparsity=0.5)
-    with pytest.raises(TypeError, match="expects a Keras model or layer.*type dict"):
+    with pytest.raises(TypeError, match=r"expects a Keras model or layer.*type dict"):
         tfprune.wrap({"a": 1}, sparsity=0.5)
-    with pytest.raises(ValueError, match=r"`layers` names layers that are not in the model: \['nope'\]"):
+    with pytest.raises(
+        ValueError, match=r"`layers` names layers that are not in the model: \['nope'\]"
+    ):
         tfprune.wrap(model, sparsity=0.5, layers=["c1", "nope"])
-    with pytest.raises(ValueError, match=r"`exclude` names layers that are not in the model: \['x'\]"):
+    with pytest.raises(
+        ValueError, match=r"`exclude` names layers that are not in the model: \['x'\]"
+    ):
         tfprune.wrap(model, sparsity=0.5, exclude="x")
     with pytest.raises(ValueError, match=r"cannot prune: \['bn1 \(BatchNormalization\)'\]"):
         tfprune.wrap(model, sparsity=0.5, layers=["bn1"])
@@ -133,10 +145,14 @@ def test_strip_returns_plain_model_with_equal_predictions():
     wrapped.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     wrapped.fit(x, y, epochs=2, verbose=0, callbacks=[tfprune.callbacks.UpdateMasks()])
     plain = tfprune.strip(wrapped)
-    assert all("tfprune" not in type(layer).__module__ for layer in tfprune.layers.iter_layers(plain))
-    np.testing.assert_allclose(plain.predict(x, verbose=0), wrapped.predict(x, verbose=0), atol=1e-6)
+    assert all(
+        "tfprune" not in type(layer).__module__ for layer in tfprune.layers.iter_layers(plain)
+    )
+    np.testing.assert_allclose(
+        plain.predict(x, verbose=0), wrapped.predict(x, verbose=0), atol=1e-6
+    )
     kernel = keras.ops.convert_to_numpy(plain.get_layer("d1").kernel)
     assert (kernel == 0).sum() == tfprune.allocation.count(0.6, kernel.size)
     assert plain.get_layer("d1").kernel.constraint is None
-    with pytest.raises(TypeError, match="expects a Keras model or a tfprune.Prunable layer"):
+    with pytest.raises(TypeError, match=r"expects a Keras model or a tfprune.Prunable layer"):
         tfprune.strip(np.ones(3))

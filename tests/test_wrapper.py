@@ -172,16 +172,16 @@ def test_bad_arguments(kwargs, error, match):
 
 def test_wrapping_errors():
     wrapped = Prunable(keras.layers.Dense(2))
-    with pytest.raises(ValueError, match="already wrapped in tfprune.Prunable"):
+    with pytest.raises(ValueError, match=r"already wrapped in tfprune.Prunable"):
         Prunable(wrapped)
-    with pytest.raises(TypeError, match="wraps a Keras layer.*type str"):
+    with pytest.raises(TypeError, match=r"wraps a Keras layer.*type str"):
         Prunable("dense")
-    with pytest.raises(ValueError, match="LSTM is not supported.*Supported: Conv1D"):
+    with pytest.raises(ValueError, match=r"LSTM is not supported.*Supported: Conv1D"):
         Prunable(keras.layers.LSTM(2))
     with pytest.raises(ValueError, match="BatchNormalization is not supported"):
         Prunable(keras.layers.BatchNormalization())
     m_n = Prunable(keras.layers.Dense(2), granularity="2:4")
-    with pytest.raises(ValueError, match="n=4 to divide.*'dense.*size 6"):
+    with pytest.raises(ValueError, match=r"n=4 to divide.*'dense.*size 6"):
         m_n(np.ones((1, 6), "float32"))
 
 

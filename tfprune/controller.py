@@ -194,9 +194,7 @@ class PruningController:
             prevs.append(g.to_units(full_prev, spec) > 0)
             caps.append(allocation.ceiling_count(layer.max_layer_sparsity, units[-1].size))
         total = sum(u.size for u in units)
-        keeps = allocation.select_global(
-            units, prevs, allocation.count(sparsity, total), caps
-        )
+        keeps = allocation.select_global(units, prevs, allocation.count(sparsity, total), caps)
         for (layer, target), s, keep in zip(entries, scores, keeps):
             mask = layer.granularity.from_units(keep, s.shape, target.spec)
             layer.set_mask(target.name, mask, self._threshold(layer, target, s, mask))

@@ -97,7 +97,6 @@ def run(epochs: int = 8, seed: int = 0, out_dir: str = "tfprune-demo") -> dict[s
     )
     tfprune.summary(stripped)
     print(
-        "\nZeros alone do not make the model smaller or faster on a device: the MACs are "
-        "unchanged."
+        "\nZeros alone do not make the model smaller or faster on a device: the MACs are unchanged."
     )
     return results

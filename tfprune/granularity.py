@@ -48,9 +48,7 @@ class Granularity(abc.ABC):
         """Sums per-weight `values` into a 1-D array with one entry per unit."""
 
     @abc.abstractmethod
-    def from_units(
-        self, keep: np.ndarray, shape: tuple[int, ...], spec: WeightSpec
-    ) -> np.ndarray:
+    def from_units(self, keep: np.ndarray, shape: tuple[int, ...], spec: WeightSpec) -> np.ndarray:
         """Turns a 1-D keep decision per unit into a boolean mask of `mask_shape`."""
 
     def num_units(self, shape: tuple[int, ...], spec: WeightSpec) -> int:
@@ -173,7 +171,9 @@ class Block(Granularity):
     def _to_matrix(self, values: np.ndarray, spec: WeightSpec) -> np.ndarray:
         out = _axes(spec.out_axes, values.ndim)
         rest = [a for a in range(values.ndim) if a not in out]
-        return np.transpose(values, rest + list(out)).reshape(self._matrix_shape(values.shape, spec))
+        return np.transpose(values, rest + list(out)).reshape(
+            self._matrix_shape(values.shape, spec)
+        )
 
     def check(self, shape, spec, where):
         rows, cols = self._matrix_shape(shape, spec)

@@ -38,7 +38,8 @@ def _check_sparsity(name: str, value: float) -> float:
 def _check_steps(begin_step: int, end_step: int | None, frequency: int) -> None:
     if not isinstance(begin_step, int) or begin_step < 0:
         raise ValueError(
-            f"Expected `begin_step` to be a non-negative integer. Received: begin_step={begin_step!r}"
+            "Expected `begin_step` to be a non-negative integer. "
+            f"Received: begin_step={begin_step!r}"
         )
     if end_step is not None and (not isinstance(end_step, int) or end_step < begin_step):
         raise ValueError(

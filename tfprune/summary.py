@@ -74,17 +74,33 @@ class ModelSummary:
     def __str__(self) -> str:
         header = ("layer", "type", "params", "nonzeros", "sparsity", "MACs")
         lines = [
-            (r.name, r.type, f"{r.params:,}", f"{r.nonzeros:,}", f"{r.sparsity:.1%}",
-             "?" if r.macs is None else f"{r.macs:,}")
+            (
+                r.name,
+                r.type,
+                f"{r.params:,}",
+                f"{r.nonzeros:,}",
+                f"{r.sparsity:.1%}",
+                "?" if r.macs is None else f"{r.macs:,}",
+            )
             for r in self.rows
         ]
-        lines.append(("total", "", f"{self.params:,}", f"{self.nonzeros:,}",
-                      f"{self.sparsity:.1%}", f"{self.macs:,}"))
+        lines.append(
+            (
+                "total",
+                "",
+                f"{self.params:,}",
+                f"{self.nonzeros:,}",
+                f"{self.sparsity:.1%}",
+                f"{self.macs:,}",
+            )
+        )
         widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(6)]
 
         def fmt(row):
-            cells = [str(c).ljust(w) if i < 2 else str(c).rjust(w)
-                     for i, (c, w) in enumerate(zip(row, widths))]
+            cells = [
+                str(c).ljust(w) if i < 2 else str(c).rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths))
+            ]
             return "  ".join(cells).rstrip()
 
         rule = "-" * len(fmt(header))
@@ -116,7 +132,9 @@ def _layer_stats(layer: keras.layers.Layer) -> LayerStats:
     )
 
 
-def summary(model: keras.layers.Layer, print_fn: Callable[[str], None] | None = print) -> ModelSummary:
+def summary(
+    model: keras.layers.Layer, print_fn: Callable[[str], None] | None = print
+) -> ModelSummary:
     """Prints and returns per-layer parameters, nonzeros, sparsity and MACs per example.
 
     Works on wrapped, stripped, shrunk and plain models; nested models are entered.

@@ -139,9 +139,11 @@ def wrap(
         return spec is not None and spec.weights != ()
 
     if include is not None:
-        bad = [f"{x.name} ({type(x).__name__})" for x in all_layers if include(x) and not (
-            prunable(x) or isinstance(x, keras.Model)
-        )]
+        bad = [
+            f"{x.name} ({type(x).__name__})"
+            for x in all_layers
+            if include(x) and not (prunable(x) or isinstance(x, keras.Model))
+        ]
         if bad and not callable(layers):
             raise ValueError(
                 f"`layers` names layers that tfprune cannot prune: {bad}. Supported types: "

@@ -144,9 +144,7 @@ class Prunable(keras.layers.Wrapper):
         self.schedule = schedules_lib.get(sparsity)
         self.granularity = granularity_lib.get(granularity)
         if scope not in SCOPES:
-            raise ValueError(
-                f"Expected `scope` to be one of {SCOPES}. Received: scope={scope!r}"
-            )
+            raise ValueError(f"Expected `scope` to be one of {SCOPES}. Received: scope={scope!r}")
         if scope == "global" and not self.granularity.supports_global:
             raise ValueError(
                 f"Granularity {granularity!r} fixes the sparsity of every group, so it cannot "
@@ -326,4 +324,3 @@ class Prunable(keras.layers.Wrapper):
             "max_layer_sparsity": self.max_layer_sparsity,
         }
         return {**super().get_config(), **config}
-
