@@ -78,7 +78,10 @@ def run(epochs: int = 8, seed: int = 0, out_dir: str = "tfprune-demo") -> dict[s
     tfprune.summary(model)
 
     steps = epochs * int(np.ceil(len(x_train) / 32))
-    schedule = tfprune.schedules.PolynomialDecay(0.0, 0.8, 0, steps // 2, frequency=10)
+    # Reach 80 % half-way through fine-tuning; end_step on the frequency grid so that the
+    # last update lands exactly on the final target.
+    end_step = max(10, steps // 2 // 10 * 10)
+    schedule = tfprune.schedules.PolynomialDecay(0.0, 0.8, 0, end_step, frequency=10)
     pruned = tfprune.wrap(model, sparsity=schedule, exclude=["logits"])
     _compile(pruned, lr=5e-4)
     pruned.fit(
