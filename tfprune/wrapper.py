@@ -62,7 +62,7 @@ class _MaskConstraint:
     def __call__(self, w):
         if self.base is not None:
             w = self.base(w)
-        return ops.where(self.expand(), w, ops.zeros_like(w))
+        return ops.where(self.expand(), w, ops.cast(0, w.dtype))
 
 
 def _broadcast_view(mask_shape: tuple[int, ...], spec: registry.WeightSpec, shape) -> list[int]:
@@ -77,12 +77,15 @@ def _broadcast_view(mask_shape: tuple[int, ...], spec: registry.WeightSpec, shap
 class Prunable(keras.layers.Wrapper):
     """Wraps a Keras layer so that its weights can be pruned with masks.
 
-    The wrapped layer computes with `weight * mask` (masked weights receive no gradient),
-    and each weight's constraint re-applies the mask after every optimizer step, so pruned
-    weights stay exactly zero under momentum, Adam or weight decay. Masks are boolean,
-    non-trainable variables saved with the model, together with the pruning step and the
-    last threshold. Masks are changed by a `tfprune.PruningController`, which
-    `tfprune.callbacks.UpdateMasks` drives during `model.fit`.
+    The mask is each pruned weight's constraint: `set_mask` zeroes the pruned weights, and
+    Keras optimizers apply the constraint right after every update, so pruned weights are
+    exactly zero at every forward pass under momentum, Adam or AdamW weight decay, and the
+    wrapped layer runs at the speed of the plain layer (no masking op in the forward or
+    backward pass). Pruned weights still receive their dense gradient, which the optimizer
+    applies and the constraint undoes in the same step; criteria that regrow weights can use
+    it. Masks are boolean (one byte per weight), non-trainable variables saved with the
+    model, together with the pruning step and the last threshold. They are changed by a
+    `tfprune.PruningController`, which `tfprune.callbacks.UpdateMasks` drives in `model.fit`.
 
     Args:
         layer: The layer to wrap: any layer in the registry (`tfprune.layers`).
@@ -208,8 +211,11 @@ class Prunable(keras.layers.Wrapper):
         self.built = True
 
     def _expander(self, mask: keras.Variable, spec: registry.WeightSpec, shape):
+        """A function returning `mask` as a tensor that broadcasts against the weight."""
+        if tuple(mask.shape) == tuple(shape):
+            return lambda: mask.value
         view = _broadcast_view(tuple(mask.shape), spec, tuple(shape))
-        return lambda: ops.broadcast_to(ops.reshape(mask.value, view), tuple(shape))
+        return lambda: ops.reshape(mask.value, view)
 
     # --- forward -----------------------------------------------------------------------
 
@@ -224,24 +230,7 @@ class Prunable(keras.layers.Wrapper):
             )
         if self._call_takes_training and training is not None:
             kwargs["training"] = training
-        masked = {}
-        for target in self.targets:
-            for spec, w in target.weights:
-                keep = self._expander(target.mask, spec, w.shape)()
-                masked[id(w)] = ops.where(keep, w.value, ops.zeros_like(w.value))
-        mapping = [(v, masked.get(id(v), v.value)) for v in self.layer.variables]
-        with keras.StatelessScope(
-            state_mapping=mapping, collect_losses=True, initialize_variables=False
-        ) as scope:
-            outputs = self.layer(inputs, *args, **kwargs)
-        # Carry state updates made inside the layer (e.g. dropout seeds) and its losses out.
-        for variable, value in mapping:
-            new = scope.get_current_value(variable)
-            if new is not value:
-                variable.assign(new)
-        if scope.losses:
-            self.add_loss(scope.losses)
-        return outputs
+        return self.layer(inputs, *args, **kwargs)
 
     def compute_output_shape(self, *args, **kwargs):
         return self.layer.compute_output_shape(*args, **kwargs)
