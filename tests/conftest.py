@@ -41,3 +41,27 @@ def compile_model(model: keras.Model, optimizer=None, **kwargs) -> keras.Model:
         **kwargs,
     )
     return model
+
+
+@pytest.fixture(scope="session")
+def digits_cnn():
+    """A small CNN trained for a few seconds on `tfprune.data.digits()`; shared, don't modify.
+
+    Returns `(model, (x_train, y_train), (x_test, y_test))`.
+    """
+    from tfprune import data
+
+    keras.utils.set_random_seed(0)
+    (x_train, y_train), (x_test, y_test) = data.digits()
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1")(inputs)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(32, activation="relu", name="fc")(x)
+    outputs = keras.layers.Dense(10, name="logits")(x)
+    model = compile_model(
+        keras.Model(inputs, outputs, name="digits_cnn"), keras.optimizers.Adam(3e-3)
+    )
+    model.fit(x_train, y_train, batch_size=32, epochs=12, verbose=0)
+    return model, (x_train, y_train), (x_test, y_test)

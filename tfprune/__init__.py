@@ -13,8 +13,23 @@ tfprune.summary(final)
 ```
 """
 
-from tfprune import allocation, callbacks, controller, criteria, granularity, layers, schedules
+from tfprune import (
+    allocation,
+    callbacks,
+    controller,
+    criteria,
+    export,
+    gates,
+    granularity,
+    graph,
+    layers,
+    lottery,
+    regularizers,
+    schedules,
+)
+from tfprune.channel_pruning import prune_channels
 from tfprune.controller import PruningController
+from tfprune.shrink import shrink
 from tfprune.summary import summary
 from tfprune.surgery import strip, wrap
 from tfprune.wrapper import Prunable
@@ -28,9 +43,16 @@ __all__ = [
     "callbacks",
     "controller",
     "criteria",
+    "export",
+    "gates",
     "granularity",
+    "graph",
     "layers",
+    "lottery",
+    "prune_channels",
+    "regularizers",
     "schedules",
+    "shrink",
     "strip",
     "summary",
     "wrap",

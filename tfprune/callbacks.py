@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfprune import controller as controller_lib
 
-__all__ = ["SparsityLogger", "UpdateMasks"]
+__all__ = ["RewindPoint", "SparsityLogger", "UpdateMasks"]
 
 
 @keras.saving.register_keras_serializable(package="tfprune")
@@ -114,3 +116,122 @@ class SparsityLogger(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _pruning_variable_ids(model: keras.layers.Layer) -> set[int]:
+    """Ids of the variables that hold pruning state (masks, thresholds, pruning steps)."""
+    ids = set()
+    for layer in controller_lib.prunable_layers(model):
+        ids.add(id(layer.step))
+        for target in layer.targets:
+            ids.update((id(target.mask), id(target.threshold)))
+    return ids
+
+
+class RewindPoint(keras.callbacks.Callback):
+    """Snapshots the model's weights (and optimizer state) at optimizer step `step` of `fit`.
+
+    The rewind point of the lottery ticket procedure: `step=0` keeps the initialisation
+    (Frankle & Carbin, 2019), `step=k > 0` keeps the weights after k optimizer steps for
+    late rewinding (Frankle et al., 2020, "Linear mode connectivity and the lottery ticket
+    hypothesis"). Pruning state (masks, thresholds, pruning step) is not part of the
+    snapshot. The step is the optimizer's iteration count; with `steps_per_execution > 1`
+    the snapshot is taken at the first step reached that is `>= step`, recorded in
+    `snapshot_step`.
+
+    Args:
+        step: Optimizer step to snapshot at (0: before the first update).
+        optimizer_state: Whether to also keep the optimizer's variables.
+
+    Attributes:
+        weights: Arrays in `model.weights` order (pruning variables are `None`), or `None`
+            before the step is reached.
+        optimizer_variables: Arrays in `optimizer.variables` order, `[]` when the optimizer
+            had no state yet (step 0), `None` before the step is reached.
+        snapshot_step: The optimizer step of the snapshot.
+
+    Raises:
+        ValueError: If `step` is not a non-negative integer.
+
+    Example:
+
+    ```python
+    rewind = tfprune.callbacks.RewindPoint(step=500)
+    model.fit(x, y, epochs=3, callbacks=[rewind, tfprune.callbacks.UpdateMasks()])
+    rewind.restore(model)  # weights as at step 500, current masks applied
+    ```
+    """
+
+    def __init__(self, step: int = 0, optimizer_state: bool = True):
+        super().__init__()
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(
+                f"Expected `step` to be a non-negative integer. Received: step={step!r}"
+            )
+        self.step = int(step)
+        self.optimizer_state = optimizer_state
+        self.weights: list[np.ndarray | None] | None = None
+        self.optimizer_variables: list[np.ndarray] | None = None
+        self.snapshot_step: int | None = None
+
+    def _iterations(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def _snapshot(self, step: int) -> None:
+        skip = _pruning_variable_ids(self.model)
+        self.weights = [
+            None if id(v) in skip else np.array(keras.ops.convert_to_numpy(v))
+            for v in self.model.weights
+        ]
+        optimizer = self.model.optimizer
+        self.optimizer_variables = (
+            [np.array(keras.ops.convert_to_numpy(v)) for v in optimizer.variables]
+            if self.optimizer_state and optimizer.built
+            else []
+        )
+        self.snapshot_step = step
+
+    def on_train_begin(self, logs=None):
+        if self.weights is None and self._iterations() >= self.step:
+            self._snapshot(self._iterations())
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.weights is None and self._iterations() >= self.step:
+            self._snapshot(self._iterations())
+
+    def on_train_end(self, logs=None):
+        if self.weights is None:
+            warnings.warn(
+                f"RewindPoint(step={self.step}) was never reached: training stopped at "
+                f"optimizer step {self._iterations()}. Train longer or lower `step`.",
+                stacklevel=2,
+            )
+
+    def restore(self, model: keras.Model | None = None, optimizer_state: bool = True) -> None:
+        """Sets the snapshot weights, keeping the current masks (masked weights become 0).
+
+        Args:
+            model: The model the snapshot was taken from (default: the callback's model).
+            optimizer_state: Also restore the optimizer's variables (its step included).
+
+        Raises:
+            RuntimeError: If no snapshot was taken yet.
+        """
+        model = self.model if model is None else model
+        if self.weights is None:
+            raise RuntimeError(
+                f"RewindPoint(step={self.step}) has no snapshot yet. Call model.fit with "
+                "this callback until the step is reached."
+            )
+        for v, value in zip(model.weights, self.weights):
+            if value is not None:
+                v.assign(value)
+        for layer in controller_lib.prunable_layers(model):
+            for target in layer.targets:
+                layer.set_mask(target.name, keras.ops.convert_to_numpy(target.mask))
+        if optimizer_state and self.optimizer_variables:
+            optimizer = model.optimizer
+            if not optimizer.built:
+                optimizer.build(model.trainable_variables)
+            for v, value in zip(optimizer.variables, self.optimizer_variables):
+                v.assign(value)

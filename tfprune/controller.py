@@ -152,6 +152,8 @@ class PruningController:
         self._last_step = step
         if not due:
             return False
+        for layer in self._prune_channel_groups(due):
+            del due[self.layers.index(layer)]
         local = [i for i in due if self.layers[i].scope == "layer"]
         for i in local:
             self.prune_layer(self.layers[i], due[i])
@@ -159,6 +161,32 @@ class PruningController:
         if shared:
             self.prune_global(shared, due[self.layers.index(shared[0])])
         return True
+
+    def _prune_channel_groups(self, due: dict[int, float]) -> list[Prunable]:
+        """Prunes channel-granularity layers by dependency group (`tfprune.graph`).
+
+        Returns the layers handled; the others are pruned one by one as before. Only
+        Sequential and functional models have a visible graph; channel-granularity layers
+        of a subclassed model are pruned one by one.
+        """
+        from tfprune import channel_pruning, granularity
+
+        channel = {
+            self.layers[i]: s
+            for i, s in due.items()
+            if isinstance(self.layers[i].granularity, granularity.Channel)
+        }
+        model = self.model
+        graph_model = isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
+        if not channel or not graph_model:
+            return []
+        # Wrappers outside a prunable group (a model output, a group that reaches a layer of
+        # unknown semantics or an unwrapped producer) keep all their channels.
+        try:
+            channel_pruning.update_channel_groups(model, channel, lambda w: w.scope)
+        except TypeError:  # a nested subclassed model hides part of the graph
+            return []
+        return list(channel)
 
     def prune_layer(self, layer: Prunable, sparsity: float) -> None:
         """Prunes each mask of `layer` to `sparsity` on its own (layer scope).

@@ -1,0 +1,33 @@
+"""Export to TFLite and TFLite Micro: convert, verify, measure, and write C arrays.
+
+- `tflite(model, path, quantize=...)`: strip + shrink + convert + verify, written atomically.
+- `verify(file, data, reference)`: compare a .tflite file with the Keras model in LiteRT.
+- `latency(file, threads=1)`: median invoke time in the LiteRT interpreter.
+- `micro(file, out_dir, name)`: `name.h` / `name.cc` for TFLite Micro.
+- `describe(file)`: ops, tensors and sizes of a .tflite file.
+"""
+
+from __future__ import annotations
+
+from tfprune.export.convert import QUANTIZE_MODES, ExportResult, tflite
+from tfprune.export.info import TensorInfo, TFLiteInfo, describe
+from tfprune.export.latency import Latency, latency
+from tfprune.export.micro import ArenaEstimate, MicroResult, arena_estimate, micro
+from tfprune.export.verify import Verification, verify
+
+__all__ = [
+    "QUANTIZE_MODES",
+    "ArenaEstimate",
+    "ExportResult",
+    "Latency",
+    "MicroResult",
+    "TFLiteInfo",
+    "TensorInfo",
+    "Verification",
+    "arena_estimate",
+    "describe",
+    "latency",
+    "micro",
+    "tflite",
+    "verify",
+]

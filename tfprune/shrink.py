@@ -1,0 +1,368 @@
+"""`shrink`: rebuild a channel-pruned model with the pruned channels physically removed.
+
+A channel of a group (`tfprune.graph`) is removed when every kernel slice that produces it
+is exactly zero (after applying the masks of a wrapped model). The model is rebuilt with
+`keras.models.clone_model`: each layer comes back from its config with smaller
+`filters`/`units` (and a smaller Reshape target), and every weight is sliced along the axes
+the graph records.
+
+A removed channel may still carry a constant into its consumers in the pruned model: a
+BatchNormalization beta or moving mean that was not zeroed, or an activation with
+`f(0) != 0` (sigmoid, softplus). `shrink` propagates these constants through the graph
+and folds them into the bias of each consumer (adding a bias where there was none). Where
+the constant would not be uniform over space (a 'same'-padded convolution or ZeroPadding
+sees zeros at the border, a transposed convolution overlaps), folding cannot be exact, so
+those channels are kept instead: the result is always equal to the pruned model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from tfprune import graph as graph_lib
+from tfprune import layers as registry
+from tfprune import surgery
+from tfprune.controller import prunable_layers
+
+__all__ = ["shrink"]
+
+_L = keras.layers
+
+# Which config entry holds a producer's number of output channels (graph-only knowledge).
+_WIDTH_KEY: dict[type, str] = {
+    _L.Dense: "units",
+    **{
+        cls: "filters"
+        for cls in (
+            _L.Conv1D,
+            _L.Conv2D,
+            _L.Conv3D,
+            _L.Conv1DTranspose,
+            _L.Conv2DTranspose,
+            _L.Conv3DTranspose,
+            _L.SeparableConv1D,
+            _L.SeparableConv2D,
+        )
+    },
+}
+
+
+def _np(x) -> np.ndarray:
+    return keras.ops.convert_to_numpy(x)
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What shrink does: the keep decision per channel id and the bias to fold per layer."""
+
+    keep_id: np.ndarray
+    bias_delta: dict[int, np.ndarray]
+    force_keep: set[int]
+
+
+def _dead_channels(group: graph_lib.ChannelGroup) -> np.ndarray:
+    """Channels of a group whose producing kernel slices are all exactly zero."""
+    alive = np.zeros(group.channels, bool)
+    seen = False
+    for m in group.members:
+        w = registry.resolve(m.layer, m.weight)
+        if m.role != "output" or len(w.shape) < 2:
+            continue
+        seen = True
+        nonzero = np.moveaxis(_np(w) != 0, m.axis, 0).reshape(w.shape[m.axis], -1).any(axis=1)
+        sel = m.index >= 0
+        np.logical_or.at(alive, m.index[sel], nonzero[sel])
+    return ~alive if seen else np.zeros(group.channels, bool)
+
+
+def _activation(layer, x: np.ndarray) -> np.ndarray:
+    fn = getattr(layer, "activation", None)
+    if fn is None:
+        return x
+    x = np.asarray(x, np.float32)
+    return _np(fn(keras.ops.convert_to_tensor(x))).astype(np.float64)
+
+
+def _uniform_conv(layer) -> bool:
+    """Whether a constant input gives a spatially uniform output (so it folds into bias)."""
+    if type(layer) is _L.Dense:
+        return True
+    if "Transpose" in type(layer).__name__:
+        return False
+    size = getattr(layer, "kernel_size", (1,))
+    return getattr(layer, "padding", "valid") == "valid" or all(k == 1 for k in size)
+
+
+class _Constants:
+    """Propagates the constants that removed channels carry, one small rule per node kind.
+
+    `vals[id(ids)]` holds, for each channel position of a tensor, the constant a removed
+    channel carries there (0 for kept channels). A rule either passes constants on, folds
+    them into a consumer's bias (`plan.bias_delta`), or, where the constant would not stay
+    uniform over space, marks the channel to be kept (`plan.force_keep`).
+    """
+
+    def __init__(self, keep_id: np.ndarray):
+        self.plan = _Plan(keep_id, {}, set())
+        self.vals: dict[int, np.ndarray] = {}
+
+    def removed(self, ids: np.ndarray) -> np.ndarray:
+        return (ids >= 0) & ~self.plan.keep_id[np.where(ids >= 0, ids, 0)]
+
+    def val(self, ids: np.ndarray) -> np.ndarray:
+        return self.vals.get(id(ids), np.zeros(ids.size))
+
+    def set(self, ids: np.ndarray, values) -> None:
+        self.vals[id(ids)] = np.where(self.removed(ids), values, 0.0)
+
+    def keep_hot(self, ids: np.ndarray, values: np.ndarray) -> bool:
+        """Keeps removed channels that carry a nonzero constant; True if there were any."""
+        hot = self.removed(ids) & (values != 0)
+        self.plan.force_keep.update(ids[hot].tolist())
+        return bool(hot.any())
+
+    def fold(self, layer, ids, values, kernel, in_axis) -> np.ndarray:
+        """`sum_positions values[c] * kernel[..., c, o]` over removed input channels `c`."""
+        hot = self.removed(ids) & (values != 0)
+        if not hot.any():
+            return np.zeros(0)
+        if not _uniform_conv(layer):
+            self.keep_hot(ids, values)
+            return np.zeros(0)
+        k = np.moveaxis(_np(kernel).astype(np.float64), in_axis, -2)
+        k = k.reshape(-1, k.shape[-2], k.shape[-1]).sum(axis=0)
+        return np.where(hot, values, 0) @ k
+
+    def _produce(self, node, delta: np.ndarray) -> None:
+        layer = node.layer
+        if delta.size:
+            self.plan.bias_delta[id(layer)] = delta
+        bias = _np(layer.bias).astype(np.float64) if layer.use_bias else 0.0
+        self.set(node.output, _activation(layer, bias + (delta if delta.size else 0.0)))
+
+    def source(self, node) -> None:
+        layer = node.layer
+        spec = next(s for s in registry.lookup(layer).weight_specs(layer) if s.in_axes)
+        kernel = registry.resolve(layer, spec.path)
+        ins = node.inputs[0]
+        self._produce(node, self.fold(layer, ins, self.val(ins), kernel, spec.in_axes[0]))
+
+    def separable(self, node) -> None:
+        layer, ins = node.layer, node.inputs[0]
+        dk = _np(layer.depthwise_kernel).astype(np.float64)
+        dk = dk.reshape(-1, dk.shape[-2] * dk.shape[-1]).sum(axis=0)
+        mid = np.repeat(self.val(ins), layer.depth_multiplier) * dk
+        mid_ids = np.repeat(ins, layer.depth_multiplier)
+        self._produce(node, self.fold(layer, mid_ids, mid, layer.pointwise_kernel, -2))
+
+    def depthwise(self, node) -> None:
+        layer, out = node.layer, node.output
+        v = np.repeat(self.val(node.inputs[0]), layer.depth_multiplier)
+        if layer.padding != "valid":
+            self.keep_hot(out, v)
+        k = _np(layer.kernel).astype(np.float64)
+        ksum = k.reshape(-1, k.shape[-2] * k.shape[-1]).sum(axis=0)
+        bias = _np(layer.bias).astype(np.float64) if layer.use_bias else 0.0
+        self.set(out, _activation(layer, bias + v * ksum))
+
+    def norm(self, node) -> None:
+        layer = node.layer
+        mean = _np(layer.moving_mean).astype(np.float64)
+        var = _np(layer.moving_variance).astype(np.float64)
+        y = (self.val(node.inputs[0]) - mean) / np.sqrt(var + layer.epsilon)
+        if layer.scale:
+            y = y * _np(layer.gamma)
+        if layer.center:
+            y = y + _np(layer.beta)
+        self.set(node.output, y)
+
+    def _evaluate(self, node, merge: bool) -> None:
+        args = [
+            keras.ops.convert_to_tensor(self.val(i).reshape(1, -1).astype(np.float32))
+            for i in node.inputs
+        ]
+        y = _np(node.layer(args if merge else args[0])).reshape(-1)
+        self.set(node.output, y.astype(np.float64))
+
+    def elementwise(self, node) -> None:
+        self._evaluate(node, merge=False)
+
+    def merge(self, node) -> None:
+        self._evaluate(node, merge=True)
+
+    def passthrough(self, node) -> None:
+        self.vals[id(node.output)] = self.val(node.inputs[0])
+
+    def pad(self, node) -> None:
+        self.keep_hot(node.inputs[0], self.val(node.inputs[0]))
+        self.passthrough(node)
+
+    def concat(self, node) -> None:
+        v = [self.val(i) for i in node.inputs]
+        along = node.output.size == sum(x.size for x in v)
+        self.vals[id(node.output)] = np.concatenate(v) if along else v[0]
+
+    def flatten(self, node) -> None:
+        v = self.val(node.inputs[0])
+        self.vals[id(node.output)] = np.tile(v, node.output.size // max(v.size, 1))
+
+    def nothing(self, node) -> None:
+        """Model inputs and layers of unknown semantics: no removed channel reaches them."""
+
+
+# Node kind (from tfprune.graph) -> constant rule.
+_CONSTANT_RULES = {
+    "source": _Constants.source,
+    "separable": _Constants.separable,
+    "depthwise": _Constants.depthwise,
+    "norm": _Constants.norm,
+    "elementwise": _Constants.elementwise,
+    "merge": _Constants.merge,
+    "spatial": _Constants.passthrough,
+    "mixed": _Constants.passthrough,
+    "pad": _Constants.pad,
+    "concat": _Constants.concat,
+    "flatten": _Constants.flatten,
+    "input": _Constants.nothing,
+    "unknown": _Constants.nothing,
+}
+
+
+def _propagate(g, keep_id: np.ndarray) -> _Plan:
+    """Constants carried by removed channels, folded into consumers' biases."""
+    constants = _Constants(keep_id)
+    for node in g.nodes:
+        _CONSTANT_RULES[node.kind](constants, node)
+    return constants.plan
+
+
+def _plan(model: keras.Model):
+    """Graph, groups and the final plan (channels kept where folding is not exact)."""
+    g = graph_lib._analyse(model)
+    groups, group_no, local = graph_lib._groups(g)
+    keep = []
+    for group in groups:
+        k = ~_dead_channels(group) if group.prunable else np.ones(group.channels, bool)
+        if not k.any():
+            k[0] = True  # a layer needs at least one channel; a zero one changes nothing
+        keep.append(k)
+    n = len(g.parent)
+    for _ in range(n + 1):
+        keep_id = np.ones(n, bool)
+        has = group_no >= 0
+        keep_id[has] = [keep[gi][li] for gi, li in zip(group_no[has], local[has])]
+        plan = _propagate(g, keep_id)
+        if not plan.force_keep:
+            return g, plan
+        for i in plan.force_keep:
+            keep[group_no[i]][local[i]] = True
+    raise AssertionError("unreachable: every round keeps at least one more channel")
+
+
+def _positions(ids: np.ndarray, keep_id: np.ndarray) -> np.ndarray:
+    return np.flatnonzero((ids < 0) | keep_id[np.where(ids >= 0, ids, 0)])
+
+
+def shrink(model: keras.Model) -> keras.Model:
+    """Returns a new model with every pruned channel physically removed.
+
+    A channel counts as pruned when all kernel slices that produce it are zero: the
+    channel masks of a wrapped model (`tfprune.wrap(..., granularity="channel")` or
+    `tfprune.prune_channels`) make them so, and any plain model whose filters are zero
+    works too. Constants that removed channels still carried (BatchNormalization beta,
+    sigmoid(0)) are folded into the consumers' biases, so the result predicts what the
+    pruned model predicts (up to float rounding).
+
+    Args:
+        model: A built Sequential or functional model, wrapped or plain.
+
+    Returns:
+        A plain Keras model with smaller `filters`/`units` and sliced weights.
+
+    Raises:
+        TypeError: If `model` is not a Keras model or is (or contains) a subclassed model.
+        ValueError: If `model` is not built.
+
+    Example:
+
+    ```python
+    pruned = tfprune.prune_channels(model, ratio=0.5)
+    small = tfprune.shrink(pruned)
+    ```
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "tfprune.shrink expects a Sequential or functional Keras model. Received: "
+            f"model={model!r} of type {type(model).__name__}"
+        )
+    if prunable_layers(model):
+        model = surgery.strip(model)
+    g, plan = _plan(model)
+    keep_id = plan.keep_id
+    by_layer: dict[int, list] = {}
+    for layer, weight, axis, ids, _ in g.slices:
+        by_layer.setdefault(id(layer), []).append((weight, axis, ids))
+    outputs = {id(node.layer): node.output for node in g.nodes}
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if not getattr(layer, "weights", None) and type(layer) is not _L.Reshape:
+            # Nothing to slice: reuse it (a Lambda cannot be rebuilt from config in safe mode).
+            return layer
+        config = layer.get_config()
+        key = _WIDTH_KEY.get(type(layer))
+        if key is not None and id(layer) in outputs:
+            config[key] = int(_positions(outputs[id(layer)], keep_id).size)
+        if id(layer) in plan.bias_delta:
+            config["use_bias"] = True
+        if type(layer) is _L.Reshape and id(layer) in outputs:
+            target = list(layer.target_shape)
+            width = int(_positions(outputs[id(layer)], keep_id).size)
+            config["target_shape"] = (*target[:-1], width)
+        return layer.__class__.from_config(config)
+
+    new_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    for old, new in zip(registry.iter_layers(model), registry.iter_layers(new_model)):
+        if isinstance(old, keras.Model) or not new.weights:
+            continue
+        slices = by_layer.get(id(old), [])
+        sliced = {w: _np(registry.resolve(old, w)) for w, _, _ in slices}
+        if id(old) in plan.bias_delta:
+            bias = sliced.get("bias", 0.0)
+            sliced["bias"] = (bias + plan.bias_delta[id(old)]).astype(np.float32)
+            if not any(w == "bias" for w, _, _ in slices):
+                slices = [*slices, ("bias", 0, outputs[id(old)])]
+        for weight, axis, ids in slices:
+            sliced[weight] = np.take(sliced[weight], _positions(ids, keep_id), axis=axis)
+        for i, var in enumerate(new.weights):
+            name = _attr_path(new, var)
+            if name in sliced:
+                value = sliced[name]
+            elif name in _NAMED:
+                value = _np(registry.resolve(old, name))
+            else:
+                value = _np(old.weights[i])
+            var.assign(value.astype(var.dtype))
+    return new_model
+
+
+_NAMED = (
+    "kernel",
+    "bias",
+    "depthwise_kernel",
+    "pointwise_kernel",
+    "gamma",
+    "beta",
+    "moving_mean",
+    "moving_variance",
+)
+
+
+def _attr_path(layer, var) -> str | None:
+    """The public attribute path of `var` on `layer` (`"kernel"`, `"moving_mean"`, ...)."""
+    for name in _NAMED:
+        if registry.resolve(layer, name) is var:
+            return name
+    return None
