@@ -14,6 +14,7 @@ import time
 
 import keras
 import numpy as np
+from _results import append_results
 
 import tfprune
 from tfprune import data, gates, regularizers
@@ -192,8 +193,7 @@ def main() -> None:
     )
     print(text)
     if not args.tiny:
-        with open(os.path.join(os.path.dirname(__file__), "RESULTS.md"), "a") as f:
-            f.write(text)
+        append_results(text)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
+from _results import append_results
 
 import tfprune.data
 from tfprune import lottery
@@ -190,8 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(section)
     if not args.no_results and not args.tiny:
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write(section)
+        append_results(section)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
+from _results import append_results
 
 import tfprune
-
-RESULTS = os.path.join(os.path.dirname(__file__), "RESULTS.md")
 
 
 def cnn() -> keras.Model:
@@ -119,13 +118,12 @@ def main(argv=None) -> None:
     table = "\n".join(lines)
     print(table)
     if not args.quick:
-        with open(RESULTS, "a") as f:
-            f.write(
-                "\n## Training-step overhead (issue 3)\n\n"
-                f"`python benchmarks/overhead.py`, 2-core CPU, no GPU, {datetime.date.today()}; "
-                f"batch 128, median of {reps} interleaved repetitions of {steps} steps, "
-                "default `compile` (no XLA).\n\n" + table + "\n"
-            )
+        append_results(
+            "\n## Training-step overhead (issue 3)\n\n"
+            f"`python benchmarks/overhead.py`, 2-core CPU, no GPU, {datetime.date.today()}; "
+            f"batch 128, median of {reps} interleaved repetitions of {steps} steps, "
+            "default `compile` (no XLA).\n\n" + table + "\n"
+        )
 
 
 if __name__ == "__main__":

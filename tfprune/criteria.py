@@ -44,6 +44,16 @@ def magnitude(weights: np.ndarray) -> np.ndarray:
 _BUILTIN: dict[str, Callable[[np.ndarray], np.ndarray]] = {"magnitude": magnitude}
 
 
+def _named(name: str, table: dict, what: str, signature: str) -> Callable:
+    """The built-in criterion `name` from `table`, or a ValueError listing the choices."""
+    if name not in table:
+        raise ValueError(
+            f"Unknown {what}. Expected one of {sorted(table)} or a callable {signature}. "
+            f"Received: criterion={name!r}"
+        )
+    return table[name]
+
+
 def get(criterion: str | Callable | dict) -> Callable[[np.ndarray], np.ndarray]:
     """Returns the criterion function for a name, a callable or a serialized function.
 
@@ -58,12 +68,7 @@ def get(criterion: str | Callable | dict) -> Callable[[np.ndarray], np.ndarray]:
         TypeError: For a value that is neither a string nor callable.
     """
     if isinstance(criterion, str):
-        if criterion not in _BUILTIN:
-            raise ValueError(
-                f"Unknown `criterion`. Expected one of {sorted(_BUILTIN)} or a callable "
-                f"`weights -> scores`. Received: criterion={criterion!r}"
-            )
-        return _BUILTIN[criterion]
+        return _named(criterion, _BUILTIN, "`criterion`", "`weights -> scores`")
     if isinstance(criterion, dict):
         return keras.saving.deserialize_keras_object(criterion)
     if callable(criterion):
@@ -280,12 +285,7 @@ def get_channel(criterion: str | Callable) -> Callable:
         TypeError: For a value that is neither a string nor callable.
     """
     if isinstance(criterion, str):
-        if criterion not in _CHANNEL:
-            raise ValueError(
-                f"Unknown channel `criterion`. Expected one of {sorted(_CHANNEL)} or a "
-                f"callable `(group, context) -> scores`. Received: criterion={criterion!r}"
-            )
-        return _CHANNEL[criterion]
+        return _named(criterion, _CHANNEL, "channel `criterion`", "`(group, context) -> scores`")
     if callable(criterion):
         return criterion
     raise TypeError(
