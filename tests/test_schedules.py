@@ -110,7 +110,8 @@ def test_bad_sparsity_values():
 
 
 def test_tfmot_schedules_convert_exactly():
-    tfmot = pytest.importorskip("tensorflow_model_optimization")
+    import tensorflow_model_optimization as tfmot
+
     poly = tfmot.sparsity.keras.PolynomialDecay(0.1, 0.8, 0, 200, power=3, frequency=20)
     const = tfmot.sparsity.keras.ConstantSparsity(0.6, 10, frequency=5)
     assert schedules.get(poly) == schedules.PolynomialDecay(0.1, 0.8, 0, 200, 3.0, 20)
