@@ -22,6 +22,7 @@ import numpy as np
 
 from tfprune import allocation, surgery
 from tfprune import criteria as criteria_lib
+from tfprune import gates as gates_lib
 from tfprune import graph as graph_lib
 from tfprune import layers as registry
 from tfprune.controller import prunable_layers
@@ -232,6 +233,7 @@ def prune_channels(
             f"Received: min_channels={min_channels!r}"
         )
     fn = criteria_lib.get_channel(criterion)
+    context = criteria_lib.ChannelContext(seed=seed, scales=_learned_scales(model))
     if prunable_layers(model):
         model = surgery.strip(model)
     copy = keras.models.clone_model(model, clone_function=_copy, recursive=True)
@@ -245,7 +247,6 @@ def prune_channels(
                     f"names of producer layers, e.g. {sorted(known)[:5]}."
                 )
     groups = [g for g in graph_lib.channel_groups(copy) if g.prunable and not _matches(ignore, g)]
-    context = criteria_lib.ChannelContext(seed=seed)
     if criterion == "taylor":
         if data is None:
             raise ValueError("Criterion 'taylor' needs `data`: batches (x, y). Received: data=None")
@@ -268,6 +269,16 @@ def prune_channels(
     for group, keep in zip(groups, keeps):
         zero_channels(group, keep)
     return copy
+
+
+def _learned_scales(model: keras.Model) -> dict[str, np.ndarray]:
+    """The channel `tfprune.gates.Scale` values of a model's wrapped layers, by layer name."""
+    return {
+        layer.layer.name: target.gate.inference_values().reshape(-1)
+        for layer in prunable_layers(model)
+        for target in layer.targets
+        if isinstance(target.gate, gates_lib.Scale) and target.name == "channel"
+    }
 
 
 # --- channel-granularity wrappers (driven by tfprune.PruningController) -----------------

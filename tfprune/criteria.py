@@ -103,10 +103,14 @@ class ChannelContext:
             for each weight, the sum over batches of `(w * dL/dw)`, one array per batch
             (only filled for `"taylor"`).
         seed: Seed for `"random"`.
+        scales: Learned channel scales (`tfprune.gates.Scale`) of the model's wrapped
+            layers before they were folded, keyed by layer name, one value per output
+            channel (for `"bn_scale"`).
     """
 
     gradients: dict[str, list[np.ndarray]] | None = None
     seed: int = 0
+    scales: dict[str, np.ndarray] | None = None
 
 
 def _per_channel(group, roles: tuple[str, ...], fn, min_ndim: int = 2, weights=None) -> np.ndarray:
@@ -216,31 +220,42 @@ def taylor(group, context: ChannelContext | None = None) -> np.ndarray:
 
 
 def bn_scale(group, context: ChannelContext | None = None) -> np.ndarray:
-    """|gamma| of the group's BatchNormalization layers (network slimming, Liu et al. 2017).
+    """Slimming factors: |gamma| of the group's BatchNormalization layers (Liu et al. 2017).
+
+    Producers that learned a `tfprune.gates.Scale` (the slimming factor of channels
+    without BatchNormalization) add their |scale|.
 
     Args:
         group: A `tfprune.graph.ChannelGroup`.
-        context: Unused.
+        context: Supplies `scales`, the learned channel scales of wrapped layers.
 
     Returns:
         One score per channel.
 
     Raises:
-        ValueError: If no BatchNormalization with a scale holds the group's channels.
+        ValueError: If neither a BatchNormalization with a scale nor a `Scale` gate holds
+            the group's channels.
     """
+    scales = (context.scales if context is not None else None) or {}
     scores = np.zeros(group.channels)
-    found = False
+    found, seen = False, set()
     for m in group.members:
         if m.role == "norm" and m.weight == "gamma":
-            found = True
-            gamma = np.abs(keras.ops.convert_to_numpy(_resolve(m.layer, "gamma")))
-            sel = m.index >= 0
-            np.add.at(scores, m.index[sel], gamma[sel])
+            factors = keras.ops.convert_to_numpy(_resolve(m.layer, "gamma"))
+        elif m.role == "output" and m.layer.name in scales and m.layer.name not in seen:
+            seen.add(m.layer.name)
+            factors = scales[m.layer.name]
+        else:
+            continue
+        found = True
+        sel = m.index >= 0
+        np.add.at(scores, m.index[sel], np.abs(factors)[sel])
     if not found:
         raise ValueError(
-            f"Criterion 'bn_scale' needs a BatchNormalization (with scale=True) on the "
-            f"channels of {group.producers}. Use criterion='l1' for groups without one, or "
-            "pass `ignore=[...]` to leave these layers alone."
+            f"Criterion 'bn_scale' needs a BatchNormalization (with scale=True) or a "
+            f"tfprune.gates.Scale gate on the channels of {group.producers}. Use "
+            "criterion='l1' for groups without one, or pass `ignore=[...]` to leave these "
+            "layers alone."
         )
     return scores
 

@@ -1,8 +1,38 @@
-"""Learnable channel gates: L0 hard-concrete gates and slimming scale gates.
+"""Learnable gates that `tfprune.Prunable` multiplies into the weights it wraps.
 
-L0 gates follow Louizos, Welling & Kingma (2018), "Learning Sparse Neural Networks through
-L0 Regularization", with beta=2/3, gamma=-0.1, zeta=1.1. Both gates are Keras layers placed
-after a Dense/Conv layer; they multiply the last (channel) axis.
+A gate is a small Keras layer holding one variable of the shape of a `Prunable` mask: one
+entry per output channel (`granularity="channel"`) or per weight (`granularity="weight"`).
+In the forward pass the wrapped layer runs on `weight * gate` (and the mask, as always,
+keeps pruned weights at zero); `tfprune.strip` folds the inference value of the gate into
+the weights, so a channel whose gate is 0 becomes an all-zero channel that
+`tfprune.shrink` removes.
+
+- `L0`: hard-concrete gates (Louizos, Welling & Kingma 2018, "Learning Sparse Neural
+  Networks through L0 Regularization") with beta = 2/3, gamma = -0.1, zeta = 1.1. Training
+  samples `z = min(1, max(0, sigmoid((log u - log(1 - u) + log_alpha) / beta) *
+  (zeta - gamma) + gamma))`, u ~ U(0, 1); inference uses the deterministic
+  `z = min(1, max(0, sigmoid(log_alpha) * (zeta - gamma) + gamma))`. The penalty is the
+  expected L0 norm `lam / N * sum_j sigmoid(log_alpha_j - beta * log(-gamma / zeta))`.
+- `Scale`: network-slimming scale factors (Liu et al. 2017) for channels without
+  BatchNormalization: initialised to 1, with the L1 penalty `strength * sum |scale|`.
+
+Both penalties are the gate variable's Keras regularizer, so they are in `model.losses`
+and apply in `model.fit` and custom loops alike.
+
+Example:
+
+```python
+gated = tfprune.wrap(
+    model,
+    sparsity=None,
+    granularity="channel",
+    gate=tfprune.gates.L0(lam=0.5, num_examples=len(x)),
+    exclude=["logits"],
+)
+gated.compile(...)
+gated.fit(x, y)
+small = tfprune.shrink(gated)  # gates folded; channels with a zero gate removed
+```
 """
 
 from __future__ import annotations
@@ -11,10 +41,21 @@ import math
 from typing import Any
 
 import keras
+import numpy as np
 
 from tfprune.regularizers import Slimming
 
-__all__ = ["BETA", "GAMMA", "ZETA", "L0Gate", "ScaleGate", "fold", "hard_concrete", "l0_penalty"]
+__all__ = [
+    "BETA",
+    "GAMMA",
+    "L0",
+    "ZETA",
+    "Gate",
+    "L0Penalty",
+    "Scale",
+    "hard_concrete",
+    "l0_penalty",
+]
 
 BETA = 2.0 / 3.0
 GAMMA = -0.1
@@ -22,15 +63,15 @@ ZETA = 1.1
 
 
 def hard_concrete(log_alpha, u=None):
-    """Hard-concrete gate value.
+    """Hard-concrete gate values.
 
-    Training (u given): z = min(1, max(0, sigmoid((log u - log(1-u) + log_alpha)/beta)
-    * (zeta - gamma) + gamma)); inference (u None): z = min(1, max(0, sigmoid(log_alpha)
-    * (zeta - gamma) + gamma)).
+    Training (`u` given): `z = min(1, max(0, sigmoid((log u - log(1 - u) + log_alpha) /
+    beta) * (zeta - gamma) + gamma))`; inference (`u` is None): `z = min(1, max(0,
+    sigmoid(log_alpha) * (zeta - gamma) + gamma))`.
 
     Args:
         log_alpha: Gate location parameters.
-        u: Uniform(0, 1) noise of the same shape, or None for the deterministic gate.
+        u: Uniform(0, 1) noise of the same shape, or `None` for the deterministic gate.
 
     Returns:
         Gate values in [0, 1].
@@ -43,31 +84,70 @@ def hard_concrete(log_alpha, u=None):
 
 
 def l0_penalty(log_alpha):
-    """Expected L0 norm sum_j sigmoid(log_alpha_j - beta * log(-gamma / zeta)).
+    """Expected L0 norm `sum_j sigmoid(log_alpha_j - beta * log(-gamma / zeta))`.
 
     Args:
         log_alpha: Gate location parameters.
 
     Returns:
-        Scalar expected number of open gates.
+        Scalar: the expected number of nonzero gates.
     """
     return keras.ops.sum(keras.ops.sigmoid(log_alpha - BETA * math.log(-GAMMA / ZETA)))
 
 
 @keras.saving.register_keras_serializable(package="tfprune")
-class L0Gate(keras.layers.Layer):
-    """Per-channel L0 hard-concrete gate; adds `lam * L0 / num_examples` to the loss in training.
-
-    log_alpha is initialised to log(1 - drop_rate) - log(drop_rate).
+class L0Penalty(keras.regularizers.Regularizer):
+    """`strength * l0_penalty(log_alpha)`: the expected L0 norm as a Keras regularizer.
 
     Args:
-        lam: Per-layer lambda.
-        num_examples: Number of training examples N; the penalty is lam * L0 / N.
-        drop_rate: Initial drop rate p in (0, 1).
-        seed: Seed for the uniform noise.
+        strength: Coefficient, `lam / num_examples` for an `L0` gate.
+    """
+
+    def __init__(self, strength: float):
+        self.strength = float(strength)
+
+    def __call__(self, log_alpha):
+        return self.strength * l0_penalty(log_alpha)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"strength": self.strength}
+
+
+class Gate(keras.layers.Layer):
+    """Base class of the gates a `tfprune.Prunable` holds.
+
+    A gate is built with the shape of one mask of its `Prunable` and gives the values the
+    covered weights are multiplied by. Subclasses create their variable in `build` and
+    implement `values`.
+    """
+
+    def values(self, training: bool = False):
+        """The gate values: sampled when `training`, deterministic otherwise."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `values(training)`.")
+
+    def inference_values(self) -> np.ndarray:
+        """The deterministic gate values as a NumPy array (what `strip` folds in)."""
+        return keras.ops.convert_to_numpy(self.values(training=False))
+
+
+@keras.saving.register_keras_serializable(package="tfprune")
+class L0(Gate):
+    """L0 hard-concrete gates (Louizos et al. 2018), one per channel or per weight.
+
+    `log_alpha` starts at `log(1 - drop_rate) - log(drop_rate)`; the penalty
+    `lam / num_examples * sum_j sigmoid(log_alpha_j - beta * log(-gamma / zeta))` is the
+    regularizer of `log_alpha`. Training samples the gates (fresh noise every call);
+    inference is deterministic.
+
+    Args:
+        lam: Lambda of this layer (the paper's per-layer coefficient).
+        num_examples: Number of training examples N; the penalty is scaled by `1 / N`.
+        drop_rate: Initial drop rate in (0, 1); 0.5 by default.
+        seed: Seed of the gate noise.
+        **kwargs: Base layer arguments.
 
     Raises:
-        ValueError: If `drop_rate` is not in (0, 1) or `num_examples` < 1.
+        ValueError: If `lam` < 0, `num_examples` < 1 or `drop_rate` is not in (0, 1).
     """
 
     def __init__(
@@ -79,47 +159,44 @@ class L0Gate(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if not lam >= 0:
+            raise ValueError(f"`lam` must be >= 0. Received: lam={lam}. Use e.g. 0.1.")
+        if not isinstance(num_examples, int) or num_examples < 1:
+            raise ValueError(
+                f"`num_examples` must be an integer >= 1. Received: num_examples={num_examples!r}. "
+                "Pass the number of training examples."
+            )
         if not 0.0 < drop_rate < 1.0:
             raise ValueError(
                 f"`drop_rate` must be in (0, 1). Received: drop_rate={drop_rate}. Use e.g. 0.5."
             )
-        if num_examples < 1:
-            raise ValueError(
-                f"`num_examples` must be >= 1. Received: num_examples={num_examples}. "
-                "Pass the training-set size."
-            )
         self.lam = float(lam)
-        self.num_examples = int(num_examples)
+        self.num_examples = num_examples
         self.drop_rate = float(drop_rate)
         self.seed = seed
-        self._seed_gen = keras.random.SeedGenerator(seed)
+        self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def build(self, input_shape):
-        init = math.log(1.0 - self.drop_rate) - math.log(self.drop_rate)
+    def build(self, shape):
         self.log_alpha = self.add_weight(
             name="log_alpha",
-            shape=(input_shape[-1],),
-            initializer=keras.initializers.Constant(init),
+            shape=tuple(shape),
+            initializer=keras.initializers.Constant(
+                math.log(1.0 - self.drop_rate) - math.log(self.drop_rate)
+            ),
+            regularizer=L0Penalty(self.lam / self.num_examples),
             trainable=True,
+            autocast=False,
         )
+        self.built = True
 
-    def gate(self, training: bool = False):
-        """Gate vector: sampled when `training`, deterministic otherwise."""
+    def values(self, training: bool = False):
+        """Hard-concrete gates: sampled when `training`, deterministic otherwise."""
         if not training:
             return hard_concrete(self.log_alpha)
         u = keras.random.uniform(
-            self.log_alpha.shape, minval=1e-6, maxval=1.0 - 1e-6, seed=self._seed_gen
+            self.log_alpha.shape, minval=1e-6, maxval=1.0 - 1e-6, seed=self.seed_generator
         )
         return hard_concrete(self.log_alpha, u)
-
-    def call(self, inputs, training=None):
-        if training:
-            self.add_loss(self.lam * l0_penalty(self.log_alpha) / self.num_examples)
-        return inputs * keras.ops.cast(self.gate(bool(training)), inputs.dtype)
-
-    def open_gates(self) -> int:
-        """Number of channels whose deterministic gate is > 0."""
-        return int(keras.ops.convert_to_numpy(keras.ops.sum(hard_concrete(self.log_alpha) > 0)))
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -132,89 +209,41 @@ class L0Gate(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfprune")
-class ScaleGate(keras.layers.Layer):
-    """Learnable per-channel scale, initialised to 1, with the slimming L1 penalty.
+class Scale(Gate):
+    """Per-channel scale factors with the slimming L1 penalty (Liu et al. 2017).
 
-    For layer groups without BatchNormalization (Liu et al. 2017).
+    For channel groups without BatchNormalization: the scale starts at 1 and carries
+    `tfprune.regularizers.Slimming(strength)`; `prune_channels(criterion="bn_scale")` ranks
+    channels by |scale| as it ranks BatchNormalization channels by |gamma|.
 
     Args:
         strength: L1 coefficient on |scale|.
+        **kwargs: Base layer arguments.
+
+    Raises:
+        ValueError: If `strength` is negative.
     """
 
     def __init__(self, strength: float = 1e-4, **kwargs):
         super().__init__(**kwargs)
+        Slimming(strength)  # validates
         self.strength = float(strength)
 
-    def build(self, input_shape):
+    def build(self, shape):
         self.scale = self.add_weight(
             name="scale",
-            shape=(input_shape[-1],),
+            shape=tuple(shape),
             initializer="ones",
             regularizer=Slimming(self.strength),
             trainable=True,
+            autocast=False,
         )
+        self.built = True
 
-    def call(self, inputs):
-        return inputs * keras.ops.cast(self.scale, inputs.dtype)
+    def values(self, training: bool = False):
+        """The scale factors (the same in training and inference)."""
+        del training
+        return self.scale
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "strength": self.strength}
-
-
-_HOMOGENEOUS = ("linear", "relu")
-
-
-def fold(model: keras.Model) -> keras.Model:
-    """Return a copy of `model` with each gate's deterministic value folded into its producer.
-
-    The kernel's output channels and the bias of the Dense/Conv layer feeding an `L0Gate` or
-    `ScaleGate` are multiplied by the gate, and the gate becomes an `Identity` layer. Zero
-    gates thus become all-zero filters, which `tfprune.shrink` removes.
-
-    Args:
-        model: A functional or Sequential model.
-
-    Returns:
-        A new model without gate variables, with equal inference outputs.
-
-    Raises:
-        ValueError: If a gate's producer has no kernel, feeds other layers too, or uses an
-            activation other than linear/relu (folding would then change the output).
-    """
-    scaled: dict[int, list] = {}
-    for layer in model._flatten_layers(include_self=False):
-        if not isinstance(layer, (L0Gate, ScaleGate)):
-            continue
-        producer = layer.input._keras_history.operation
-        act = getattr(getattr(producer, "activation", None), "__name__", None)
-        if not hasattr(producer, "kernel") or act not in _HOMOGENEOUS:
-            raise ValueError(
-                f"Gate {layer.name!r} must follow a Dense/Conv layer with linear or relu "
-                f"activation. Received: producer={producer.name!r}, activation={act!r}. "
-                "Put the activation after the gate."
-            )
-        if len(producer._outbound_nodes) != 1:
-            raise ValueError(
-                f"Layer {producer.name!r} feeds more than the gate {layer.name!r}. "
-                f"Received: consumers={len(producer._outbound_nodes)}. Gate its only output."
-            )
-        z = keras.ops.convert_to_numpy(
-            hard_concrete(layer.log_alpha) if isinstance(layer, L0Gate) else layer.scale
-        )
-        weights = [keras.ops.convert_to_numpy(w) for w in producer.weights]
-        scaled[id(producer)] = [w * z if w.shape[-1:] == z.shape else w for w in weights]
-
-    def clone(layer):
-        if isinstance(layer, (L0Gate, ScaleGate)):
-            return keras.layers.Identity(name=layer.name)
-        new = layer.__class__.from_config(layer.get_config())
-        if id(layer) in scaled:
-            new.build(layer.input.shape)
-            new.set_weights(scaled[id(layer)])
-        return new
-
-    new = keras.models.clone_model(model, clone_function=clone)
-    for old, fresh in zip(model.layers, new.layers):
-        if id(old) not in scaled and not isinstance(old, (L0Gate, ScaleGate)) and old.weights:
-            fresh.set_weights(old.get_weights())
-    return new

@@ -87,7 +87,7 @@ def slimming(model: keras.Model, strength: float = 1e-4) -> keras.Model:
     if not found:
         raise ValueError(
             f"Model {model.name!r} has no BatchNormalization layer with scale=True. "
-            "Received: model without scaled BN. Use tfprune.gates.ScaleGate for layers without BN."
+            "Received: model without scaled BN. Use tfprune.gates.Scale for layers without BN."
         )
     new.set_weights(model.get_weights())
     return new

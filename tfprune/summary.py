@@ -25,6 +25,8 @@ class LayerStats:
         nonzeros: Number of weights that are not zero after masking.
         macs: Multiply-accumulates per example, or `None` when the layer's input shape is
             unknown (layers of subclassed models).
+        gates: `(open, total)` learned gates (`tfprune.gates`) of a wrapped layer, or
+            `None` for a layer without gates.
     """
 
     name: str
@@ -32,6 +34,7 @@ class LayerStats:
     params: int
     nonzeros: int
     macs: int | None
+    gates: tuple[int, int] | None = None
 
     @property
     def sparsity(self) -> float:
@@ -71,6 +74,14 @@ class ModelSummary:
                 return row
         raise KeyError(f"No layer named {name!r} in the summary.")
 
+    @property
+    def gates(self) -> tuple[int, int] | None:
+        """`(open, total)` learned gates over all layers, or `None` if there are none."""
+        counts = [r.gates for r in self.rows if r.gates is not None]
+        if not counts:
+            return None
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
     def __str__(self) -> str:
         header = ("layer", "type", "params", "nonzeros", "sparsity", "MACs")
         lines = [
@@ -94,7 +105,13 @@ class ModelSummary:
                 f"{self.macs:,}",
             )
         )
-        widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(6)]
+        if self.gates is not None:
+            header = (*header, "gates open")
+            cells = [r.gates for r in self.rows] + [self.gates]
+            lines = [
+                (*line, "" if g is None else f"{g[0]:,}/{g[1]:,}") for line, g in zip(lines, cells)
+            ]
+        widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
 
         def fmt(row):
             cells = [
@@ -129,6 +146,7 @@ def _layer_stats(layer: keras.layers.Layer) -> LayerStats:
         params=int(sum(w.size for w in weights)),
         nonzeros=int(sum(np.count_nonzero(w) for w in weights)),
         macs=macs,
+        gates=layer.open_gates() if isinstance(layer, Prunable) else None,
     )
 
 

@@ -7,11 +7,12 @@ the weights, so the model passed in is never modified.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import keras
 
 from tfprune import layers as registry
+from tfprune.gates import Gate
 from tfprune.wrapper import Prunable
 
 __all__ = ["clone_layer", "strip", "wrap"]
@@ -80,6 +81,7 @@ def wrap(
     layers: LayerSelector = None,
     exclude: LayerSelector = None,
     max_layer_sparsity: float | None = None,
+    gate: Gate | Mapping[str, Gate] | None = None,
 ) -> keras.layers.Layer:
     """Wraps every supported layer of a model in `tfprune.Prunable`.
 
@@ -98,14 +100,17 @@ def wrap(
             supported layers.
         exclude: Names of layers to leave dense (e.g. the output layer), or a predicate.
         max_layer_sparsity: Ceiling on any one layer's sparsity under global scope.
+        gate: A `tfprune.gates` gate to learn in every wrapped layer (each layer gets its
+            own copy), a mapping from layer names to gates (per-layer settings such as the
+            L0 `lam`; wrapped layers not named get none), or `None`.
 
     Returns:
         The wrapped model, or `Prunable(model)` when `model` is a single layer.
 
     Raises:
         TypeError: If `model` is not a Keras layer or model, or is a subclassed model.
-        ValueError: If `model` is already wrapped, `layers`/`exclude` name missing layers,
-            `layers` names an unsupported layer, or an argument is out of range.
+        ValueError: If `model` is already wrapped, `layers`/`exclude`/`gate` name missing
+            layers, `layers` names an unsupported layer, or an argument is out of range.
     """
     options = dict(
         sparsity=sparsity,
@@ -120,7 +125,7 @@ def wrap(
             f"model={model!r} of type {type(model).__name__}"
         )
     if not isinstance(model, keras.Model):
-        return Prunable(model, **options)
+        return Prunable(model, gate=gate, **options)
     _check_rebuildable(model, "wrap")
     all_layers = list(registry.iter_layers(model))
     wrapped = [layer.name for layer in all_layers if isinstance(layer, Prunable)]
@@ -133,6 +138,9 @@ def wrap(
     known = {layer.name for layer in all_layers}
     include = _selector(layers, "layers", known)
     skip = _selector(exclude, "exclude", known)
+    gate_of = dict(gate) if isinstance(gate, Mapping) else None
+    if gate_of is not None:
+        _selector(gate_of, "gate", known)
 
     def prunable(layer: keras.layers.Layer) -> bool:
         spec = registry.lookup(layer)
@@ -166,7 +174,8 @@ def wrap(
         new = clone_layer(layer)
         chosen = prunable(layer) and (include is None or include(layer))
         if chosen and not (skip is not None and skip(layer)):
-            return Prunable(new, **options)
+            layer_gate = gate if gate_of is None else gate_of.get(layer.name)
+            return Prunable(new, gate=layer_gate, **options)
         return new
 
     return keras.models.clone_model(model, clone_function=clone, recursive=True)

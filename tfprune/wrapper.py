@@ -12,9 +12,11 @@ import numpy as np
 from keras import ops
 
 from tfprune import criteria as criteria_lib
+from tfprune import gates as gates_lib
 from tfprune import granularity as granularity_lib
 from tfprune import layers as registry
 from tfprune import schedules as schedules_lib
+from tfprune.regularizers import ZERO_THRESHOLD
 
 __all__ = ["Prunable", "PruneTarget"]
 
@@ -30,12 +32,14 @@ class PruneTarget:
         mask: Boolean mask variable (`True` = kept).
         threshold: Scalar variable: the highest score pruned at the last update.
         weights: `(spec, variable)` pairs the mask applies to; the first is scored.
+        gate: The `tfprune.gates.Gate` multiplied into these weights, or `None`.
     """
 
     name: str
     mask: keras.Variable
     threshold: keras.Variable
     weights: list[tuple[registry.WeightSpec, keras.Variable]]
+    gate: gates_lib.Gate | None = None
 
     @property
     def spec(self) -> registry.WeightSpec:
@@ -87,6 +91,12 @@ class Prunable(keras.layers.Wrapper):
     model, together with the pruning step and the last threshold. They are changed by a
     `tfprune.PruningController`, which `tfprune.callbacks.UpdateMasks` drives in `model.fit`.
 
+    With a `gate` (`tfprune.gates.L0` or `tfprune.gates.Scale`), the wrapped layer runs on
+    `weight * gate` instead: one learnable gate per output channel (`granularity="channel"`)
+    or per weight (`granularity="weight"`), sampled in training and deterministic at
+    inference, with the gate's penalty in `model.losses`. `tfprune.strip` folds the gates
+    into the weights.
+
     Args:
         layer: The layer to wrap: any layer in the registry (`tfprune.layers`).
         sparsity: A float in [0, 1), a schedule from `tfprune.schedules` (or a
@@ -98,13 +108,17 @@ class Prunable(keras.layers.Wrapper):
             ranking across every global-scope `Prunable` of the model).
         criterion: Importance criterion: `"magnitude"` or a function `weights -> scores`.
         max_layer_sparsity: Ceiling on this layer's sparsity under global scope.
+        gate: A `tfprune.gates.Gate` (`L0(...)`, `Scale(...)`) to learn, or `None`. It is a
+            template: each mask gets its own copy, of the mask's shape. Needs granularity
+            `"channel"` or `"weight"`.
         **kwargs: Base layer arguments (`name`, ...). The name defaults to the wrapped
             layer's.
 
     Raises:
-        TypeError: If `layer` is not a Keras layer.
-        ValueError: If `layer` is already a `Prunable`, its type is not supported, or an
-            argument is out of range.
+        TypeError: If `layer` is not a Keras layer or `gate` is not a gate.
+        ValueError: If `layer` is already a `Prunable`, its type is not supported, an
+            argument is out of range, or a gate is combined with a granularity other than
+            `"channel"` or `"weight"`.
 
     Example:
 
@@ -123,6 +137,7 @@ class Prunable(keras.layers.Wrapper):
         scope: str = "layer",
         criterion: str | Callable = "magnitude",
         max_layer_sparsity: float | None = None,
+        gate: gates_lib.Gate | dict | None = None,
         **kwargs,
     ):
         if isinstance(layer, Prunable):
@@ -158,12 +173,38 @@ class Prunable(keras.layers.Wrapper):
         if max_layer_sparsity is not None:
             schedules_lib._check_sparsity("max_layer_sparsity", max_layer_sparsity)
         self.max_layer_sparsity = max_layer_sparsity
+        self.gate = self._check_gate(gate)
+        self.gate_layers: list[gates_lib.Gate] = []
         self.targets: list[PruneTarget] = []
         self.step = self.add_weight(
             name="prune_step", shape=(), dtype="int64", initializer="zeros", trainable=False
         )
         self._driven = False
         self._call_takes_training = "training" in inspect.signature(layer.call).parameters
+
+    def _check_gate(self, gate) -> gates_lib.Gate | None:
+        if isinstance(gate, dict):
+            gate = keras.saving.deserialize_keras_object(gate)
+        if gate is None:
+            return None
+        if not isinstance(gate, gates_lib.Gate):
+            raise TypeError(
+                f"`gate` of layer '{self.name}' must be a tfprune.gates.Gate such as "
+                f"tfprune.gates.L0(...) or None. Received: gate={gate!r}"
+            )
+        if not isinstance(self.granularity, (granularity_lib.Weight, granularity_lib.Channel)):
+            raise ValueError(
+                f"Gates are learned per channel or per weight, so layer '{self.name}' needs "
+                "granularity='channel' or 'weight' for its gate. Received: "
+                f"granularity={self.granularity.get_config()!r}"
+            )
+        if getattr(self.layer, "activity_regularizer", None) is not None:
+            raise ValueError(
+                f"Layer '{self.layer.name}' has an activity_regularizer, which a gated "
+                "tfprune.Prunable cannot apply. Remove it, or put "
+                "keras.layers.ActivityRegularization after the layer."
+            )
+        return gate
 
     # --- building ----------------------------------------------------------------------
 
@@ -205,22 +246,32 @@ class Prunable(keras.layers.Wrapper):
                 name=f"{name}_threshold", shape=(), initializer="zeros", trainable=False
             )
             weights = [(s, registry.resolve(self.layer, s.path)) for s in group]
-            self.targets.append(PruneTarget(name, mask, threshold, weights))
+            gate = None
+            if self.gate is not None:
+                config = {**self.gate.get_config(), "name": f"{name}_gate"}
+                gate = self.gate.__class__.from_config(config)
+                gate.build(mask_shape)
+                self.gate_layers.append(gate)
+            self.targets.append(PruneTarget(name, mask, threshold, weights, gate))
             for s, w in weights:
                 w.constraint = _MaskConstraint(self._expander(mask, s, w.shape), w.constraint)
         self.built = True
 
     def _expander(self, mask: keras.Variable, spec: registry.WeightSpec, shape):
         """A function returning `mask` as a tensor that broadcasts against the weight."""
-        if tuple(mask.shape) == tuple(shape):
-            return lambda: mask.value
-        view = _broadcast_view(tuple(mask.shape), spec, tuple(shape))
-        return lambda: ops.reshape(mask.value, view)
+        return lambda: self._expand(mask.value, spec, shape)
+
+    @staticmethod
+    def _expand(values, spec: registry.WeightSpec, shape):
+        """`values` of a mask's shape as a tensor that broadcasts against the weight."""
+        if tuple(values.shape) == tuple(shape):
+            return values
+        return ops.reshape(values, _broadcast_view(tuple(values.shape), spec, tuple(shape)))
 
     # --- forward -----------------------------------------------------------------------
 
     def call(self, inputs, *args, training=None, **kwargs):
-        if training and not self._driven:
+        if training and self.schedule is not None and not self._driven:
             raise RuntimeError(
                 f"Layer '{self.name}' is a tfprune.Prunable being trained without a pruning "
                 "controller, so its masks would never update. Add the callback: "
@@ -230,7 +281,25 @@ class Prunable(keras.layers.Wrapper):
             )
         if self._call_takes_training and training is not None:
             kwargs["training"] = training
-        return self.layer(inputs, *args, **kwargs)
+        if not self.gate_layers:
+            return self.layer(inputs, *args, **kwargs)
+        # The layer reads `weight * gate` in place of each gated weight; anything else it
+        # updates or adds as a loss inside the scope is applied after it.
+        gated = [
+            (w, w * self._expand(t.gate.values(bool(training)), spec, w.shape))
+            for t in self.targets
+            for spec, w in t.weights
+        ]
+        with keras.StatelessScope(state_mapping=gated, collect_losses=True) as scope:
+            outputs = self.layer(inputs, *args, **kwargs)
+        skip = {id(w) for w, _ in gated}
+        for v in self.layer.variables:
+            value = scope.get_current_value(v)
+            if id(v) not in skip and value is not None:
+                v.assign(value)
+        for loss in scope.losses:
+            self.add_loss(loss)
+        return outputs
 
     def compute_output_shape(self, *args, **kwargs):
         return self.layer.compute_output_shape(*args, **kwargs)
@@ -283,15 +352,32 @@ class Prunable(keras.layers.Wrapper):
         )
 
     def masked_weights(self) -> list[np.ndarray]:
-        """The wrapped layer's weights with masks applied, in `layer.get_weights()` order."""
+        """The wrapped layer's weights with masks (and inference gates) applied.
+
+        Returns:
+            Arrays in `layer.get_weights()` order: what the layer computes with at inference.
+        """
         masked = {}
         for target in self.targets:
             keep = keras.ops.convert_to_numpy(target.mask)
+            factor = keep if target.gate is None else keep * target.gate.inference_values()
             for spec, w in target.weights:
                 view = _broadcast_view(keep.shape, spec, tuple(w.shape))
-                full = np.broadcast_to(keep.reshape(view), w.shape)
-                masked[id(w)] = np.where(full, keras.ops.convert_to_numpy(w), 0).astype(w.dtype)
+                full = np.broadcast_to(factor.reshape(view), w.shape)
+                value = keras.ops.convert_to_numpy(w)
+                masked[id(w)] = np.where(full != 0, value * full, 0).astype(w.dtype)
         return [masked.get(id(w), keras.ops.convert_to_numpy(w)) for w in self.layer.weights]
+
+    def open_gates(self) -> tuple[int, int] | None:
+        """`(open, total)` gates of this layer, open meaning an inference value that is not
+        zero, or `None` for a layer without gates."""
+        if not self.gate_layers:
+            return None
+        values = [g.inference_values() for g in self.gate_layers]
+        return (
+            sum(int(np.count_nonzero(np.abs(v) > ZERO_THRESHOLD)) for v in values),
+            sum(v.size for v in values),
+        )
 
     # --- config ------------------------------------------------------------------------
 
@@ -311,5 +397,6 @@ class Prunable(keras.layers.Wrapper):
             "scope": self.scope,
             "criterion": criteria_lib.serialize(self.criterion),
             "max_layer_sparsity": self.max_layer_sparsity,
+            "gate": keras.saving.serialize_keras_object(self.gate),
         }
         return {**super().get_config(), **config}
