@@ -173,6 +173,3 @@ def test_bad_gate_arguments():
         tfprune.Prunable(dense, granularity="2:4", gate=gates.L0())
     with pytest.raises(TypeError, match=r"Received: gate=0\.5"):
         tfprune.Prunable(dense, gate=0.5)
-    regularized = keras.layers.Dense(4, activity_regularizer="l2", name="act")
-    with pytest.raises(ValueError, match="Layer 'act' has an activity_regularizer"):
-        tfprune.Prunable(regularized, gate=gates.L0())

@@ -126,23 +126,26 @@ def test_training_without_controller_names_the_fix():
         wrapped(np.ones((1, 2), "float32"), training=True)
 
 
-def test_dropout_state_and_losses_pass_through_the_wrapper():
+@pytest.mark.parametrize("gate", [None, tfprune.gates.Scale(0.0)], ids=["masks", "gated"])
+def test_dropout_state_and_losses_pass_through_the_wrapper(gate):
     layer = keras.layers.Dense(3, activity_regularizer=keras.regularizers.L1(1.0))
-    wrapped = Prunable(layer)
+    wrapped = Prunable(layer, gate=gate)
     x = np.ones((2, 4), "float32")
     out = wrapped(x)
-    assert len(wrapped.losses) == 1
+    assert len(wrapped.losses) == 1 + (gate is not None)  # activity (+ the gate's penalty)
     np.testing.assert_allclose(wrapped.losses[0], np.abs(out).sum() / 2, rtol=1e-6)
     mha = keras.layers.MultiHeadAttention(1, 2, dropout=0.5, seed=3)
     q = np.ones((1, 2, 4), "float32")
     mha(q, q)
-    wrapped_mha = Prunable(mha)
+    wrapped_mha = Prunable(mha, gate=gate)
     wrapped_mha(q, q)
     tfprune.PruningController(wrapped_mha)
     state = [v for v in mha.variables if "seed" in v.name]
     before = keras.ops.convert_to_numpy(state[0]).copy()
-    wrapped_mha(q, q, training=True)
+    first = wrapped_mha(q, q, training=True)
     assert not np.array_equal(before, keras.ops.convert_to_numpy(state[0]))
+    # The advanced seed gives a new dropout pattern on the next call.
+    assert not np.array_equal(first, wrapped_mha(q, q, training=True))
 
 
 def test_masks_are_one_byte_booleans():

@@ -14,6 +14,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfprune.layers import iter_layers
+
 __all__ = [
     "ZERO_THRESHOLD",
     "GroupLasso",
@@ -188,6 +190,9 @@ class ProximalGroupLasso(keras.callbacks.Callback):
 def apply_proximal(model: keras.Model, learning_rate: float) -> int:
     """Apply one group soft-threshold to every `GroupLasso`-regularised kernel of `model`.
 
+    `w_g <- max(0, 1 - lr * lambda * sqrt(|g|) / ||w_g||) * w_g`, computed with `keras.ops`
+    on the variables (layers inside wrappers such as `tfprune.Prunable` included).
+
     Args:
         model: Keras model.
         learning_rate: Step size lr in the threshold lr * lambda * sqrt(|g|).
@@ -196,17 +201,17 @@ def apply_proximal(model: keras.Model, learning_rate: float) -> int:
         Number of groups that are zero (norm <= ZERO_THRESHOLD) afterwards.
     """
     zero = 0
-    for layer in model._flatten_layers(include_self=False):
-        reg = getattr(layer, "kernel_regularizer", None)
-        if not isinstance(reg, GroupLasso) or not hasattr(layer, "kernel"):
+    for layer in iter_layers(model):
+        inner = layer.layer if isinstance(layer, keras.layers.Wrapper) else layer
+        reg = getattr(inner, "kernel_regularizer", None)
+        if not isinstance(reg, GroupLasso):
             continue
-        w = keras.ops.convert_to_numpy(layer.kernel)
-        axes = _group_axes(w.ndim, reg.groups)
-        size = int(np.prod([w.shape[a] for a in axes]))
-        norms = np.sqrt(np.sum(np.square(w), axis=axes, keepdims=True))
+        kernel = inner.kernel
+        axes = _group_axes(len(kernel.shape), reg.groups)
+        size = int(np.prod([kernel.shape[a] for a in axes]))
+        norms = keras.ops.sqrt(keras.ops.sum(keras.ops.square(kernel), axis=axes, keepdims=True))
         tau = learning_rate * reg.strength * math.sqrt(size)
-        scale = np.maximum(0.0, 1.0 - tau / np.maximum(norms, 1e-30))
-        w = (w * scale).astype(w.dtype)
-        layer.kernel.assign(w)
-        zero += int(np.sum(norms * scale <= ZERO_THRESHOLD))
+        scale = keras.ops.relu(1.0 - tau / keras.ops.maximum(norms, 1e-30))
+        kernel.assign(kernel * keras.ops.cast(scale, kernel.dtype))
+        zero += int(keras.ops.convert_to_numpy(keras.ops.sum(norms * scale <= ZERO_THRESHOLD)))
     return zero

@@ -198,12 +198,6 @@ class Prunable(keras.layers.Wrapper):
                 "granularity='channel' or 'weight' for its gate. Received: "
                 f"granularity={self.granularity.get_config()!r}"
             )
-        if getattr(self.layer, "activity_regularizer", None) is not None:
-            raise ValueError(
-                f"Layer '{self.layer.name}' has an activity_regularizer, which a gated "
-                "tfprune.Prunable cannot apply. Remove it, or put "
-                "keras.layers.ActivityRegularization after the layer."
-            )
         return gate
 
     # --- building ----------------------------------------------------------------------
