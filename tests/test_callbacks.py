@@ -31,6 +31,55 @@ def test_fit_reaches_the_scheduled_sparsity(jit_compile, steps_per_execution):
     assert isinstance(model.get_layer("out"), keras.layers.Dense)
 
 
+def test_update_masks_reads_and_writes_the_step_once_per_batch(monkeypatch):
+    # Per batch: one read of the optimizer's step and one call writing every layer's step;
+    # the stored step is read once per epoch. (Before: four reads and one eager assignment
+    # per layer, which made fit 10-25 % slower for small models.)
+    counts = {"optimizer": 0, "stored": 0}
+    writes = []
+    read_optimizer = tfprune.callbacks.UpdateMasks._optimizer_steps
+    stored_step = tfprune.PruningController.step.fget
+    make_writer = tfprune.controller._step_writer
+
+    def counting_writer(variables):
+        write = make_writer(variables)
+        return lambda step: writes.append((len(variables), step)) or write(step)
+
+    def count(key, fn):
+        return lambda self: counts.__setitem__(key, counts[key] + 1) or fn(self)
+
+    monkeypatch.setattr(tfprune.controller, "_step_writer", counting_writer)
+    monkeypatch.setattr(
+        tfprune.callbacks.UpdateMasks, "_optimizer_steps", count("optimizer", read_optimizer)
+    )
+    monkeypatch.setattr(tfprune.PruningController, "step", property(count("stored", stored_step)))
+    x, y = toy_data(64)
+    model = compile_model(tfprune.wrap(small_cnn(), sparsity=0.5, exclude=["out"]))
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[tfprune.callbacks.UpdateMasks()])
+    assert writes == [(3, step) for step in range(1, 17)]
+    assert counts == {"optimizer": 16 + 2, "stored": 2}
+    assert [int(layer.step) for layer in tfprune.controller.prunable_layers(model)] == [16] * 3
+
+
+class _RestoreStep(keras.callbacks.Callback):
+    """Sets the pruning step at train begin, as BackupAndRestore does when it restores."""
+
+    def on_train_begin(self, logs=None):
+        tfprune.PruningController(self.model).set_step(10)
+
+
+def test_update_masks_continues_from_a_step_restored_at_train_begin():
+    x, y = toy_data(64)
+    schedule = tfprune.schedules.PolynomialDecay(0.0, 0.75, 10, 14, frequency=2)
+    model = compile_model(tfprune.wrap(small_cnn(), sparsity=schedule, exclude=["out"]))
+    callback = tfprune.callbacks.UpdateMasks()
+    model.fit(x, y, batch_size=8, verbose=0, callbacks=[callback, _RestoreStep()])
+    assert callback.controller.step == 18
+    for layer in callback.controller.layers:
+        kernel = keras.ops.convert_to_numpy(layer.layer.kernel)
+        assert (kernel == 0).sum() == allocation.count(0.75, kernel.size)
+
+
 def test_fit_without_update_masks_fails_with_the_fix():
     x, y = toy_data(16)
     model = compile_model(tfprune.wrap(small_cnn(), sparsity=0.5))

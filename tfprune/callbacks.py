@@ -22,7 +22,9 @@ class UpdateMasks(keras.callbacks.Callback):
     `tfprune.PruningController` whether an update is due, and after it adds the optimizer
     steps that ran (read from `optimizer.iterations`, which is exact even when the last
     execution of an epoch is short), so the pruning step saved in the model always equals
-    the number of steps trained.
+    the number of steps trained. Per batch that costs one read of the optimizer's step and
+    one write of every layer's step at once; the stored step is read at the first batch of
+    each epoch, so a step restored in `on_train_begin` (BackupAndRestore) is honoured.
 
     Example:
 
@@ -36,6 +38,7 @@ class UpdateMasks(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.controller: controller_lib.PruningController | None = None
+        self._step: int | None = None
         self._iterations = 0
 
     def _optimizer_steps(self) -> int:
@@ -43,13 +46,22 @@ class UpdateMasks(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.controller = controller_lib.PruningController(self.model)
+        self._step = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._step = None
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._iterations = self._optimizer_steps()
-        self.controller.update()
+        if self._step is None:  # first batch of the epoch: after every on_train_begin
+            self._step = self.controller.step
+            self._iterations = self._optimizer_steps()
+        self.controller._update_masks(self._step)
 
     def on_train_batch_end(self, batch, logs=None):
-        self.controller.advance(self._optimizer_steps() - self._iterations)
+        iterations = self._optimizer_steps()
+        self._step += iterations - self._iterations
+        self._iterations = iterations
+        self.controller.set_step(self._step)
 
     def get_config(self) -> dict:
         return {}

@@ -18,7 +18,7 @@ cross-replica context under `tf.distribute`, so every replica gets the same mask
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import keras
 import numpy as np
@@ -47,6 +47,40 @@ def prunable_layers(model: keras.layers.Layer) -> list[Prunable]:
 
 def _to_numpy(variable: keras.Variable) -> np.ndarray:
     return keras.ops.convert_to_numpy(variable)
+
+
+def _step_writer(variables: list[keras.Variable]) -> Callable[[int], None]:
+    """A function that assigns one step to all `variables` (the layers' pruning steps).
+
+    `UpdateMasks` writes the step after every training batch. With the TensorFlow backend
+    the assignments run in one `tf.function` call (traced once per number of variables), so
+    that cost does not grow with the number of prunable layers as eager assignments would.
+    """
+    if keras.backend.backend() != "tensorflow" or len(variables) < 2:
+
+        def write(step: int) -> None:
+            for v in variables:
+                v.assign(step)
+
+        return write
+    import tensorflow as tf
+
+    values = [v.value for v in variables]
+    return lambda step: _assign_all(values, tf.constant(step, tf.int64))
+
+
+def _assign_all_fn():
+    import tensorflow as tf
+
+    @tf.function(autograph=False)
+    def assign_all(variables, value):
+        for v in variables:
+            v.assign(value)
+
+    return assign_all
+
+
+_assign_all = _assign_all_fn() if keras.backend.backend() == "tensorflow" else None
 
 
 class PruningController:
@@ -83,6 +117,7 @@ class PruningController:
                 f"{sorted(global_schedules)}"
             )
         self._last_step: int | None = None
+        self._write_step = _step_writer([layer.step for layer in self.layers])
 
     # --- step --------------------------------------------------------------------------
 
@@ -102,8 +137,7 @@ class PruningController:
         """
         if step < 0:
             raise ValueError(f"Expected a non-negative `step`. Received: step={step}")
-        for layer in self.layers:
-            layer.step.assign(step)
+        self._write_step(int(step))
 
     def advance(self, steps: int = 1) -> None:
         """Adds `steps` training steps to the pruning step."""
@@ -131,8 +165,12 @@ class PruningController:
         """
         if step is None:
             step = self.step
-        elif step != self.step:
+        else:
             self.set_step(step)
+        return self._update_masks(step)
+
+    def _update_masks(self, step: int) -> bool:
+        """`update` without touching the stored step: the caller keeps it equal to `step`."""
         if not all(layer.built for layer in self.layers):
             if self._last_step is None:
                 self._last_step = step - 1
