@@ -37,3 +37,39 @@ def test_custom_training_loop_reaches_80_percent():
         assert (~mask).sum() == tfprune.allocation.count(0.8, mask.size)
         kernel = keras.ops.convert_to_numpy(layer.layer.kernel)
         assert np.all(kernel[~mask] == 0)
+
+
+def test_migrate_from_tfmot_prunes_both_to_the_same_schedule(tmp_path, capsys):
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    result = _load("migrate_from_tfmot").main(["--quick"])
+    assert isinstance(result["schedule"], tfmot.sparsity.keras.PolynomialDecay)
+    tfmot_model, final = result["tfmot"], result["tfprune"]
+    assert isinstance(tfmot_model, tf_keras.Model) and not isinstance(tfmot_model, keras.Model)
+    assert isinstance(final, keras.Model)
+    assert all("tfprune" not in type(x).__module__ for x in tfprune.layers.iter_layers(final))
+    assert all("PruneLowMagnitude" not in type(x).__name__ for x in tfmot_model.layers)
+    # 80 % of each hidden kernel; the two rounding rules agree on these sizes.
+    expected = {"conv1": 115, "conv2": 3686, "fc": 26214, "logits": 0}
+    for name, zeros in expected.items():
+        n = tfmot_model.get_layer(name).kernel.shape.num_elements()
+        if name != "logits":
+            assert zeros == tfprune.allocation.count(0.8, n) == n - round(n * 0.2)
+        for model in (tfmot_model, final):
+            assert (np.asarray(model.get_layer(name).kernel) == 0).sum() == zeros
+    assert result["accuracy"]["tfmot"] > 0.75
+    assert result["accuracy"]["tfprune"] > 0.75
+    assert "accuracy" in capsys.readouterr().out
+    # tfmot (and tf_keras) in the process leave Keras 3 and tfprune working.
+    final.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), final.predict(x, verbose=0))
+    wrapped = tfprune.wrap(loaded, sparsity=0.5, exclude=["logits"])
+    wrapped.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    wrapped.fit(x, np.arange(4), verbose=0, callbacks=[tfprune.callbacks.UpdateMasks()])
+    fc = wrapped.get_layer("fc")
+    mask = keras.ops.convert_to_numpy(fc.targets[0].mask)
+    assert (~mask).sum() == tfprune.allocation.count(0.5, mask.size)
+    assert np.all(keras.ops.convert_to_numpy(fc.layer.kernel)[~mask] == 0)
