@@ -90,3 +90,14 @@ def test_proximal_callback_in_fit_reaches_exact_zero():
     )
     norms = np.linalg.norm(layer.kernel.numpy(), axis=0)
     assert np.all(norms == 0.0)
+
+
+def test_proximal_reaches_kernels_inside_prunable_wrappers():
+    import tfprune
+
+    conv = keras.layers.Conv2D(2, 1, kernel_regularizer=regularizers.GroupLasso(1.0, "filters"))
+    model = tfprune.wrap(keras.Sequential([keras.Input((3, 3, 1)), conv]), sparsity=None)
+    kernel = model.layers[0].layer.kernel
+    kernel.assign(np.array([[[[0.01, 3.0]]]], "float32"))  # tau = 0.1 * 1 * sqrt(1) = 0.1
+    assert regularizers.apply_proximal(model, 0.1) == 1
+    np.testing.assert_allclose(kernel.numpy().reshape(-1), [0.0, 2.9], rtol=1e-6)
