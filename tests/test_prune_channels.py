@@ -137,6 +137,8 @@ def test_errors():
         tfprune.prune_channels(model, scope="all")
     with pytest.raises(ValueError, match=r"Unknown channel `criterion`.*criterion='l3'"):
         tfprune.prune_channels(model, criterion="l3")
+    with pytest.raises(TypeError, match=r"channel `criterion` to be a string.*criterion=3"):
+        tfprune.prune_channels(model, criterion=3)
     with pytest.raises(ValueError, match=r"`ignore` names layers that are not in the model"):
         tfprune.prune_channels(model, ignore=["nope"])
     with pytest.raises(ValueError, match=r"Criterion 'taylor' needs `data`"):

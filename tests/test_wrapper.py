@@ -168,6 +168,7 @@ def test_masks_are_one_byte_booleans():
         ({"scope": "model"}, ValueError, "Received: scope='model'"),
         ({"granularity": "2:4", "scope": "global"}, ValueError, "cannot be ranked globally"),
         ({"criterion": "norm"}, ValueError, "Received: criterion='norm'"),
+        ({"criterion": 0.5}, TypeError, r"`criterion` to be a string.*criterion=0.5"),
         ({"max_layer_sparsity": 1.2}, ValueError, "max_layer_sparsity=1.2"),
     ],
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -44,14 +45,26 @@ def magnitude(weights: np.ndarray) -> np.ndarray:
 _BUILTIN: dict[str, Callable[[np.ndarray], np.ndarray]] = {"magnitude": magnitude}
 
 
-def _named(name: str, table: dict, what: str, signature: str) -> Callable:
-    """The built-in criterion `name` from `table`, or a ValueError listing the choices."""
-    if name not in table:
-        raise ValueError(
-            f"Unknown {what}. Expected one of {sorted(table)} or a callable {signature}. "
-            f"Received: criterion={name!r}"
-        )
-    return table[name]
+def _lookup(criterion: Any, table: dict, what: str, signature: str) -> Callable:
+    """A built-in criterion by name from `table`, or `criterion` itself when callable.
+
+    Raises:
+        ValueError: For a name not in `table` (the message lists the choices).
+        TypeError: For a value that is neither a string nor callable.
+    """
+    if isinstance(criterion, str):
+        if criterion not in table:
+            raise ValueError(
+                f"Unknown {what}. Expected one of {sorted(table)} or a callable {signature}. "
+                f"Received: criterion={criterion!r}"
+            )
+        return table[criterion]
+    if callable(criterion):
+        return criterion
+    raise TypeError(
+        f"Expected {what} to be a string or a callable {signature}. "
+        f"Received: criterion={criterion!r}"
+    )
 
 
 def get(criterion: str | Callable | dict) -> Callable[[np.ndarray], np.ndarray]:
@@ -67,16 +80,9 @@ def get(criterion: str | Callable | dict) -> Callable[[np.ndarray], np.ndarray]:
         ValueError: For an unknown name.
         TypeError: For a value that is neither a string nor callable.
     """
-    if isinstance(criterion, str):
-        return _named(criterion, _BUILTIN, "`criterion`", "`weights -> scores`")
     if isinstance(criterion, dict):
         return keras.saving.deserialize_keras_object(criterion)
-    if callable(criterion):
-        return criterion
-    raise TypeError(
-        "Expected `criterion` to be a string or a callable `weights -> scores`. "
-        f"Received: criterion={criterion!r}"
-    )
+    return _lookup(criterion, _BUILTIN, "`criterion`", "`weights -> scores`")
 
 
 def serialize(criterion: Callable) -> str | dict:
@@ -299,11 +305,4 @@ def get_channel(criterion: str | Callable) -> Callable:
         ValueError: For an unknown name.
         TypeError: For a value that is neither a string nor callable.
     """
-    if isinstance(criterion, str):
-        return _named(criterion, _CHANNEL, "channel `criterion`", "`(group, context) -> scores`")
-    if callable(criterion):
-        return criterion
-    raise TypeError(
-        "Expected a channel `criterion` to be a string or a callable "
-        f"`(group, context) -> scores`. Received: criterion={criterion!r}"
-    )
+    return _lookup(criterion, _CHANNEL, "channel `criterion`", "`(group, context) -> scores`")

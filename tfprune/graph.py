@@ -321,11 +321,9 @@ def _rule(kind: str, fn: _Rule, *classes: type) -> None:
         _RULES[cls] = (kind, fn)
 
 
-_rule("input", _input, _L.InputLayer)
-_rule(
-    "source",
-    _source,
-    _L.Dense,
+# Convolutions whose output channels are their `filters` (the separable ones have a rule of
+# their own); shrink reads the same tuple.
+CONVOLUTIONS = (
     _L.Conv1D,
     _L.Conv2D,
     _L.Conv3D,
@@ -333,6 +331,8 @@ _rule(
     _L.Conv2DTranspose,
     _L.Conv3DTranspose,
 )
+_rule("input", _input, _L.InputLayer)
+_rule("source", _source, _L.Dense, *CONVOLUTIONS)
 _rule("depthwise", _depthwise, _L.DepthwiseConv1D, _L.DepthwiseConv2D)
 _rule("separable", _separable, _L.SeparableConv1D, _L.SeparableConv2D)
 _rule("norm", _batch_norm, _L.BatchNormalization)

@@ -34,19 +34,7 @@ _L = keras.layers
 # Which config entry holds a producer's number of output channels (graph-only knowledge).
 _WIDTH_KEY: dict[type, str] = {
     _L.Dense: "units",
-    **{
-        cls: "filters"
-        for cls in (
-            _L.Conv1D,
-            _L.Conv2D,
-            _L.Conv3D,
-            _L.Conv1DTranspose,
-            _L.Conv2DTranspose,
-            _L.Conv3DTranspose,
-            _L.SeparableConv1D,
-            _L.SeparableConv2D,
-        )
-    },
+    **{cls: "filters" for cls in (*graph_lib.CONVOLUTIONS, _L.SeparableConv1D, _L.SeparableConv2D)},
 }
 
 

@@ -10,6 +10,18 @@ from collections.abc import Iterator
 __all__: list[str] = []
 
 
+def output_path(path: str | os.PathLike) -> str:
+    """`path` as a string, after checking that its folder exists (before any slow work)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"The folder of the output file does not exist: {folder}. Create it first. "
+            f"Received: path={path!r}"
+        )
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """Yields a temporary path beside `path`; on success it replaces `path`, else it is removed.
@@ -18,13 +30,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     old file or the complete new one, never half a file, even on an exception or
     KeyboardInterrupt.
     """
-    path = os.fspath(path)
+    path = output_path(path)
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(
-            f"The folder of the output file does not exist: {folder}. Create it first. "
-            f"Received: path={path!r}"
-        )
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
     os.close(fd)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 __all__: list[str] = []
@@ -31,7 +33,8 @@ def check_runnable(data: bytes) -> str | None:
             interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
         interp.invoke()
     except (RuntimeError, ValueError) as e:
-        return " ".join(str(e).split())
+        # LiteRT glues its error lines together ("...node #8Node number 10 ..."): split them.
+        return re.sub(r"(?<=\S)(?=Node number)", "; ", " ".join(str(e).split()))
     return None
 
 

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from tfprune.export import _runtime
-from tfprune.export._io import write_bytes
+from tfprune.export._io import output_path, write_bytes
 from tfprune.export.info import describe
 from tfprune.export.verify import Verification, verify
 
@@ -295,13 +295,7 @@ def tflite(
         raise TypeError(
             f"Expected `model` to be a keras.Model. Received: model of type {type(model).__name__}"
         )
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(
-            f"The folder of the output file does not exist: {folder}. Create it first. "
-            f"Received: path={path!r}"
-        )
+    path = output_path(path)
     final = _prepare(model, shrink)
     specs = _input_specs(final, batch_size)
     calibration = (
