@@ -15,3 +15,16 @@ def append_results(section: str) -> None:
     """
     with open(RESULTS, "a") as f:
         f.write(section)
+
+
+def publish(lines: list[str], write: bool) -> None:
+    """Prints a markdown section and, when `write`, appends it to benchmarks/RESULTS.md.
+
+    Args:
+        lines: The section's lines: heading, conditions, table, notes.
+        write: Append to RESULTS.md (else print only).
+    """
+    text = "\n".join(lines)
+    print(text)
+    if write:
+        append_results("\n" + text)

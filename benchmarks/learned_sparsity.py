@@ -349,7 +349,7 @@ def section_slimming(train, test, budget: Budget, strength: float) -> str:
 # --- training-step overhead of L0 gates -----------------------------------------------
 
 
-def section_overhead(train, repetitions: int = 15, steps: int = 50) -> str:
+def section_overhead(train, repetitions: int = 15, steps: int = 200) -> str:
     x, y = train
     x, y = x[: steps * 128], y[: steps * 128]
     models = {

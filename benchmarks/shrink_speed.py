@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import tensorflow as tf
-from _results import append_results
+from _results import publish
 
 import tfprune
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "| --- | --- | --- |",
         *[f"| {name} | {t:.3f} | {t / t_copy:.2f}x |" for name, t in rows],
     ]
-    text = "\n".join(
+    publish(
         [
             "## Shrink speed: MobileNetV2 (benchmarks/shrink_speed.py)",
             "",
@@ -77,11 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             "",
             *lines,
             "",
-        ]
+        ],
+        write=not args.no_write,
     )
-    print(text)
-    if not args.no_write:
-        append_results("\n" + text)
     return 0
 
 
