@@ -14,17 +14,22 @@ from tfprune import controller as controller_lib
 __all__ = ["RewindPoint", "SparsityLogger", "UpdateMasks"]
 
 
+def _optimizer_steps(model: keras.Model) -> int:
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
 @keras.saving.register_keras_serializable(package="tfprune")
 class UpdateMasks(keras.callbacks.Callback):
     """Updates pruning masks during `model.fit` according to each layer's schedule.
 
     Before every training step (every execution with `steps_per_execution > 1`) it asks a
-    `tfprune.PruningController` whether an update is due, and after it adds the optimizer
-    steps that ran (read from `optimizer.iterations`, which is exact even when the last
-    execution of an epoch is short), so the pruning step saved in the model always equals
-    the number of steps trained. Per batch that costs one read of the optimizer's step and
-    one write of every layer's step at once; the stored step is read at the first batch of
-    each epoch, so a step restored in `on_train_begin` (BackupAndRestore) is honoured.
+    `tfprune.PruningController` whether an update is due, which costs a comparison of two
+    integers until the next step a schedule names. The pruning step is counted from the
+    batch index and written to the layers only at the end of each epoch and when the model
+    is saved (a `ModelCheckpoint` mid-epoch included), computed then from
+    `optimizer.iterations`, which is exact even when an epoch's last execution is short.
+    The stored step is read at the first batch of each epoch, so a step restored in
+    `on_train_begin` (BackupAndRestore) is honoured.
 
     Example:
 
@@ -38,30 +43,26 @@ class UpdateMasks(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.controller: controller_lib.PruningController | None = None
-        self._step: int | None = None
-        self._iterations = 0
-
-    def _optimizer_steps(self) -> int:
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self._first: int | None = None  # pruning step at batch index 0 of this epoch
 
     def on_train_begin(self, logs=None):
         self.controller = controller_lib.PruningController(self.model)
-        self._step = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._step = None
+        self._first = None
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self._step is None:  # first batch of the epoch: after every on_train_begin
-            self._step = self.controller.step
-            self._iterations = self._optimizer_steps()
-        self.controller._update_masks(self._step)
+        if self._first is None:  # first batch of the epoch: after every on_train_begin
+            step, iterations = self.controller.step, _optimizer_steps(self.model)
+            self._first = step - batch
+            self.controller.defer_step(lambda: step + _optimizer_steps(self.model) - iterations)
+        self.controller._update_masks(self._first + batch)
 
-    def on_train_batch_end(self, batch, logs=None):
-        iterations = self._optimizer_steps()
-        self._step += iterations - self._iterations
-        self._iterations = iterations
-        self.controller.set_step(self._step)
+    def on_epoch_end(self, epoch, logs=None):
+        self.controller.flush()
+
+    def on_train_end(self, logs=None):
+        self.controller.defer_step(None)
 
     def get_config(self) -> dict:
         return {}
@@ -108,7 +109,7 @@ class SparsityLogger(keras.callbacks.Callback):
 
     def write(self) -> None:
         """Writes the current values now."""
-        step = int(keras.ops.convert_to_numpy(self._layers[0].step))
+        step = controller_lib.stored_step(self._layers[0])
         with self._writer.as_default(step=step):
             for name, value in controller_lib.sparsities(self._layers).items():
                 tf.summary.scalar(f"sparsity/{name}", value)
@@ -186,9 +187,6 @@ class RewindPoint(keras.callbacks.Callback):
         self.optimizer_variables: list[np.ndarray] | None = None
         self.snapshot_step: int | None = None
 
-    def _iterations(self) -> int:
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-
     def _snapshot(self, step: int) -> None:
         skip = _pruning_variable_ids(self.model)
         self.weights = [
@@ -204,18 +202,18 @@ class RewindPoint(keras.callbacks.Callback):
         self.snapshot_step = step
 
     def on_train_begin(self, logs=None):
-        if self.weights is None and self._iterations() >= self.step:
-            self._snapshot(self._iterations())
+        if self.weights is None and _optimizer_steps(self.model) >= self.step:
+            self._snapshot(_optimizer_steps(self.model))
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.weights is None and self._iterations() >= self.step:
-            self._snapshot(self._iterations())
+        if self.weights is None and _optimizer_steps(self.model) >= self.step:
+            self._snapshot(_optimizer_steps(self.model))
 
     def on_train_end(self, logs=None):
         if self.weights is None:
             warnings.warn(
                 f"RewindPoint(step={self.step}) was never reached: training stopped at "
-                f"optimizer step {self._iterations()}. Train longer or lower `step`.",
+                f"optimizer step {_optimizer_steps(self.model)}. Train longer or lower `step`.",
                 stacklevel=2,
             )
 

@@ -18,6 +18,8 @@ cross-replica context under `tf.distribute`, so every replica gets the same mask
 
 from __future__ import annotations
 
+import math
+import weakref
 from collections.abc import Callable, Iterable
 
 import keras
@@ -43,6 +45,21 @@ def prunable_layers(model: keras.layers.Layer) -> list[Prunable]:
     if isinstance(model, Prunable):
         return [model]
     return [layer for layer in registry.iter_layers(model) if isinstance(layer, Prunable)]
+
+
+def stored_step(layer: Prunable) -> int:
+    """The pruning step of `layer`, after its controller has written any step it deferred.
+
+    Args:
+        layer: A `Prunable`.
+
+    Returns:
+        The step.
+    """
+    controller = layer._controller() if layer._controller is not None else None
+    if controller is not None:
+        controller.flush()
+    return int(_to_numpy(layer.step))
 
 
 def _to_numpy(variable: keras.Variable) -> np.ndarray:
@@ -104,7 +121,7 @@ class PruningController:
                 "Wrap it first: model = tfprune.wrap(model, sparsity=...)."
             )
         for layer in self.layers:
-            layer._driven = True
+            layer._controller = weakref.ref(self)
         global_schedules = {
             repr(layer.schedule)
             for layer in self.layers
@@ -117,6 +134,10 @@ class PruningController:
                 f"{sorted(global_schedules)}"
             )
         self._last_step: int | None = None
+        self._next_due: float | None = None  # first step of a scheduled update, if known
+        self._built = False
+        self._pending: Callable[[], int] | None = None
+        self._written: int | None = None  # the step last written by this controller
         self._write_step = _step_writer([layer.step for layer in self.layers])
 
     # --- step --------------------------------------------------------------------------
@@ -124,6 +145,8 @@ class PruningController:
     @property
     def step(self) -> int:
         """The pruning step (number of training steps seen), as saved in the model."""
+        if self._pending is not None:
+            return self._pending()
         return int(_to_numpy(self.layers[0].step))
 
     def set_step(self, step: int) -> None:
@@ -137,11 +160,38 @@ class PruningController:
         """
         if step < 0:
             raise ValueError(f"Expected a non-negative `step`. Received: step={step}")
+        self._pending = None
         self._write_step(int(step))
+        self._written = int(step)
 
     def advance(self, steps: int = 1) -> None:
         """Adds `steps` training steps to the pruning step."""
         self.set_step(self.step + steps)
+
+    def defer_step(self, source: Callable[[], int] | None) -> None:
+        """Makes `source()` the pruning step, written to the layers only when needed.
+
+        Writing every layer's step variable after each training step costs as much as a
+        small model's step, so the writes wait until the model is saved
+        (`Prunable.save_own_variables` calls `flush`), `flush` is called or deferring stops.
+        `step` returns `source()` meanwhile.
+
+        Args:
+            source: Returns the current step when called; `None` writes the deferred step
+                now and stops deferring.
+        """
+        if source is None:
+            self.flush()
+        self._pending = source
+
+    def flush(self) -> None:
+        """Writes the step deferred with `defer_step` (or `update`) to the layers, if it
+        changed since the last write."""
+        if self._pending is not None:
+            step = self._pending()
+            if step != self._written:
+                self._write_step(step)
+                self._written = step
 
     # --- updates -----------------------------------------------------------------------
 
@@ -156,6 +206,8 @@ class PruningController:
 
         Args:
             step: The current training step; `None` uses the step stored in the model.
+                A given step becomes the model's step (as with `defer_step`: written to
+                the layers when the model is saved or `flush` is called).
 
         Returns:
             True if any mask was recomputed.
@@ -166,15 +218,21 @@ class PruningController:
         if step is None:
             step = self.step
         else:
-            self.set_step(step)
+            self.defer_step(lambda: step)
         return self._update_masks(step)
 
     def _update_masks(self, step: int) -> bool:
         """`update` without touching the stored step: the caller keeps it equal to `step`."""
-        if not all(layer.built for layer in self.layers):
-            if self._last_step is None:
-                self._last_step = step - 1
-            return False
+        if not self._built:
+            self._built = all(layer.built for layer in self.layers)
+            if not self._built:
+                if self._last_step is None:
+                    self._last_step = step - 1
+                return False
+        if self._next_due is not None and self._last_step is not None:
+            if self._last_step < step < self._next_due:  # nothing due: skip asking schedules
+                self._last_step = step
+                return False
         due: dict[int, float] = {}
         for i, layer in enumerate(self.layers):
             if layer.schedule is None:
@@ -188,6 +246,7 @@ class PruningController:
                     )
                 due[i] = sparsity
         self._last_step = step
+        self._next_due = self._first_update_after(step)
         if not due:
             return False
         for layer in self._prune_channel_groups(due):
@@ -199,6 +258,15 @@ class PruningController:
         if shared:
             self.prune_global(shared, due[self.layers.index(shared[0])])
         return True
+
+    def _first_update_after(self, step: int) -> float | None:
+        """The first step after `step` with an update due, `None` if a schedule can't say."""
+        steps = [
+            schedules_lib.first_update_after(layer.schedule, step)
+            for layer in self.layers
+            if layer.schedule is not None
+        ]
+        return None if None in steps else min(steps, default=math.inf)
 
     def _prune_channel_groups(self, due: dict[int, float]) -> list[Prunable]:
         """Prunes channel-granularity layers by dependency group (`tfprune.graph`).

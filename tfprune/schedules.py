@@ -273,6 +273,22 @@ def next_update(schedule: Callable, last_step: int | None, step: int) -> tuple[b
     return found, value
 
 
+def first_update_after(schedule: Callable, step: int) -> float | None:
+    """The first step after `step` at which `schedule` updates masks (`math.inf`: never).
+
+    Known without calling the schedule for tfprune schedules that keep the base class's
+    `should_prune`; `None` for any other schedule, which must then be asked at every step.
+    """
+    if not isinstance(schedule, PruningSchedule):
+        return None
+    if type(schedule).should_prune is not PruningSchedule.should_prune:
+        return None
+    start = max(step + 1, schedule.begin_step)
+    periods = -(-(start - schedule.begin_step) // schedule.frequency)
+    first = schedule.begin_step + periods * schedule.frequency
+    return math.inf if schedule.end_step is not None and first > schedule.end_step else first
+
+
 def sparsity_is_valid(value: float) -> bool:
     """True for a finite target in [0, 1)."""
     return math.isfinite(value) and 0.0 <= value < 1.0

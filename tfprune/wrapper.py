@@ -179,7 +179,7 @@ class Prunable(keras.layers.Wrapper):
         self.step = self.add_weight(
             name="prune_step", shape=(), dtype="int64", initializer="zeros", trainable=False
         )
-        self._driven = False
+        self._controller = None  # weak reference to the PruningController driving it
         self._call_takes_training = "training" in inspect.signature(layer.call).parameters
 
     def _check_gate(self, gate) -> gates_lib.Gate | None:
@@ -265,7 +265,7 @@ class Prunable(keras.layers.Wrapper):
     # --- forward -----------------------------------------------------------------------
 
     def call(self, inputs, *args, training=None, **kwargs):
-        if training and self.schedule is not None and not self._driven:
+        if training and self.schedule is not None and self._controller is None:
             raise RuntimeError(
                 f"Layer '{self.name}' is a tfprune.Prunable being trained without a pruning "
                 "controller, so its masks would never update. Add the callback: "
@@ -294,6 +294,12 @@ class Prunable(keras.layers.Wrapper):
         for loss in scope.losses:
             self.add_loss(loss)
         return outputs
+
+    def save_own_variables(self, store):
+        # The controller writes the pruning step lazily; saving must see the current one.
+        if self._controller is not None and self._controller() is not None:
+            self._controller().flush()
+        super().save_own_variables(store)
 
     def compute_output_shape(self, *args, **kwargs):
         return self.layer.compute_output_shape(*args, **kwargs)
