@@ -63,7 +63,8 @@ def test_a_checkpoint_saved_mid_epoch_holds_the_steps_trained(tmp_path):
     model = compile_model(tfprune.wrap(small_cnn(), sparsity=0.5, exclude=["out"]))
     checkpoint = keras.callbacks.ModelCheckpoint(tmp_path / "mid.keras", save_freq=5)
     # The checkpoint runs before UpdateMasks in each batch, and no epoch has ended.
-    model.fit(x, y, batch_size=8, verbose=0, callbacks=[checkpoint, tfprune.callbacks.UpdateMasks()])
+    callbacks = [checkpoint, tfprune.callbacks.UpdateMasks()]
+    model.fit(x, y, batch_size=8, verbose=0, callbacks=callbacks)
     loaded = keras.saving.load_model(tmp_path / "mid.keras")
     steps = [int(layer.step) for layer in tfprune.controller.prunable_layers(loaded)]
     assert steps == [5] * 3

@@ -229,10 +229,10 @@ class PruningController:
                 if self._last_step is None:
                     self._last_step = step - 1
                 return False
-        if self._next_due is not None and self._last_step is not None:
-            if self._last_step < step < self._next_due:  # nothing due: skip asking schedules
-                self._last_step = step
-                return False
+        known = self._next_due is not None and self._last_step is not None
+        if known and self._last_step < step < self._next_due:  # nothing due: ask no schedule
+            self._last_step = step
+            return False
         due: dict[int, float] = {}
         for i, layer in enumerate(self.layers):
             if layer.schedule is None:
