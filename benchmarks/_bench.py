@@ -1,4 +1,4 @@
-"""Shared by structured.py and export.py: training setup, the machine, interleaved latency.
+"""Shared by the benchmarks: training setup, the machine, step times, interleaved latency.
 
 Latency on a shared CPU is noisy, and an int8 number means little without the CPU it ran
 on: XNNPACK picks AVX2, AVX-512 VNNI or AMX kernels at run time, and a core with AMX runs an
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 
 import keras
 
@@ -42,6 +43,30 @@ def compile_classifier(model: keras.Model, lr: float, steps: int) -> keras.Model
         metrics=["accuracy"],
     )
     return model
+
+
+def batch_timer(k=keras):
+    """A callback that records when each training batch of `fit` begins.
+
+    The differences of consecutive `times` are training-step times inside `fit`: every
+    callback included, no per-`fit` setup.
+
+    Args:
+        k: The Keras module whose callback class to use (`keras` or `tf_keras`).
+
+    Returns:
+        The callback; its `times` list grows by one `time.perf_counter()` per batch.
+    """
+
+    class BatchTimer(k.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times: list[float] = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.times.append(time.perf_counter())
+
+    return BatchTimer()
 
 
 def machine() -> str:

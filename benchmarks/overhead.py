@@ -30,12 +30,12 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
+from _bench import batch_timer
 from _models import cnn, lenet_300_100, tfmot_available, tfmot_prune
 from _results import append_results
 
@@ -111,20 +111,6 @@ def build(model: str, config: str, schedule) -> tuple[object, object, list]:
     return net, k, callbacks
 
 
-def _timer(k):
-    """A callback of Keras module `k` that records when each training batch begins."""
-
-    class BatchTimer(k.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.times: list[float] = []
-
-        def on_train_batch_begin(self, batch, logs=None):
-            self.times.append(time.perf_counter())
-
-    return BatchTimer()
-
-
 def state_bytes(model) -> tuple[int, int]:
     """(bytes of pruning state, number of prunable weights) of a tfprune or tfmot model.
 
@@ -168,7 +154,7 @@ def measure_steps(model: str, configs: tuple[str, ...], reps: int, steps: int) -
     intervals: dict[str, list[float]] = {c: [] for c in configs}
     for _ in range(reps):
         for config, (net, k, callbacks) in runs.items():
-            timer = _timer(k)
+            timer = batch_timer(k)
             net.fit(x, y, batch_size=BATCH, verbose=0, shuffle=False, callbacks=[timer, *callbacks])
             intervals[config].extend(np.diff(timer.times))
     result = {c: float(np.median(v)) for c, v in intervals.items()}
