@@ -15,6 +15,7 @@ import time
 import keras
 
 import tfprune
+from tfprune import data
 
 # /proc/cpuinfo flag -> name, for the instruction sets XNNPACK's int8 kernels use on x86.
 _INT8_FLAGS = {
@@ -43,6 +44,25 @@ def compile_classifier(model: keras.Model, lr: float, steps: int) -> keras.Model
         metrics=["accuracy"],
     )
     return model
+
+
+def fashion_mnist(tiny: bool = False, directory: str | None = None):
+    """Fashion-MNIST `(x_train, y_train), (x_test, y_test)`, or a subset for smoke runs.
+
+    Args:
+        tiny: Keep only the first 2,000 training and 500 test images.
+        directory: Folder with the four IDX files (default: `tfprune.data`'s search).
+
+    Returns:
+        The two splits.
+
+    Raises:
+        FileNotFoundError: If the files are missing (the message says how to get them).
+    """
+    (x_train, y_train), (x_test, y_test) = data.fashion_mnist(directory)
+    if tiny:
+        return (x_train[:2000], y_train[:2000]), (x_test[:500], y_test[:500])
+    return (x_train, y_train), (x_test, y_test)
 
 
 def batch_timer(k=keras):

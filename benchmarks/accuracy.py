@@ -12,7 +12,7 @@ test split (no selection on test data).
 
     python benchmarks/accuracy.py              # 10 epochs, appends to benchmarks/RESULTS.md
     python benchmarks/accuracy.py --epochs 20  # another budget
-    python benchmarks/accuracy.py --tiny       # smoke run (2,000 / 1,000 images, 1 epoch)
+    python benchmarks/accuracy.py --tiny       # smoke run (2,000 / 500 images, 1 epoch)
 
 Needs Fashion-MNIST (`apt-get install -y dataset-fashion-mnist`, or `--data DIR` /
 `TFPRUNE_FASHION_MNIST` pointing at the four IDX files) and tfmot
@@ -32,11 +32,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
+from _bench import fashion_mnist
 from _models import OUTPUT, cnn, tfmot_available, tfmot_prune
 from _results import append_results
 
 import tfprune
-from tfprune import data
 
 SPARSITIES = (0.5, 0.75, 0.9, 0.95)
 BATCH = 128
@@ -188,24 +188,17 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--data", help="folder with the Fashion-MNIST IDX files")
     parser.add_argument(
-        "--tiny", action="store_true", help="smoke run: 2,000 / 1,000 images, 1 epoch, no file"
+        "--tiny", action="store_true", help="smoke run: 2,000 / 500 images, 1 epoch, no file"
     )
     parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args(argv)
     if not tfmot_available():
         parser.exit(2, 'accuracy.py: needs tfmot and tf-keras: pip install -e ".[tfmot]"\n')
     try:
-        (x_train, y_train), (x_test, y_test) = data.fashion_mnist(args.data)
+        (x_train, y_train), (x_test, y_test) = fashion_mnist(args.tiny, args.data)
     except FileNotFoundError as e:
         parser.exit(2, f"accuracy.py: {e} Here: --data DIR.\n")
     epochs = 1 if args.tiny else args.epochs
-    if args.tiny:
-        x_train, y_train, x_test, y_test = (
-            x_train[:2000],
-            y_train[:2000],
-            x_test[:1000],
-            y_test[:1000],
-        )
     train = (x_train, y_train)
     steps = epochs * math.ceil(len(x_train) / BATCH)
     begin, end, frequency = schedule_steps(steps)

@@ -31,11 +31,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
-from _bench import compile_classifier, latencies, machine
+from _bench import compile_classifier, fashion_mnist, latencies, machine
 from _results import publish
 
 import tfprune
-from tfprune import data
 
 
 def build(classes: int = 10) -> keras.Model:
@@ -115,15 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start, conditions = time.time(), machine()
     keras.utils.set_random_seed(0)
-    (x_train, y_train), (x_test, y_test) = data.fashion_mnist()
+    (x_train, y_train), (x_test, y_test) = fashion_mnist(args.tiny)
     epochs, prune_epochs, rounds = args.epochs, args.prune_epochs, 5
     if args.tiny:
-        x_train, y_train, x_test, y_test = (
-            x_train[:2000],
-            y_train[:2000],
-            x_test[:500],
-            y_test[:500],
-        )
         epochs, prune_epochs, rounds = 1, 1, 1
     batch = 128
     dense = compile_classifier(build(), 1e-3, epochs * int(np.ceil(len(x_train) / batch)))

@@ -34,11 +34,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
-from _bench import batch_timer
+from _bench import batch_timer, fashion_mnist
 from _results import append_results
 
 import tfprune
-from tfprune import data, gates, regularizers
+from tfprune import gates, regularizers
 
 SECTIONS = ("l0", "group_lasso", "slimming", "overhead")
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -399,14 +399,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slimming", type=float, default=5e-4, help="slimming lambda")
     args = parser.parse_args(argv)
     start = time.time()
-    (x, y), (xt, yt) = data.fashion_mnist()
+    (x, y), (xt, yt) = fashion_mnist(args.tiny)
     budgets = {
         "l0": Budget(20, 20, 5),
         "group_lasso": Budget(10, 10, 3),
         "slimming": Budget(6, 6, 2),
     }
     if args.tiny:
-        x, y, xt, yt = x[:2000], y[:2000], xt[:500], yt[:500]
         budgets = {name: Budget(1, 1, 1) for name in budgets}
     train, test = (x, y), (xt, yt)
     parts = []

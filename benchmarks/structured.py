@@ -32,11 +32,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
-from _bench import compile_classifier, latencies, machine
+from _bench import compile_classifier, fashion_mnist, latencies, machine
 from _results import publish
 
 import tfprune
-from tfprune import data
 
 BATCH = 128
 CHANNEL_LAYERS = ("conv0", "conv1", "conv3", "conv4", "fc")
@@ -185,15 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start, conditions = time.time(), machine()
     keras.utils.set_random_seed(0)
-    (x_train, y_train), (x_test, y_test) = data.fashion_mnist()
+    (x_train, y_train), (x_test, y_test) = fashion_mnist(args.tiny)
     epochs, tune, rounds = args.epochs, args.tune_epochs, 5
     if args.tiny:
-        x_train, y_train, x_test, y_test = (
-            x_train[:2000],
-            y_train[:2000],
-            x_test[:500],
-            y_test[:500],
-        )
         epochs, tune, rounds = 1, 1, 1
     dense = build()
     history = _fit(dense, x_train, y_train, epochs, 1e-3, validation_data=(x_test, y_test))

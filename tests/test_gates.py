@@ -173,3 +173,29 @@ def test_bad_gate_arguments():
         tfprune.Prunable(dense, granularity="2:4", gate=gates.L0())
     with pytest.raises(TypeError, match=r"Received: gate=0\.5"):
         tfprune.Prunable(dense, gate=0.5)
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_channel_gates_compute_the_layer_on_gated_weights(kind):
+    # A Dense layer scales its pre-activation outputs (x (W g) + b g = (x W + b) g, cheaper
+    # for batches smaller than the fan-in); other layers run on the gated kernel and bias.
+    # Both must give the layer's output with weights W * g and bias b * g.
+    rng = np.random.default_rng(0)
+    if kind == "dense":
+        inner = keras.layers.Dense(6, activation="relu", bias_initializer="random_normal")
+        x = rng.normal(size=(4, 5)).astype("float32")
+    else:
+        inner = keras.layers.Conv2D(6, 3, activation="relu", bias_initializer="random_normal")
+        x = rng.normal(size=(2, 5, 5, 3)).astype("float32")
+    layer = tfprune.Prunable(inner, granularity="channel", gate=gates.Scale(0.0))
+    layer(x)
+    assert layer._gates_units() == (kind == "dense")
+    g = np.array([0.0, 0.5, 1.0, 2.0, -1.0, 3.0], "float32")
+    layer.gate_layers[0].scale.assign(g)
+    reference = inner.__class__.from_config({**inner.get_config(), "name": "reference"})
+    reference.build(x.shape)
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in inner.weights)
+    reference.set_weights([kernel * g, bias * g])
+    for training in (True, False):
+        np.testing.assert_allclose(layer(x, training=training), reference(x), rtol=1e-5, atol=1e-6)
+    assert inner.activation is keras.activations.relu  # restored after the call

@@ -3,9 +3,10 @@
 A gate is a small Keras layer holding one variable of the shape of a `Prunable` mask: one
 entry per output channel (`granularity="channel"`) or per weight (`granularity="weight"`).
 In the forward pass the wrapped layer runs on `weight * gate` (and the mask, as always,
-keeps pruned weights at zero); `tfprune.strip` folds the inference value of the gate into
-the weights, so a channel whose gate is 0 becomes an all-zero channel that
-`tfprune.shrink` removes.
+keeps pruned weights at zero); a `Dense` layer with one gate per unit computes the same as
+`(x W + b) * gate` before its activation, which is cheaper. `tfprune.strip` folds the
+inference value of the gate into the weights, so a channel whose gate is 0 becomes an
+all-zero channel that `tfprune.shrink` removes.
 
 - `L0`: hard-concrete gates (Louizos, Welling & Kingma 2018, "Learning Sparse Neural
   Networks through L0 Regularization") with beta = 2/3, gamma = -0.1, zeta = 1.1. Training

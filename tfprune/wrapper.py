@@ -94,8 +94,10 @@ class Prunable(keras.layers.Wrapper):
     With a `gate` (`tfprune.gates.L0` or `tfprune.gates.Scale`), the wrapped layer runs on
     `weight * gate` instead: one learnable gate per output channel (`granularity="channel"`)
     or per weight (`granularity="weight"`), sampled in training and deterministic at
-    inference, with the gate's penalty in `model.losses`. `tfprune.strip` folds the gates
-    into the weights.
+    inference, with the gate's penalty in `model.losses`. A `Dense` layer with one gate
+    per unit multiplies its pre-activation output by the gates instead (the same result:
+    `x (W g) + b g = (x W + b) g`, with batch x units values touched per step instead of the
+    kernel). `tfprune.strip` folds the gates into the weights.
 
     Args:
         layer: The layer to wrap: any layer in the registry (`tfprune.layers`).
@@ -277,6 +279,10 @@ class Prunable(keras.layers.Wrapper):
             kwargs["training"] = training
         if not self.gate_layers:
             return self.layer(inputs, *args, **kwargs)
+        if self._gates_units():
+            (target,) = self.targets
+            gates = target.gate.values(bool(training))
+            return self._call_gating_units(gates, inputs, *args, **kwargs)
         # The layer reads `weight * gate` in place of each gated weight; anything else it
         # updates or adds as a loss inside the scope is applied after it.
         gated = [
@@ -300,6 +306,32 @@ class Prunable(keras.layers.Wrapper):
         if self._controller is not None and self._controller() is not None:
             self._controller().flush()
         super().save_own_variables(store)
+
+    def _gates_units(self) -> bool:
+        """Whether the gates multiply the outputs instead of the weights.
+
+        For a `Dense` layer with one gate per unit, `x (W g) + b g = (x W + b) g`: scaling
+        the pre-activation output touches batch x units values per step instead of the
+        fan-in x units kernel, which for a typical batch smaller than the fan-in is the
+        cheaper of the two (on LeNet-300-100 it is most of the gates' step-time cost).
+        """
+        return (
+            type(self.layer) is keras.layers.Dense
+            and isinstance(self.granularity, granularity_lib.Channel)
+            and self.layer.activity_regularizer is None
+            and self.layer.quantization_mode is None
+        )
+
+    def _call_gating_units(self, gates, inputs, *args, **kwargs):
+        """The wrapped `Dense` without its activation, times `gates`, then activated."""
+        activation = self.layer.activation
+        self.layer.activation = None
+        try:
+            outputs = self.layer(inputs, *args, **kwargs)
+        finally:
+            self.layer.activation = activation
+        outputs = outputs * ops.cast(gates, outputs.dtype)
+        return outputs if activation is None else activation(outputs)
 
     def compute_output_shape(self, *args, **kwargs):
         return self.layer.compute_output_shape(*args, **kwargs)
