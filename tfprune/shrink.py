@@ -231,23 +231,35 @@ def _plan(model: keras.Model):
     """Graph, groups and the final plan (channels kept where folding is not exact)."""
     g = graph_lib._analyse(model)
     groups, group_no, local = graph_lib._groups(g)
-    keep = []
-    for group in groups:
-        k = ~_dead_channels(group) if group.prunable else np.ones(group.channels, bool)
-        if not k.any():
-            k[0] = True  # a layer needs at least one channel; a zero one changes nothing
-        keep.append(k)
+    keep = [
+        ~_dead_channels(group) if group.prunable else np.ones(group.channels, bool)
+        for group in groups
+    ]
     n = len(g.parent)
     for _ in range(n + 1):
         keep_id = np.ones(n, bool)
         has = group_no >= 0
         keep_id[has] = [keep[gi][li] for gi, li in zip(group_no[has], local[has])]
         plan = _propagate(g, keep_id)
-        if not plan.force_keep:
+        force = plan.force_keep | _emptied(g, keep_id)
+        if not force:
             return g, plan
-        for i in plan.force_keep:
+        for i in force:
             keep[group_no[i]][local[i]] = True
     raise AssertionError("unreachable: every round keeps at least one more channel")
+
+
+def _emptied(g, keep_id: np.ndarray) -> set[int]:
+    """The first channel of every layer output that would lose all its channels.
+
+    A layer needs at least one channel (a branch of a concatenation can lose all of its
+    own while the group keeps others); keeping one that is zero changes nothing.
+    """
+    return {
+        int(node.output[0])
+        for node in g.nodes
+        if len(node.output) and _positions(node.output, keep_id).size == 0
+    }
 
 
 def _positions(ids: np.ndarray, keep_id: np.ndarray) -> np.ndarray:
