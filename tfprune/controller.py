@@ -56,9 +56,7 @@ def stored_step(layer: Prunable) -> int:
     Returns:
         The step.
     """
-    controller = layer._controller() if layer._controller is not None else None
-    if controller is not None:
-        controller.flush()
+    layer._flush_step()
     return int(_to_numpy(layer.step))
 
 

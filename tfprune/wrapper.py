@@ -301,10 +301,14 @@ class Prunable(keras.layers.Wrapper):
             self.add_loss(loss)
         return outputs
 
+    def _flush_step(self) -> None:
+        """Has the controller driving this layer write the pruning step it deferred."""
+        controller = self._controller() if self._controller is not None else None
+        if controller is not None:
+            controller.flush()
+
     def save_own_variables(self, store):
-        # The controller writes the pruning step lazily; saving must see the current one.
-        if self._controller is not None and self._controller() is not None:
-            self._controller().flush()
+        self._flush_step()  # the controller writes the step lazily; saving needs it now
         super().save_own_variables(store)
 
     def _gates_units(self) -> bool:
