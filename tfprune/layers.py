@@ -80,10 +80,16 @@ class LayerSpec:
             `EinsumDense`).
         extra_macs: Optional function `(layer, input_shapes, output_shape) -> int` for MACs
             that no weight accounts for (attention score products).
+        gates_outputs: Whether per-channel gates may scale the layer's pre-activation output
+            instead of its weights: true when the layer computes `activation(f(x))` with
+            `f` linear in each output channel's weights (bias included), the channels on
+            the last axis of the output and `activation` an attribute of the layer. That
+            costs batch x channels values per step instead of the whole kernel.
     """
 
     weights: tuple[WeightSpec, ...] | Callable[[keras.layers.Layer], tuple[WeightSpec, ...]]
     extra_macs: Callable[[keras.layers.Layer, list, tuple], int] | None = None
+    gates_outputs: bool = False
 
     def weight_specs(self, layer: keras.layers.Layer) -> tuple[WeightSpec, ...]:
         """Returns the weight specs of `layer` that exist (a layer without bias has none)."""
@@ -308,7 +314,10 @@ for _cls in (_L.DepthwiseConv1D, _L.DepthwiseConv2D):
     register(_cls, LayerSpec(_DEPTHWISE))
 for _cls in (_L.SeparableConv1D, _L.SeparableConv2D):
     register(_cls, LayerSpec(_SEPARABLE))
-register(_L.Dense, LayerSpec((WeightSpec("kernel", in_axes=(0,), out_axes=(1,)), _BIAS)))
+register(
+    _L.Dense,
+    LayerSpec((WeightSpec("kernel", in_axes=(0,), out_axes=(1,)), _BIAS), gates_outputs=True),
+)
 register(_L.EinsumDense, LayerSpec(_einsum_specs))
 register(
     _L.Embedding,

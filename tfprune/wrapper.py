@@ -314,20 +314,21 @@ class Prunable(keras.layers.Wrapper):
     def _gates_units(self) -> bool:
         """Whether the gates multiply the outputs instead of the weights.
 
-        For a `Dense` layer with one gate per unit, `x (W g) + b g = (x W + b) g`: scaling
-        the pre-activation output touches batch x units values per step instead of the
-        fan-in x units kernel, which for a typical batch smaller than the fan-in is the
-        cheaper of the two (on LeNet-300-100 it is most of the gates' step-time cost).
+        For a layer whose registry entry allows it (`LayerSpec.gates_outputs`, e.g.
+        `Dense`: `x (W g) + b g = (x W + b) g`) with one gate per channel: scaling the
+        pre-activation output touches batch x units values per step instead of the fan-in x
+        units kernel, the cheaper of the two for batches smaller than the fan-in (on
+        LeNet-300-100 it is most of the gates' step-time cost).
         """
         return (
-            type(self.layer) is keras.layers.Dense
+            registry.lookup(self.layer).gates_outputs
             and isinstance(self.granularity, granularity_lib.Channel)
             and self.layer.activity_regularizer is None
             and self.layer.quantization_mode is None
         )
 
     def _call_gating_units(self, gates, inputs, *args, **kwargs):
-        """The wrapped `Dense` without its activation, times `gates`, then activated."""
+        """The wrapped layer without its activation, times `gates`, then activated."""
         activation = self.layer.activation
         self.layer.activation = None
         try:
