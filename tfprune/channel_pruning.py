@@ -25,7 +25,7 @@ from tfprune import criteria as criteria_lib
 from tfprune import gates as gates_lib
 from tfprune import graph as graph_lib
 from tfprune import layers as registry
-from tfprune.controller import prunable_layers
+from tfprune.wrapper import prunable_layers
 
 __all__ = ["prune_channels", "select_channels", "zero_channels"]
 

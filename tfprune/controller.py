@@ -25,26 +25,11 @@ from collections.abc import Callable, Iterable
 import keras
 import numpy as np
 
-from tfprune import allocation
-from tfprune import layers as registry
+from tfprune import allocation, channel_pruning, granularity
 from tfprune import schedules as schedules_lib
-from tfprune.wrapper import Prunable, PruneTarget
+from tfprune.wrapper import Prunable, PruneTarget, prunable_layers
 
 __all__ = ["PruningController", "prunable_layers", "sparsities", "thresholds"]
-
-
-def prunable_layers(model: keras.layers.Layer) -> list[Prunable]:
-    """Every `Prunable` layer in `model` (nested models included), in layer order.
-
-    Args:
-        model: A Keras model, or a single layer.
-
-    Returns:
-        The `Prunable` layers.
-    """
-    if isinstance(model, Prunable):
-        return [model]
-    return [layer for layer in registry.iter_layers(model) if isinstance(layer, Prunable)]
 
 
 def stored_step(layer: Prunable) -> int:
@@ -273,8 +258,6 @@ class PruningController:
         Sequential and functional models have a visible graph; channel-granularity layers
         of a subclassed model are pruned one by one.
         """
-        from tfprune import channel_pruning, granularity
-
         channel = {
             self.layers[i]: s
             for i, s in due.items()

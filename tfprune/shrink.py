@@ -25,7 +25,7 @@ import numpy as np
 from tfprune import graph as graph_lib
 from tfprune import layers as registry
 from tfprune import surgery
-from tfprune.controller import prunable_layers
+from tfprune.wrapper import prunable_layers
 
 __all__ = ["shrink"]
 

@@ -18,7 +18,7 @@ from tfprune import layers as registry
 from tfprune import schedules as schedules_lib
 from tfprune.regularizers import ZERO_THRESHOLD
 
-__all__ = ["Prunable", "PruneTarget"]
+__all__ = ["Prunable", "PruneTarget", "prunable_layers"]
 
 SCOPES = ("layer", "global")
 
@@ -437,3 +437,17 @@ class Prunable(keras.layers.Wrapper):
             "gate": keras.saving.serialize_keras_object(self.gate),
         }
         return {**super().get_config(), **config}
+
+
+def prunable_layers(model: keras.layers.Layer) -> list[Prunable]:
+    """Every `Prunable` layer in `model` (nested models included), in layer order.
+
+    Args:
+        model: A Keras model, or a single layer.
+
+    Returns:
+        The `Prunable` layers.
+    """
+    if isinstance(model, Prunable):
+        return [model]
+    return [layer for layer in registry.iter_layers(model) if isinstance(layer, Prunable)]

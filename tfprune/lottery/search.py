@@ -1,31 +1,7 @@
-"""Lottery tickets: iterative magnitude pruning (IMP) with weight, late and LR rewinding.
-
-IMP (Frankle & Carbin, 2019, "The lottery ticket hypothesis") repeats: train, prune a
-fraction `rate` of the remaining weights of each layer by magnitude (the output layer at
-its own `output_rate`), rewind, train again. After round r a layer keeps
-`round(n * (1 - rate) ** r)` of its `n` weights. Rewind modes:
-
-- `"init"`: weights back to their initial values (Frankle & Carbin, 2019);
-- `"step"`: weights and optimizer state back to optimizer step `rewind_step` (late
-  rewinding, Frankle et al., 2020, "Linear mode connectivity and the lottery ticket
-  hypothesis");
-- `"lr"`: keep the trained weights, restart the optimizer and its learning-rate schedule
-  from step 0 (learning-rate rewinding, Renda et al., 2020, "Comparing rewinding and
-  fine-tuning in neural network pruning").
-
-Controls for honest comparisons (`control=`): `"reinit"` trains the masks of a reference
-search from a fresh random initialisation each round; `"random_mask"` trains random masks
-with the same per-layer counts.
-
-Round 0 trains the dense model; round r trains at level r. With a `directory`, the state is
-written there after every round (one file at a time, each written to a temporary file and
-then renamed), and a search started again on the same directory continues after the last
-finished round; with the same seed the result equals an uninterrupted run.
-"""
+"""`LotterySearch`: iterative magnitude pruning with rewinding, round by round, resumable."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -40,198 +16,25 @@ import numpy as np
 from tfprune import allocation
 from tfprune import callbacks as callbacks_lib
 from tfprune import controller as controller_lib
-from tfprune import layers as registry
+from tfprune.lottery._state import (
+    flatten_weights,
+    get_masks,
+    get_weights,
+    load_npz,
+    save_json,
+    save_npz,
+    set_state,
+    unflatten_weights,
+)
+from tfprune.lottery.ticket import Ticket
 from tfprune.surgery import wrap
-from tfprune.wrapper import Prunable
+from tfprune.wrapper import prunable_layers
 
-__all__ = ["LotterySearch", "Ticket", "find_ticket"]
+__all__ = ["CONTROLS", "REWINDS", "LotterySearch", "find_ticket"]
 
 REWINDS = ("init", "step", "lr")
 CONTROLS = (None, "reinit", "random_mask")
 _STATE = "state.json"
-
-# --- weights and masks as name-keyed dicts ---------------------------------------------
-
-
-def _inner(layer: keras.layers.Layer) -> keras.layers.Layer:
-    return layer.layer if isinstance(layer, Prunable) else layer
-
-
-def _weight_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """Layers of `model` that hold weights (wrappers included), depth-first."""
-    return [layer for layer in registry.iter_layers(model) if _inner(layer).weights]
-
-
-def _get_weights(model: keras.Model) -> dict[str, list[np.ndarray]]:
-    """`{layer name: inner layer weights}` for every layer that has weights."""
-    return {layer.name: _inner(layer).get_weights() for layer in _weight_layers(model)}
-
-
-def _get_masks(model: keras.Model) -> dict[str, np.ndarray]:
-    """`{"layer/target": keep}` for every mask of the model."""
-    return {
-        f"{layer.name}/{t.name}": np.array(keras.ops.convert_to_numpy(t.mask), bool)
-        for layer in controller_lib.prunable_layers(model)
-        for t in layer.targets
-    }
-
-
-def _set_state(
-    model: keras.Model, weights: Mapping[str, list[np.ndarray]], masks: Mapping[str, np.ndarray]
-) -> None:
-    """Sets inner weights, then masks (which zero the pruned weights)."""
-    layers = {layer.name: layer for layer in _weight_layers(model)}
-    missing = sorted(set(weights) - set(layers))
-    if missing:
-        raise ValueError(
-            f"The weights name layers that model '{model.name}' does not have: {missing}. "
-            "Apply them to a model of the same architecture (same layer names)."
-        )
-    for name, values in weights.items():
-        _inner(layers[name]).set_weights(list(values))
-    by_name = {layer.name: layer for layer in controller_lib.prunable_layers(model)}
-    for key, keep in masks.items():
-        layer_name, target = key.split("/", 1)
-        if layer_name not in by_name:
-            raise ValueError(
-                f"Mask '{key}' names a layer that is not a tfprune.Prunable of model "
-                f"'{model.name}'. Received: layers={sorted(by_name)}"
-            )
-        by_name[layer_name].set_mask(target, keep)
-
-
-def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
-def _save_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _flatten_weights(weights: Mapping[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
-    return {f"{name}:{i}": w for name, ws in weights.items() for i, w in enumerate(ws)}
-
-
-def _unflatten_weights(arrays: Mapping[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
-    out: dict[str, dict[int, np.ndarray]] = {}
-    for key, value in arrays.items():
-        name, i = key.rsplit(":", 1)
-        out.setdefault(name, {})[int(i)] = np.array(value)
-    return {name: [ws[i] for i in sorted(ws)] for name, ws in out.items()}
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {k: np.array(data[k]) for k in data.files}
-
-
-# --- ticket ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Ticket:
-    """A lottery ticket: masks plus the weights to train them from.
-
-    Attributes:
-        masks: `{"layer/target": keep}` boolean masks (`True` = kept).
-        weights: `{layer name: weights}` in each (inner) layer's `get_weights()` order: the
-            weights a round of the search starts from (the rewind point with `"init"` and
-            `"step"` rewinding, the previous round's trained weights with `"lr"`), masked.
-        round: The IMP round (pruning level) the masks belong to.
-        optimizer_variables: Optimizer state to start from (late rewinding), or `[]`.
-
-    Example:
-
-    ```python
-    ticket = tfprune.lottery.find_ticket(model, "sgd", "sparse_categorical_crossentropy",
-                                         x=x, y=y, epochs=2, rounds=5)
-    ticket.save("ticket.npz")
-    model = tfprune.lottery.Ticket.load("ticket.npz").apply(build_model())
-    ```
-    """
-
-    masks: dict[str, np.ndarray]
-    weights: dict[str, list[np.ndarray]]
-    round: int = 0
-    optimizer_variables: list[np.ndarray] = dataclasses.field(default_factory=list)
-
-    @property
-    def remaining(self) -> dict[str, float]:
-        """Fraction of weights kept, per mask."""
-        return {k: float(m.mean()) for k, m in self.masks.items()}
-
-    @property
-    def sparsity(self) -> dict[str, float]:
-        """Fraction of weights pruned, per mask."""
-        return {k: 1.0 - v for k, v in self.remaining.items()}
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the ticket to one `.npz` file (atomically: temporary file, then rename).
-
-        Args:
-            path: File path; `.npz` is the conventional suffix.
-        """
-        path = Path(path)
-        arrays = {f"mask:{k}": v for k, v in self.masks.items()}
-        arrays.update({f"weight:{k}": v for k, v in _flatten_weights(self.weights).items()})
-        arrays.update({f"optimizer:{i}": v for i, v in enumerate(self.optimizer_variables)})
-        meta = {"round": self.round, "format": "tfprune.lottery.Ticket/1"}
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        _save_npz(path, arrays)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Ticket:
-        """Reads a ticket written by `save`.
-
-        Args:
-            path: The `.npz` file.
-
-        Returns:
-            The ticket.
-
-        Raises:
-            ValueError: If the file is not a saved ticket.
-        """
-        arrays = _load_npz(Path(path))
-        if "meta" not in arrays:
-            raise ValueError(
-                f"File is not a tfprune lottery ticket (no 'meta' entry). Received: path={path}"
-            )
-        meta = json.loads(arrays.pop("meta").tobytes().decode())
-        masks = {k[5:]: v.astype(bool) for k, v in arrays.items() if k.startswith("mask:")}
-        weights = _unflatten_weights(
-            {k[7:]: v for k, v in arrays.items() if k.startswith("weight:")}
-        )
-        opt = {int(k[10:]): v for k, v in arrays.items() if k.startswith("optimizer:")}
-        return cls(masks, weights, meta["round"], [opt[i] for i in sorted(opt)])
-
-    def apply(self, model: keras.Model) -> keras.Model:
-        """Puts the ticket's weights and masks into a model of the same architecture.
-
-        Args:
-            model: A model with the same layer names and shapes; if it has no
-                `tfprune.Prunable` layers it is wrapped first with
-                `tfprune.wrap(model, sparsity=None)` (masks change only when set).
-
-        Returns:
-            The wrapped model holding the ticket (masked weights are exactly zero).
-
-        Raises:
-            ValueError: If a layer or mask of the ticket is missing from the model, or
-                shapes differ.
-        """
-        if not controller_lib.prunable_layers(model):
-            model = wrap(model, sparsity=None)
-        _set_state(model, self.weights, self.masks)
-        return model
-
-
-# --- search ----------------------------------------------------------------------------
 
 
 class _RoundRecorder(keras.callbacks.Callback):
@@ -389,7 +192,7 @@ class LotterySearch:
         self.output_rate = rate if output_rate is None else output_rate
         self.rewind, self.rewind_step, self.scope = rewind, rewind_step, scope
         self.control, self.seed, self.verbose = control, seed, verbose
-        layers = controller_lib.prunable_layers(self.model)
+        layers = prunable_layers(self.model)
         names = [layer.name for layer in layers]
         self.output_layers = list(output_layers) if output_layers is not None else names[-1:]
         unknown = sorted(set(self.output_layers) - set(names))
@@ -425,7 +228,7 @@ class LotterySearch:
 
     def _write(self, name: str, arrays: Mapping[str, np.ndarray]) -> None:
         if self.directory is not None:
-            _save_npz(self.directory / name, arrays)
+            save_npz(self.directory / name, arrays)
 
     def _reference_masks(self, level: int) -> dict[str, np.ndarray]:
         ref = self._reference
@@ -443,14 +246,14 @@ class LotterySearch:
                 f"The reference directory has no masks for round {level} ({path}). Lower "
                 "`rounds` or run the reference search further."
             )
-        return {k: v.astype(bool) for k, v in _load_npz(path).items()}
+        return {k: v.astype(bool) for k, v in load_npz(path).items()}
 
     # --- pruning ---------------------------------------------------------------------------
 
     def _counts(self, level: int) -> dict[str, int]:
         """Weights to keep per mask at `level` for layer scope."""
         keep = {}
-        for layer in controller_lib.prunable_layers(self.model):
+        for layer in prunable_layers(self.model):
             rate = self.output_rate if layer.name in self.output_layers else self.rate
             for t in layer.targets:
                 n = int(np.prod(t.mask.shape))
@@ -463,9 +266,9 @@ class LotterySearch:
         """Masks for `level` from the current (trained) weights and masks."""
         if self.control == "reinit":
             return self._reference_masks(level)
-        prev = _get_masks(self.model)
+        prev = get_masks(self.model)
         scores = {}
-        for layer in controller_lib.prunable_layers(self.model):
+        for layer in prunable_layers(self.model):
             for t in layer.targets:
                 key = f"{layer.name}/{t.name}"
                 if self.control == "random_mask":
@@ -502,11 +305,11 @@ class LotterySearch:
     def _reinit_weights(self, level: int) -> dict[str, list[np.ndarray]]:
         keras.utils.set_random_seed(self.seed + 7919 * (level + 1))
         fresh = keras.models.clone_model(self._base)
-        return _get_weights(fresh)
+        return get_weights(fresh)
 
     def _masked(self, weights, masks) -> dict[str, list[np.ndarray]]:
-        _set_state(self.model, weights, masks)
-        return _get_weights(self.model)
+        set_state(self.model, weights, masks)
+        return get_weights(self.model)
 
     # --- running ---------------------------------------------------------------------------
 
@@ -525,16 +328,16 @@ class LotterySearch:
         done = state["completed_round"]
         self.history = state["history"]
         self._masks = [
-            {k: v.astype(bool) for k, v in _load_npz(self.directory / f"masks_{r}.npz").items()}
+            {k: v.astype(bool) for k, v in load_npz(self.directory / f"masks_{r}.npz").items()}
             for r in range(min(done + 2, self.rounds + 1))
         ]
         if (self.directory / "rewind.npz").exists():
-            self._rewind_weights = _unflatten_weights(_load_npz(self.directory / "rewind.npz"))
-            opt = _load_npz(self.directory / "rewind_optimizer.npz")
+            self._rewind_weights = unflatten_weights(load_npz(self.directory / "rewind.npz"))
+            opt = load_npz(self.directory / "rewind_optimizer.npz")
             self._rewind_optimizer = [opt[str(i)] for i in range(len(opt))]
         nxt = done + 1
         if nxt <= self.rounds:
-            self._start[nxt] = _unflatten_weights(_load_npz(self.directory / f"start_{nxt}.npz"))
+            self._start[nxt] = unflatten_weights(load_npz(self.directory / f"start_{nxt}.npz"))
         return nxt
 
     def run(self, x=None, y=None, test_data=None, **fit_kwargs) -> Ticket:
@@ -559,15 +362,15 @@ class LotterySearch:
         first = self._resume() if self.directory is not None else 0
         if first == 0:
             self.history = []
-            masks0 = _get_masks(self.model)
+            masks0 = get_masks(self.model)
             self._masks = [masks0]
             if self.control == "reinit":
                 self._masks = [self._reference_masks(0)]
                 self._start[0] = self._masked(self._reinit_weights(0), self._masks[0])
             else:
-                self._start[0] = _get_weights(self.model)
+                self._start[0] = get_weights(self.model)
             self._write("masks_0.npz", self._masks[0])
-            self._write("start_0.npz", _flatten_weights(self._start[0]))
+            self._write("start_0.npz", flatten_weights(self._start[0]))
         user_callbacks = list(fit_kwargs.pop("callbacks", []))
         fit_kwargs.setdefault("verbose", 1 if self.verbose >= 2 else 0)
         for r in range(first, self.rounds + 1):
@@ -577,7 +380,7 @@ class LotterySearch:
     def _train_round(self, r, x, y, test_data, fit_kwargs, user_callbacks) -> None:
         t0 = time.perf_counter()
         model = self.model
-        _set_state(model, self._start[r], self._masks[r])
+        set_state(model, self._start[r], self._masks[r])
         optimizer = _clone_optimizer(self.optimizer)
         model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics)
         if r > 0 and self.rewind == "step" and self._rewind_optimizer and self.control != "reinit":
@@ -593,7 +396,7 @@ class LotterySearch:
             rewind_cb = callbacks_lib.RewindPoint(self.rewind_step)
             cbs.insert(0, rewind_cb)
         model.fit(x, y, callbacks=cbs, **fit_kwargs)
-        final_weights = _get_weights(model)
+        final_weights = get_weights(model)
         if rewind_cb is not None:
             if rewind_cb.weights is None:
                 raise ValueError(
@@ -601,17 +404,17 @@ class LotterySearch:
                     "Train for more steps or lower `rewind_step`."
                 )
             rewind_cb.restore(model, optimizer_state=False)
-            self._rewind_weights = _get_weights(model)
+            self._rewind_weights = get_weights(model)
             self._rewind_optimizer = list(rewind_cb.optimizer_variables or [])
-            self._write("rewind.npz", _flatten_weights(self._rewind_weights))
+            self._write("rewind.npz", flatten_weights(self._rewind_weights))
             self._write(
                 "rewind_optimizer.npz",
                 {str(i): v for i, v in enumerate(self._rewind_optimizer)},
             )
-            _set_state(model, final_weights, {})
+            set_state(model, final_weights, {})
         self._final[r] = final_weights
         record = self._record(r, recorder, test_data, time.perf_counter() - t0)
-        self._write(f"final_{r}.npz", _flatten_weights(final_weights))
+        self._write(f"final_{r}.npz", flatten_weights(final_weights))
         if r < self.rounds:
             rng = np.random.default_rng([self.seed, r + 1])
             masks = self._next_masks(r + 1, rng)
@@ -624,7 +427,7 @@ class LotterySearch:
             self._start[r + 1] = self._masked(start, masks)
             self._masks.append(masks)
             self._write(f"masks_{r + 1}.npz", masks)
-            self._write(f"start_{r + 1}.npz", _flatten_weights(self._start[r + 1]))
+            self._write(f"start_{r + 1}.npz", flatten_weights(self._start[r + 1]))
         self.history.append(record)
         if self.directory is not None:
             state = {
@@ -636,7 +439,7 @@ class LotterySearch:
                 "states reset from seed + r before round r; "
                 "numpy.random.default_rng([seed, r]) for the masks of round r",
             }
-            _save_json(self.directory / _STATE, state)
+            save_json(self.directory / _STATE, state)
         if self.verbose:
             print(self._line(record), flush=True)
 
@@ -707,7 +510,7 @@ class LotterySearch:
         if r not in store:
             name = f"{which}_{r}.npz"
             if self.directory is not None and (self.directory / name).exists():
-                return _unflatten_weights(_load_npz(self.directory / name))
+                return unflatten_weights(load_npz(self.directory / name))
             raise ValueError(f"No {which} weights for round {r}. Received: r={r}")
         return {k: [w.copy() for w in ws] for k, ws in store[r].items()}
 
