@@ -220,8 +220,14 @@ class _Constants:
 
     def concat(self, node) -> None:
         v = [self.val(i) for i in node.inputs]
-        along = node.output.size == sum(x.size for x in v)
-        self.vals[id(node.output)] = np.concatenate(v) if along else v[0]
+        if node.output.size == sum(x.size for x in v):  # along the channels
+            self.vals[id(node.output)] = np.concatenate(v)
+            return
+        if any(not np.array_equal(v[0], x) for x in v[1:]):
+            # Different constants side by side along space: not one constant per channel.
+            for ids, x in zip(node.inputs, v):
+                self.keep_hot(ids, x)
+        self.vals[id(node.output)] = v[0]
 
     def flatten(self, node) -> None:
         v = self.val(node.inputs[0])
