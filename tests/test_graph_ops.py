@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import keras
 import numpy as np
 import pytest
@@ -292,3 +295,21 @@ def test_channels_first_convolution_freezes_with_reason():
         "layer 'cf3' (Conv2D): it uses data_format='channels_first' (tfprune.graph follows "
         "channels on the last axis)"
     )
+
+
+def test_custom_graph_rule_example(capsys):
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "custom_graph_rule.py"
+    spec = importlib.util.spec_from_file_location("custom_graph_rule", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    try:
+        small = example.main()
+    finally:
+        tfprune.graph.table._TABLE.pop(example.ChannelScale, None)
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [
+        "before: [(['conv1'], False), (['conv2'], True), (['logits'], False)]",
+        "after:  [(['conv1'], True), (['conv2'], True), (['logits'], False)]",
+    ]
+    assert small.get_layer("conv1").filters == 16 and small.get_layer("conv2").filters == 32
+    assert small.get_layer("scale").factor.shape == (16,)

@@ -410,7 +410,7 @@ def shrink(model: keras.Model) -> keras.Model:
         for weight, axis, ids in slices:
             sliced[weight] = np.take(sliced[weight], _positions(ids, keep_id), axis=axis)
         for i, var in enumerate(new.weights):
-            name = _attr_path(new, var)
+            name = _attr_path(new, var, sliced)
             if name in sliced:
                 value = sliced[name]
             elif name in _NAMED:
@@ -463,9 +463,13 @@ _NAMED = (
 )
 
 
-def _attr_path(layer, var) -> str | None:
-    """The public attribute path of `var` on `layer` (`"kernel"`, `"moving_mean"`, ...)."""
-    for name in _NAMED:
+def _attr_path(layer, var, recorded) -> str | None:
+    """The public attribute path of `var` on `layer` (`"kernel"`, `"moving_mean"`, ...).
+
+    `recorded` adds the paths the graph recorded for the layer (a custom layer's rule
+    may name any weight).
+    """
+    for name in (*recorded, *_NAMED):
         if registry.resolve(layer, name) is var:
             return name
     return None
