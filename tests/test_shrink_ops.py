@@ -221,3 +221,29 @@ def test_random_models_with_raw_ops_shrink_to_equal_outputs(data):
     ya, yb = np.asarray(model(x)), np.asarray(small(x))
     assert np.abs(ya - yb).max() <= 1e-5 * np.abs(ya).max() + 1e-6
     assert small.count_params() <= model.count_params()
+
+
+def test_export_tflite_shrinks_a_raw_op_model(tmp_path):
+    i = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 1, name="c1")(i)
+    x = x * ops.relu6(x + 3.0) / 6.0
+    s = L.Conv2D(8, 1, name="se")(ops.mean(x, axis=(1, 2), keepdims=True))
+    x = x + L.Conv2D(8, 1, name="c2")(x * ops.hard_sigmoid(s))
+    model = keras.Model(i, L.Dense(3, name="out")(ops.mean(x, axis=(1, 2))))
+    pruned = tfprune.prune_channels(model, 0.5)
+    result = tfprune.export.tflite(pruned, tmp_path / "m.tflite")
+    assert result.ops == (
+        "CONV_2D",
+        "HARD_SWISH",
+        "MEAN",
+        "CONV_2D",
+        "MUL",
+        "MUL",
+        "CONV_2D",
+        "ADD",
+        "MEAN",
+        "FULLY_CONNECTED",
+    )
+    info = tfprune.export.describe(tmp_path / "m.tflite")
+    kernels = sorted(t.shape for t in info.tensors if t.constant and len(t.shape) == 4)
+    assert kernels == [(4, 1, 1, 3), (4, 1, 1, 4), (4, 1, 1, 4)]
