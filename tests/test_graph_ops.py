@@ -273,7 +273,7 @@ def test_grouped_convolution_freezes_with_reason_and_depthwise_groups_is_depthwi
         "layer 'grouped' (Conv2D): it is a grouped convolution (groups=2): removing channels "
         "would make its groups unequal"
     )
-    assert not any("grouped" in g.producers for g in groups)  # its output has no group
+    assert _group(groups, "grouped").reason == _group(groups, "c0").reason
     groups = tfprune.graph.channel_groups(
         keras.Model(i, L.Conv2D(2, 1, name="o2")(L.Conv2D(4, 3, groups=4, name="dw2")(x)))
     )
@@ -285,8 +285,15 @@ def test_channels_first_convolution_freezes_with_reason():
     i = keras.Input((3, 4, 4))
     x = L.Conv2D(4, 1, data_format="channels_first", name="cf")(i)
     o = L.Conv2D(2, 1, data_format="channels_first", name="cf2")(x)
-    g = tfprune.graph.channel_groups(keras.Model(i, o))
-    assert g == []  # nothing is grouped: every channels_first conv says why
+    groups = tfprune.graph.channel_groups(keras.Model(i, o))
+    reason = (
+        "layer 'cf' (Conv2D): it uses data_format='channels_first' (tfprune.graph follows "
+        "channels on the last axis)"
+    )
+    assert [(g.producers, g.channels, g.reason) for g in groups] == [
+        (["cf"], 4, reason),
+        (["cf2"], 2, reason.replace("'cf'", "'cf2'")),
+    ]
     i2 = keras.Input((4, 4, 3))
     y = L.Conv2D(3, 1, name="last")(i2)
     o2 = L.Conv2D(2, 1, data_format="channels_first", name="cf3")(y)
