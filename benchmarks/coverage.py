@@ -444,7 +444,8 @@ def run_isolated(names: list[str], timeout: float, done: Callable[[dict], None])
     """Runs models in worker subprocesses, each model with its own timeout.
 
     One worker runs the models in turn; a model that crashes the worker or passes its
-    timeout is marked at the step it was in, and a new worker goes on with the next model.
+    timeout (CPU seconds of the worker, so that load from other processes does not count)
+    is marked at the step it was in, and a new worker goes on with the next model.
     `done(row)` receives each model's row as it finishes.
     """
     while names:
@@ -452,6 +453,7 @@ def run_isolated(names: list[str], timeout: float, done: Callable[[dict], None])
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", tmp, *names]
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
             reported, started, problem = 0, time.time(), None
+            counted_index, cpu_start = 0, 0.0
             while True:
                 time.sleep(1.0)
                 current = os.path.join(tmp, "current")
@@ -472,16 +474,32 @@ def run_isolated(names: list[str], timeout: float, done: Callable[[dict], None])
                             f": {lines[-1][:120]}" if lines else ""
                         )
                     break
-                if time.time() - since > timeout:
+                if index != counted_index:  # a new model started: its CPU clock starts
+                    counted_index, cpu_start = index, _cpu_seconds(proc.pid)
+                if _cpu_seconds(proc.pid) - cpu_start > timeout:
                     proc.kill()
                     proc.wait()
-                    problem = f"timeout after {timeout:.0f} s"
+                    problem = f"timeout after {timeout:.0f} s of CPU time"
                     break
             if reported < len(names):
                 row = _read(tmp, reported, names)
                 done(_finish(row, problem, time.time() - since))
                 reported += 1
             names = names[reported:]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux `/proc`; wall time elsewhere).
+
+    On a busy shared machine a model's wall time says little; its CPU time does not depend
+    on what else runs.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return time.time()
 
 
 def _read(folder: str, index: int, names: list[str]) -> dict:
@@ -557,7 +575,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("names", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--rerun", action="store_true", help="redo models already in the json")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds per model")
+    parser.add_argument("--timeout", type=float, default=900, help="CPU seconds per model")
     parser.add_argument("--list", action="store_true", help="print the model names")
     args = parser.parse_args(argv)
     if args.list:

@@ -92,8 +92,8 @@ def test_a_model_past_its_timeout_is_marked_and_the_run_goes_on():
     rows = []
     cov.run_isolated(["MobileNet", "NoSuchModel"], timeout=1, done=rows.append)
     assert [r["model"] for r in rows] == ["MobileNet", "NoSuchModel"]
-    assert rows[0]["build"] == {"ok": False, "text": "timeout after 1 s"}
-    assert rows[1]["build"] == {"ok": False, "text": "timeout after 1 s"}
+    assert rows[0]["build"] == {"ok": False, "text": "timeout after 1 s of CPU time"}
+    assert rows[1]["build"] == {"ok": False, "text": "timeout after 1 s of CPU time"}
 
 
 def test_table_has_one_row_per_model(monkeypatch, tmp_path):
