@@ -12,8 +12,9 @@ parameters randomised so that no branch hides behind a zero):
 4. `int8`: int8 export of the dense and the shrunk model with verification on random inputs
    (models with one input only) and the int8 latency ratio shrunk / dense (1 thread).
 
-Each model runs in its own subprocess with a timeout, and writes its row after every step,
-so a crash or a timeout loses one step of one model. Rows are kept in
+Models run in a worker subprocess (TensorFlow is imported once per worker) with a limit in
+CPU seconds per model; a model writes its row after every step, so a crash or a timeout
+loses one step of one model, and a new worker goes on with the next. Rows are kept in
 `benchmarks/coverage.json`; a run skips the models already there (`--rerun` redoes them) and
 rewrites `benchmarks/COVERAGE.md` from all rows.
 
