@@ -75,6 +75,71 @@ def test_global_scope_prunes_total_count():
     assert _alive(p, "c1").size + _alive(p, "c3").size == 13  # 26 channels, 13 pruned
 
 
+def _chain():
+    """Three independent groups: a (8 channels), b (16), c (8); out is frozen (model output)."""
+    i = keras.Input((6, 6, 2))
+    x = L.Conv2D(8, 3, padding="same", name="a")(i)
+    x = L.Conv2D(16, 1, name="b")(x)
+    x = L.Conv2D(8, 1, name="c")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(i, L.Dense(3, name="out")(x))
+
+
+def test_global_ratios_override_one_group_and_rank_the_rest():
+    model = _chain()
+    # Before: the override became the global target (29 of 32 channels removed).
+    p = tfprune.prune_channels(model, ratio=0.5, scope="global", ratios={"a": 0.9})
+    assert _alive(p, "a").size == 1  # round(0.9 * 8) = 7 of its own 8 removed
+    assert _alive(p, "b").size + _alive(p, "c").size == 12  # 50 % of the other 24
+    # Scores are divided by their group's mean: b's are all equal (1 after that), c's are
+    # one large filter and seven small ones (0.08), so the ranking takes c's small ones.
+    _set_filter_scale(model, "b", np.ones(16))
+    _set_filter_scale(model, "c", [1, 1, 1, 1, 1, 1, 1, 100])
+    model.get_layer("out").kernel.assign(np.ones((8, 3), np.float32))
+    p = tfprune.prune_channels(model, ratio=0.25, scope="global", ratios={"a": 0.5})
+    assert _alive(p, "a").size == 4
+    assert _alive(p, "c").size == 2 and _alive(p, "b").size == 16  # 6 of 24: c's lowest
+    np.testing.assert_array_equal(_alive(p, "c"), [6, 7])
+
+
+def test_global_ratios_on_several_groups():
+    model = _chain()
+    p = tfprune.prune_channels(
+        model, ratio=0.5, scope="global", ratios={"a": 0.25, "c": 0.0}, criterion="l2"
+    )
+    assert (_alive(p, "a").size, _alive(p, "b").size, _alive(p, "c").size) == (6, 8, 8)
+    # Layer scope: the same overrides, the rest at its own 50 %.
+    p = tfprune.prune_channels(model, ratio=0.5, ratios={"a": 0.25, "c": 0.0})
+    assert (_alive(p, "a").size, _alive(p, "b").size, _alive(p, "c").size) == (6, 8, 8)
+
+
+def test_ratios_names_must_be_producers_of_prunable_groups():
+    model = _chain()
+    with pytest.raises(ValueError) as info:
+        tfprune.prune_channels(model, scope="global", ratios={"nope": 0.5})
+    assert str(info.value) == (
+        "`ratios` names 'nope', which produces no channel group of the model. Use the name "
+        "of a producer layer: ['a', 'b', 'c']. Received: ratios={'nope': 0.5}"
+    )
+    with pytest.raises(ValueError, match=r"`ratios` names 'out', whose channels cannot be pruned"):
+        tfprune.prune_channels(model, ratios={"out": 0.5})
+    with pytest.raises(ValueError, match=r"different values to layers of one channel group"):
+        tfprune.prune_channels(_cnn(), ratios={"c1": 0.5, "c2": 0.25})
+    with pytest.raises(ValueError, match=r"Received: ratios\['a'\]=1.0"):
+        tfprune.prune_channels(model, ratios={"a": 1.0})
+
+
+def test_select_channels_global_with_overrides():
+    from tfprune.channel_pruning import select_channels
+
+    scores = [np.arange(4.0), np.arange(1.0, 7.0), np.arange(1.0, 3.0)]
+    keeps = select_channels(scores, [0.5, None, None], "global", ratio=0.5)
+    assert [k.sum() for k in keeps] == [2, 3, 1]  # 4 of the 8 ranked channels go
+    np.testing.assert_array_equal(keeps[0], [False, False, True, True])
+    with pytest.raises(ValueError, match=r"Received: 2 ratios for 3 groups"):
+        select_channels(scores, [None, None], "global")
+
+
 @pytest.mark.parametrize("name", ["l1", "l2", "fpgm", "bn_scale", "random"])
 def test_builtin_criteria_score_every_channel(name):
     model = _cnn()

@@ -46,3 +46,54 @@ def test_summary_errors_and_unknown_macs():
     layer = keras.layers.Dense(3)
     layer.build((None, 4))
     assert tfprune.summary(layer, print_fn=None).rows[0].macs is None
+
+
+def _raw_op_model():
+    img = keras.Input((4, 4, 3), name="img")
+    tok = keras.Input((None,), dtype="int32", name="tok")
+    x = keras.layers.Conv2D(8, 1, name="conv")(img)
+    y = x * 0.5 + x
+    m = keras.ops.mean(y, axis=(1, 2))
+    z = keras.ops.matmul(m[:, :, None], m[:, None, :])
+    e = keras.ops.einsum("bij,bjk->bik", z[:, :2, :3], z[:, :3, :4])
+    emb = keras.layers.Embedding(10, 3, name="emb")(tok)
+    return keras.Model({"img": img, "tok": tok}, {"a": e, "b": emb})
+
+
+def test_summary_lists_raw_ops_with_dict_inputs_and_unknown_lengths():
+    result = tfprune.summary(_raw_op_model(), print_fn=None)
+    types = [r.type for r in result.rows]
+    assert types == [
+        "Conv2D",
+        *["ops.Multiply", "ops.Add", "ops.Mean", "ops.GetItem", "ops.GetItem", "ops.Matmul"],
+        *["ops.GetItem", "ops.GetItem", "ops.Einsum", "Embedding"],
+    ]
+    by_type = {r.type: r for r in result.rows}
+    assert by_type["Conv2D"].macs == 4 * 4 * 3 * 8
+    assert by_type["ops.Matmul"].macs == 8 * 8 * 1  # (8, 1) @ (1, 8)
+    assert by_type["ops.Einsum"].macs == 2 * 3 * 4
+    assert by_type["ops.Add"].macs == 0 and by_type["ops.Add"].params == 0
+    assert by_type["Embedding"].params == 30 and by_type["Embedding"].macs is None  # length None
+    assert result.params == 32 + 30 and result.macs == 384 + 64 + 24
+
+
+def test_summary_of_a_keras_hub_backbone():
+    import keras_hub
+
+    model = keras_hub.models.BertBackbone(
+        vocabulary_size=50,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=12,
+    )
+    lines = []
+    result = tfprune.summary(model, print_fn=lines.append)
+    assert result.params == model.count_params()
+    rows = {r.name: r for r in result.rows}
+    assert rows["transformer_layer_0"].type == "TransformerEncoder"
+    assert rows["transformer_layer_0"].macs is None  # matrices of a layer the registry lacks
+    assert rows["pooled_dense"].macs == 8 * 8 and rows["token_embedding"].params == 50 * 8
+    assert any(r.type == "ops.GetItem" for r in result.rows)
+    assert lines[0].splitlines()[-1].split()[:2] == ["total", f"{model.count_params():,}"]

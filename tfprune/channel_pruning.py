@@ -49,47 +49,60 @@ def _rounded_keep(n_keep: int, channels: int, round_to: int | None, floor: int) 
 
 def select_channels(
     scores: list[np.ndarray],
-    ratios: list[float],
+    ratios: list[float | None],
     scope: str = "layer",
     round_to: int | None = None,
     min_channels: int = 1,
+    ratio: float = 0.0,
 ) -> list[np.ndarray]:
     """Keep decisions per group from channel scores.
 
-    Under `"layer"` scope each group drops `round(ratio * channels)` of its own channels.
-    Under `"global"` scope each group's scores are divided by their mean (so groups of
-    different sizes and scales compare) and the lowest `round(ratio * total)` channels of
-    all groups are dropped together (`ratios[0]` is the target). Each group keeps at least
-    `min_channels`, and with `round_to` its kept count is rounded up to a multiple of it.
+    A group whose `ratios` entry is a number drops `round(ratios[i] * channels)` of its own
+    lowest-scored channels, under either scope. The groups whose entry is `None` take the
+    default `ratio`: under `"layer"` scope each drops `round(ratio * channels)` of its own
+    channels; under `"global"` scope their scores are divided by their group's mean (so
+    groups of different sizes and scales compare) and the lowest `round(ratio * total)`
+    channels of all of them (`total` = their channel count) are dropped together. Each group
+    keeps at least `min_channels`, and with `round_to` its kept count is rounded up to a
+    multiple of it.
 
     Args:
         scores: One 1-D score array per group.
-        ratios: Fraction of channels to drop, per group.
+        ratios: Per group, its own fraction of channels to drop, or `None` for `ratio`.
         scope: `"layer"` or `"global"`.
         round_to: Keep a multiple of this many channels (e.g. 8 for hardware), or `None`.
         min_channels: Fewest channels a group keeps.
+        ratio: The fraction for the groups without their own entry.
 
     Returns:
         One boolean keep array per group.
 
     Raises:
-        ValueError: For an unknown `scope`.
+        ValueError: For an unknown `scope`, or `ratios` of another length than `scores`.
     """
     if scope not in SCOPES:
         raise ValueError(f"Expected `scope` to be one of {SCOPES}. Received: scope={scope!r}")
+    if len(ratios) != len(scores):
+        raise ValueError(
+            "Expected one entry of `ratios` per group of `scores`. "
+            f"Received: {len(ratios)} ratios for {len(scores)} groups"
+        )
     ones = [np.ones(s.size, bool) for s in scores]
-    if scope == "layer":
-        n_keep = [
-            _rounded_keep(s.size - allocation.count(r, s.size), s.size, round_to, min_channels)
-            for s, r in zip(scores, ratios)
-        ]
-    else:
-        normed = [s / (s.mean() if s.size and s.mean() > 0 else 1.0) for s in scores]
-        total = sum(s.size for s in scores)
-        caps = [max(s.size - min(min_channels, s.size), 0) for s in scores]
-        n_prune = min(allocation.count(ratios[0] if ratios else 0.0, total), sum(caps))
-        keeps = allocation.select_global(normed, ones, n_prune, caps)
-        n_keep = [_rounded_keep(int(k.sum()), k.size, round_to, min_channels) for k in keeps]
+
+    def own_count(s: np.ndarray, r: float) -> int:
+        return _rounded_keep(s.size - allocation.count(r, s.size), s.size, round_to, min_channels)
+
+    n_keep = [own_count(s, ratio if r is None else r) for s, r in zip(scores, ratios)]
+    ranked = [i for i, r in enumerate(ratios) if r is None]
+    if scope == "global" and ranked:
+        group_scores = [scores[i] for i in ranked]
+        normed = [s / (s.mean() if s.size and s.mean() > 0 else 1.0) for s in group_scores]
+        total = sum(s.size for s in group_scores)
+        caps = [max(s.size - min(min_channels, s.size), 0) for s in group_scores]
+        n_prune = min(allocation.count(ratio, total), sum(caps))
+        keeps = allocation.select_global(normed, [ones[i] for i in ranked], n_prune, caps)
+        for i, k in zip(ranked, keeps):
+            n_keep[i] = _rounded_keep(int(k.sum()), k.size, round_to, min_channels)
     return [allocation.select_keep(s, o, k) for s, o, k in zip(scores, ones, n_keep)]
 
 
@@ -182,7 +195,7 @@ def prune_channels(
     Args:
         model: A built Sequential or functional model (wrapped models are stripped first).
         ratio: Fraction of channels to remove, in [0, 1): per group under `"layer"` scope,
-            of all prunable channels under `"global"` scope.
+            of all prunable channels without a `ratios` entry under `"global"` scope.
         criterion: `"l1"`, `"l2"`, `"fpgm"`, `"taylor"`, `"bn_scale"`, `"random"`, or a
             callable `(group, context) -> scores` (see `tfprune.criteria.ChannelContext`).
         scope: `"layer"` or `"global"`.
@@ -190,7 +203,10 @@ def prune_channels(
         round_to: Keep a multiple of this many channels per group (e.g. 8), or `None`.
         min_channels: Fewest channels any group keeps.
         ignore: Names of producer layers whose groups are left whole, or a predicate.
-        ratios: Per-layer overrides of `ratio` (layer scope), keyed by producer name.
+        ratios: Per-group overrides of `ratio`, keyed by the name of a layer that produces
+            the group's channels: that group drops this fraction of its own channels, under
+            either scope; under `"global"` scope the other groups are ranked together and
+            drop `ratio` of their channels.
         loss: Loss for `"taylor"` (default: the compiled loss).
         seed: Seed for `"random"`.
 
@@ -199,7 +215,8 @@ def prune_channels(
 
     Raises:
         ValueError: For a ratio outside [0, 1), an unknown scope or criterion, a name in
-            `ignore`/`ratios` that is not a layer, or a criterion returning wrong shapes.
+            `ignore` that is not a layer, a name in `ratios` that is not the producer of a
+            prunable group, or a criterion returning wrong shapes.
         TypeError: If `model` is not a Sequential or functional Keras model.
     """
     if not isinstance(model, keras.Model):
@@ -227,15 +244,16 @@ def prune_channels(
         model = surgery.strip(model)
     copy = surgery.copy_model(model)
     known = {layer.name for layer in registry.iter_layers(copy)}
-    for arg, names in (("ignore", ignore), ("ratios", ratios)):
-        if names is not None and not callable(names):
-            missing = sorted(set(names) - known)
-            if missing:
-                raise ValueError(
-                    f"`{arg}` names layers that are not in the model: {missing}. Use the "
-                    f"names of producer layers, e.g. {sorted(known)[:5]}."
-                )
-    groups = [g for g in graph_lib.channel_groups(copy) if g.prunable and not _matches(ignore, g)]
+    if ignore is not None and not callable(ignore):
+        missing = sorted(set(ignore) - known)
+        if missing:
+            raise ValueError(
+                f"`ignore` names layers that are not in the model: {missing}. Use the "
+                f"names of producer layers, e.g. {sorted(known)[:5]}."
+            )
+    all_groups = graph_lib.channel_groups(copy)
+    groups = [g for g in all_groups if g.prunable and not _matches(ignore, g)]
+    group_ratios = _group_ratios(all_groups, groups, ratios or {})
     if criterion == "taylor":
         if data is None:
             raise ValueError("Criterion 'taylor' needs `data`: batches (x, y). Received: data=None")
@@ -250,14 +268,47 @@ def prune_channels(
                 f"({group.channels},)."
             )
         scores.append(s)
-    group_ratios = []
-    for group in groups:
-        override = [ratios[p] for p in group.producers if ratios and p in ratios]
-        group_ratios.append(override[0] if override else ratio)
-    keeps = select_channels(scores, group_ratios, scope, round_to, min_channels)
+    keeps = select_channels(scores, group_ratios, scope, round_to, min_channels, ratio=ratio)
     for group, keep in zip(groups, keeps):
         zero_channels(group, keep)
     return copy
+
+
+def _group_ratios(
+    all_groups: list[graph_lib.ChannelGroup],
+    groups: list[graph_lib.ChannelGroup],
+    ratios: Mapping[str, float],
+) -> list[float | None]:
+    """Each pruned group's override from `ratios` (keyed by producer name), or `None`.
+
+    Raises:
+        ValueError: If a name is not the producer of any group, names a group that cannot
+            be pruned, or two names of one group give different values.
+    """
+    owner = {p: g for g in all_groups for p in g.producers}
+    producers = sorted(p for g in all_groups if g.prunable for p in g.producers)
+    for name in ratios:
+        group = owner.get(name)
+        if group is None:
+            raise ValueError(
+                f"`ratios` names {name!r}, which produces no channel group of the model. Use "
+                f"the name of a producer layer: {producers}. Received: ratios={dict(ratios)!r}"
+            )
+        if not group.prunable:
+            raise ValueError(
+                f"`ratios` names {name!r}, whose channels cannot be pruned ({group.reason}). "
+                f"Remove it from `ratios`. Received: ratios={dict(ratios)!r}"
+            )
+    out: list[float | None] = []
+    for group in groups:
+        values = {p: ratios[p] for p in group.producers if p in ratios}
+        if len(set(values.values())) > 1:
+            raise ValueError(
+                f"`ratios` gives different values to layers of one channel group (they share "
+                f"their channels and are pruned together): {values}. Give them one value."
+            )
+        out.append(next(iter(values.values())) if values else None)
+    return out
 
 
 def _learned_scales(model: keras.Model) -> dict[str, np.ndarray]:
@@ -367,7 +418,7 @@ def update_channel_groups(model: keras.Model, due: Mapping, scope_of: Callable) 
     if shared:
         scores = [_group_scores(g, e) for g, e in shared]
         ratio = due[shared[0][1][0][0]]
-        keeps = select_channels(scores, [ratio], "global")
+        keeps = select_channels(scores, [None] * len(scores), "global", ratio=ratio)
         for (group, entries), keep in zip(shared, keeps):
             _set_group(group, entries, keep)
     return handled

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 
 import keras
 import numpy as np
@@ -23,8 +24,10 @@ class LayerStats:
         type: Layer class name (`Prunable(Dense)` for a wrapped layer).
         params: Number of weights (masks and pruning state not counted).
         nonzeros: Number of weights that are not zero after masking.
-        macs: Multiply-accumulates per example, or `None` when the layer's input shape is
-            unknown (layers of subclassed models).
+        macs: Multiply-accumulates per example of the layer's first call, or `None` when
+            they are unknown: a shape other than the batch axis is unknown (layers of
+            subclassed models, sequence length `None`), or the layer is not in
+            `tfprune.layers` and holds matrices (e.g. a keras-hub `TransformerEncoder`).
         gates: `(open, total)` learned gates (`tfprune.gates`) of a wrapped layer, or
             `None` for a layer without gates.
     """
@@ -125,9 +128,71 @@ class ModelSummary:
 
 
 def _shapes(tensors) -> list[tuple]:
-    if not isinstance(tensors, (list, tuple)):
-        tensors = [tensors]
-    return [tuple(t.shape) for t in tensors]
+    return [tuple(t.shape) for t in keras.tree.flatten(tensors)]
+
+
+def _known(shapes: list[tuple]) -> bool:
+    """Whether every dimension but the batch axis is known."""
+    return all(d is not None for shape in shapes for d in shape[1:])
+
+
+def _einsum_macs(subscripts: str, shapes: list[tuple]) -> int | None:
+    """Product of the sizes of all einsum letters, the batch letter (None at axis 0) excluded."""
+    operands = subscripts.replace(" ", "").split("->")[0].split(",")
+    sizes: dict[str, int | None] = {}
+    batch = set()
+    for letters, shape in zip(operands, shapes):
+        if "." in letters or len(letters) != len(shape):
+            return None
+        for axis, (letter, dim) in enumerate(zip(letters, shape)):
+            if dim is None and axis == 0:
+                batch.add(letter)
+            elif dim is not None:
+                sizes[letter] = int(dim)
+    letters = set("".join(operands)) - batch
+    if any(sizes.get(letter) is None for letter in letters):
+        return None
+    return math.prod(sizes[letter] for letter in letters)
+
+
+def _op_macs(op: keras.Operation, inputs: list[tuple], output: tuple) -> int | None:
+    """MACs per example of a raw `keras.ops` node: matmul and einsum count, others are 0."""
+    name = type(op).__name__
+    if name not in ("Matmul", "Einsum"):
+        return 0
+    if name == "Einsum":
+        return _einsum_macs(op.subscripts, inputs)
+    if not _known([*inputs, output]) or len(inputs[0]) < 2:
+        return None
+    return math.prod(int(d) for d in output[1:]) * int(inputs[0][-1])
+
+
+def _layer_macs(layer: keras.layers.Layer, inputs: list[tuple], output: tuple) -> int | None:
+    if not _known([*inputs, output]):
+        return None
+    if registry.lookup(layer) is None and any(len(w.shape) > 1 for w in layer.weights):
+        return None  # matrix work of a layer the registry does not know
+    return registry.macs(layer, inputs, output)
+
+
+def _node_shapes(op: keras.Operation) -> tuple[list[tuple], tuple] | None:
+    """Input shapes and the first output shape of the op's first call, or None if uncalled."""
+    try:
+        inputs, outputs = _shapes(op.input), _shapes(op.output)
+    except (AttributeError, ValueError):
+        return None
+    return inputs, outputs[0] if outputs else ()
+
+
+def _op_stats(op: keras.Operation) -> LayerStats:
+    shapes = _node_shapes(op)
+    return LayerStats(
+        name=op.name,
+        type=f"ops.{type(op).__name__}",
+        params=0,
+        nonzeros=0,
+        macs=None if shapes is None else _op_macs(op, *shapes),
+    )
 
 
 def _layer_stats(layer: keras.layers.Layer) -> LayerStats:
@@ -136,18 +201,35 @@ def _layer_stats(layer: keras.layers.Layer) -> LayerStats:
     type_name = type(inner).__name__
     if isinstance(layer, Prunable):
         type_name = f"Prunable({type_name})"
-    try:
-        macs = registry.macs(inner, _shapes(layer.input), _shapes(layer.output)[0])
-    except (AttributeError, ValueError):
-        macs = None
+    shapes = _node_shapes(layer)
     return LayerStats(
         name=layer.name,
         type=type_name,
         params=int(sum(w.size for w in weights)),
         nonzeros=int(sum(np.count_nonzero(w) for w in weights)),
-        macs=macs,
+        macs=None if shapes is None else _layer_macs(inner, *shapes),
         gates=layer.open_gates() if isinstance(layer, Prunable) else None,
     )
+
+
+def _operations(model: keras.Model) -> Iterator[keras.Operation]:
+    """Layers and raw `keras.ops` nodes of a model in graph order, entering nested models."""
+    seen: set[int] = set()
+
+    def walk(m):
+        ops = getattr(m, "operations", None)  # functional models: layers and raw ops
+        if ops is None:
+            ops = m.layers
+        for op in ops:
+            if id(op) in seen:
+                continue
+            seen.add(id(op))
+            if isinstance(op, keras.Model):
+                yield from walk(op)
+            else:
+                yield op
+
+    return walk(model)
 
 
 def summary(
@@ -155,16 +237,18 @@ def summary(
 ) -> ModelSummary:
     """Prints and returns per-layer parameters, nonzeros, sparsity and MACs per example.
 
-    Works on wrapped, stripped, shrunk and plain models; nested models are entered.
-    MACs count every multiply of the layer as it runs (zeros included), which is what a
-    dense device kernel executes.
+    Works on wrapped, stripped, shrunk and plain models, with any input structure (dicts,
+    several inputs, `None` sequence lengths); nested models are entered. Raw `keras.ops`
+    nodes of functional models get a row too (type `ops.<Name>`, no weights; `matmul` and
+    `einsum` count their MACs, other ops 0). MACs count every multiply of the layer as it
+    runs (zeros included), which is what a dense device kernel executes.
 
     Args:
         model: A built Keras model or layer.
         print_fn: Function that receives the table, or `None` to print nothing.
 
     Returns:
-        A `ModelSummary` with one `LayerStats` per layer that has weights.
+        A `ModelSummary` with one `LayerStats` per layer that has weights and per raw op.
 
     Raises:
         TypeError: If `model` is not a Keras layer.
@@ -178,12 +262,14 @@ def summary(
         raise ValueError(
             f"Model '{model.name}' is not built. Call it on data or give it an Input first."
         )
-    layers = [model] if not isinstance(model, keras.Model) else registry.iter_layers(model)
-    rows = [
-        _layer_stats(layer)
-        for layer in layers
-        if not isinstance(layer, keras.Model) and layer.weights
-    ]
+    if not isinstance(model, keras.Model):
+        rows = [_layer_stats(model)]
+    else:
+        rows = [
+            _layer_stats(op) if isinstance(op, keras.layers.Layer) else _op_stats(op)
+            for op in _operations(model)
+            if not isinstance(op, keras.layers.Layer) or op.weights
+        ]
     result = ModelSummary(rows)
     if print_fn is not None:
         print_fn(str(result))

@@ -5,6 +5,7 @@
 - `latency(file, threads=1)`: median invoke time in the LiteRT interpreter.
 - `micro(file, out_dir, name)`: `name.h` / `name.cc` for TFLite Micro.
 - `describe(file)`: ops, tensors and sizes of a .tflite file.
+- `rewrite(model)`: layers LiteRT runs slowly replaced by equal ones (done by `tflite`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from tfprune.export.convert import QUANTIZE_MODES, ExportResult, tflite
 from tfprune.export.info import TensorInfo, TFLiteInfo, describe
 from tfprune.export.latency import Latency, latency
 from tfprune.export.micro import ArenaEstimate, MicroResult, arena_estimate, micro
+from tfprune.export.rewrite import REWRITES, Rewrite, rewrite
 from tfprune.export.verify import Verification, verify
 
 __all__ = [
     "QUANTIZE_MODES",
+    "REWRITES",
     "ArenaEstimate",
     "ExportResult",
     "Latency",
     "MicroResult",
+    "Rewrite",
     "TFLiteInfo",
     "TensorInfo",
     "Verification",
@@ -28,6 +32,7 @@ __all__ = [
     "describe",
     "latency",
     "micro",
+    "rewrite",
     "tflite",
     "verify",
 ]

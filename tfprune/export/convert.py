@@ -14,6 +14,7 @@ import numpy as np
 from tfprune.export import _runtime
 from tfprune.export._io import output_path, write_bytes
 from tfprune.export.info import describe
+from tfprune.export.rewrite import rewrite
 from tfprune.export.verify import Verification, verify
 
 __all__ = ["QUANTIZE_MODES", "ExportResult", "tflite"]
@@ -197,7 +198,7 @@ def _prepare(model: keras.Model, shrink: bool) -> keras.Model:
         model = shrink_model(model)
     if any(isinstance(layer, Prunable) for layer in iter_layers(model)):
         model = strip(model)
-    return model
+    return rewrite(model)[0]
 
 
 def tflite(
@@ -216,7 +217,9 @@ def tflite(
     """Exports a (pruned) Keras model to a verified TFLite file, written atomically.
 
     Steps: `tfprune.shrink` (pruned channels physically removed, when `shrink=True`) ->
-    `tfprune.strip` (wrappers removed, masks baked in) -> the model's inference call
+    `tfprune.strip` (wrappers removed, masks baked in) -> `tfprune.export.rewrite` (layers
+    LiteRT runs slowly replaced by equal ones, e.g. depthwise `Conv2D(groups=C)` by
+    `DepthwiseConv2D`) -> the model's inference call
     (`training=False`) as a SavedModel endpoint via `keras.export.ExportArchive` ->
     `tf.lite.TFLiteConverter.from_saved_model` -> a check that the file allocates and runs in
     LiteRT's default configuration -> optional verification -> the file, written to a

@@ -1,0 +1,191 @@
+"""Export rewrites: int8 latency with and without them, and candidates that were measured.
+
+Usage, from the repository root: `PYTHONPATH=. python benchmarks/rewrite.py [--size 64]`
+
+Every file is written by `tfprune.export.tflite(..., quantize="int8")` from the same model
+with random weights; "none" disables the rewrite step, the other rows add rewrites to
+`tfprune.export.rewrite.REWRITES` for that export only. Constant weights (LayerScale, norms,
+biases) are randomised first, as in the coverage matrix. Latency: 1 thread, median of
+interleaved rounds (`_bench.latencies`), as ratios against "none" of the same model.
+
+- ConvNeXtTiny: grouped `Conv2D(groups=C)` -> `DepthwiseConv2D` (in `REWRITES`), and as a
+  candidate on top of it, `Dense` on 4-D inputs -> 1x1 `Conv2D`.
+- A ResNeXt-style stack (keras.applications has no model with grouped convolutions other
+  than ConvNeXt's depthwise ones): three bottleneck blocks, 3x3 `Conv2D(128, groups=32)`;
+  candidate grouped `Conv2D` -> split + one `Conv2D` per group + concatenate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import tempfile
+from unittest import mock
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+from _bench import latencies, machine
+from _results import publish
+from coverage import randomise
+
+import tfprune
+from tfprune.export import REWRITES, Rewrite
+
+
+def _dense_on_4d(layer) -> bool:
+    return type(layer) is keras.layers.Dense and len(layer.input.shape) == 4
+
+
+def _to_conv1x1(layer):
+    new = keras.layers.Conv2D(
+        layer.units, 1, activation=layer.activation, use_bias=layer.use_bias, name=layer.name
+    )
+    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    new.build((None, None, None, kernel.shape[0]))
+    bias = [keras.ops.convert_to_numpy(layer.bias)] if layer.use_bias else []
+    new.set_weights([kernel[None, None], *bias])
+    return new
+
+
+class _SplitGroups(keras.layers.Layer):
+    """A grouped Conv2D as split + one Conv2D per group + concatenate (candidate)."""
+
+    def __init__(self, layer, **kwargs):
+        super().__init__(name=layer.name, **kwargs)
+        self.groups = layer.groups
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        bias = keras.ops.convert_to_numpy(layer.bias) if layer.use_bias else None
+        per = layer.filters // layer.groups
+        self.convs = []
+        for g in range(layer.groups):
+            conv = keras.layers.Conv2D(
+                per,
+                layer.kernel_size,
+                strides=layer.strides,
+                padding=layer.padding,
+                dilation_rate=layer.dilation_rate,
+                activation=layer.activation,
+                use_bias=layer.use_bias,
+            )
+            conv.build((None, None, None, kernel.shape[2]))
+            w = [kernel[..., g * per : (g + 1) * per]]
+            conv.set_weights(w + ([bias[g * per : (g + 1) * per]] if bias is not None else []))
+            self.convs.append(conv)
+
+    def call(self, x):
+        parts = keras.ops.split(x, self.groups, axis=-1)
+        return keras.ops.concatenate([c(p) for c, p in zip(self.convs, parts)], axis=-1)
+
+
+def resnext(size: int) -> keras.Model:
+    """Three ResNeXt bottleneck blocks (1x1 -> grouped 3x3, 32 groups of 4 -> 1x1) and a head."""
+    i = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(i)
+    for _ in range(3):
+        y = keras.layers.Conv2D(128, 1, activation="relu")(x)
+        y = keras.layers.Conv2D(128, 3, padding="same", groups=32, activation="relu")(y)
+        x = keras.layers.Add()([x, keras.layers.Conv2D(64, 1)(y)])
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(i, keras.layers.Dense(10)(x))
+
+
+def _grouped(layer) -> bool:
+    return type(layer) is keras.layers.Conv2D and layer.groups > 1
+
+
+CANDIDATES = {
+    "Dense on 4-D -> 1x1 Conv2D": Rewrite("dense4d", _dense_on_4d, _to_conv1x1),
+    "grouped Conv2D -> split + convs + concat": Rewrite("split", _grouped, _SplitGroups),
+}
+
+
+def _export(model, x, path, table) -> tuple[str, ...]:
+    with mock.patch("tfprune.export.rewrite.REWRITES", table):
+        result = tfprune.export.tflite(
+            model, path, quantize="int8", representative_data=x, verify_data=x, shrink=False
+        )
+    scale = float(np.abs(model.predict(x, verbose=0)).max())
+    return result.ops, result.verification.max_abs_error / scale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=64, help="input size in pixels")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds")
+    parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    args = parser.parse_args(argv)
+    depthwise = REWRITES
+    cases = [
+        ("ConvNeXtTiny", "none", ()),
+        ("ConvNeXtTiny", "grouped Conv2D -> DepthwiseConv2D", depthwise),
+        (
+            "ConvNeXtTiny",
+            "DepthwiseConv2D + Dense on 4-D -> 1x1 Conv2D",
+            (*depthwise, CANDIDATES["Dense on 4-D -> 1x1 Conv2D"]),
+        ),
+        ("ResNeXt blocks", "none", ()),
+        (
+            "ResNeXt blocks",
+            "grouped Conv2D -> split + convs + concat",
+            (CANDIDATES["grouped Conv2D -> split + convs + concat"],),
+        ),
+    ]
+    models, rows = {}, []
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, args.size, args.size, 3)).astype("float32")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, (name, label, table) in enumerate(cases):
+            if name not in models:
+                keras.utils.set_random_seed(0)
+                if name == "ConvNeXtTiny":
+                    models[name] = keras.applications.ConvNeXtTiny(
+                        weights=None, input_shape=(args.size, args.size, 3)
+                    )
+                else:
+                    models[name] = resnext(args.size)
+                randomise(models[name])  # LayerScale (1e-6) would hide ConvNeXt's branches
+            path = os.path.join(tmp, f"{i}.tflite")
+            ops, err = _export(models[name], x, path, table)
+            paths.append(path)
+            rows.append((name, label, ops, err, os.path.getsize(path)))
+        times = latencies(paths, threads=1, rounds=args.rounds, runs=20, warmup=3)
+    base = {}
+    lines = [
+        "| model | rewrite | int8 latency (ms) | vs none | CONV_2D / DEPTHWISE_CONV_2D / "
+        "FULLY_CONNECTED | max error / max output |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for (name, label, ops, err, _), t in zip(rows, times):
+        base.setdefault(name, t)
+        counts = " / ".join(
+            str(ops.count(op)) for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+        )
+        lines.append(
+            f"| {name} | {label} | {t * 1e3:.2f} | {t / base[name]:.3f}x | {counts} | {err:.3f} |"
+        )
+    publish(
+        [
+            "## Export rewrites: int8 latency (benchmarks/rewrite.py)",
+            "",
+            f"Command: `PYTHONPATH=. python benchmarks/rewrite.py --size {args.size}`. "
+            f"Machine: {machine()}. "
+            f"Date: {datetime.date.today().isoformat()}. Models with "
+            f"random weights at {args.size}x{args.size} px, int8 (int8 I/O), 1 thread, best "
+            f"of {args.rounds} interleaved rounds of the median of 20 invokes. Ratios against "
+            "the same model exported without rewrites.",
+            "",
+            *lines,
+            "",
+        ],
+        write=not args.no_write,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
