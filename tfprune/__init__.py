@@ -18,6 +18,7 @@ from tfprune import (
     callbacks,
     controller,
     criteria,
+    distill,
     export,
     gates,
     granularity,
@@ -29,6 +30,7 @@ from tfprune import (
 )
 from tfprune.channel_pruning import prune_channels
 from tfprune.controller import PruningController
+from tfprune.distill import Distiller
 from tfprune.shrink import shrink
 from tfprune.summary import summary
 from tfprune.surgery import strip, wrap
@@ -37,12 +39,14 @@ from tfprune.wrapper import Prunable
 __version__ = "0.1.0"
 
 __all__ = [
+    "Distiller",
     "Prunable",
     "PruningController",
     "allocation",
     "callbacks",
     "controller",
     "criteria",
+    "distill",
     "export",
     "gates",
     "granularity",
