@@ -23,6 +23,7 @@ from tfprune import (
     gates,
     granularity,
     graph,
+    heads,
     layers,
     lottery,
     regularizers,
@@ -31,6 +32,7 @@ from tfprune import (
 from tfprune.channel_pruning import prune_channels
 from tfprune.controller import PruningController
 from tfprune.distill import Distiller
+from tfprune.heads import prune_heads
 from tfprune.shrink import shrink
 from tfprune.summary import summary
 from tfprune.surgery import strip, wrap
@@ -51,9 +53,11 @@ __all__ = [
     "gates",
     "granularity",
     "graph",
+    "heads",
     "layers",
     "lottery",
     "prune_channels",
+    "prune_heads",
     "regularizers",
     "schedules",
     "shrink",
