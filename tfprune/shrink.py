@@ -26,6 +26,7 @@ from tfprune import graph as graph_lib
 from tfprune import heads as heads_lib
 from tfprune import layers as registry
 from tfprune import surgery
+from tfprune.graph import walk
 from tfprune.wrapper import prunable_layers
 
 __all__ = ["shrink"]
@@ -148,8 +149,9 @@ class _Constants:
         self._produce(node, self.fold(layer, mid_ids, mid, layer.pointwise_kernel, -2))
 
     def depthwise(self, node) -> None:
+        """DepthwiseConv, and Conv with `groups == channels` (one input channel each)."""
         layer, out = node.layer, node.output
-        v = np.repeat(self.val(node.inputs[0]), layer.depth_multiplier)
+        v = np.repeat(self.val(node.inputs[0]), getattr(layer, "depth_multiplier", 1))
         if layer.padding != "valid":
             self.keep_hot(out, v)
         k = _np(layer.kernel).astype(np.float64)
@@ -182,8 +184,35 @@ class _Constants:
     def merge(self, node) -> None:
         self._evaluate(node, merge=True)
 
+    def op(self, node) -> None:
+        """A raw elementwise `keras.ops` call: run it on the constants (and its own)."""
+        call = node.call
+
+        def fill(a):
+            if isinstance(a, graph_lib.Tensor):
+                shape = (1,) * (len(call.shapes[a.k]) - 1) + (-1,)
+                return self.val(call.ids[a.k]).reshape(shape).astype(np.float32)
+            return a
+
+        args = [fill(a) for a in call.args]
+        kwargs = {k: fill(v) for k, v in call.kwargs.items()}
+        y = _np(node.layer(*args, **kwargs)).astype(np.float64).reshape(-1)
+        self.set(node.output, y)
+
     def passthrough(self, node) -> None:
-        self.vals[id(node.output)] = self.val(node.inputs[0])
+        for out in node.outputs:
+            self.vals[id(out)] = self.val(node.inputs[0])
+
+    def strict(self, node) -> None:
+        """Matmul, einsum, sum: removed channels must carry exactly zero into them."""
+        for ids in node.inputs:
+            self.keep_hot(ids, self.val(ids))
+
+    def split(self, node) -> None:
+        v = self.val(node.inputs[0])
+        ends = np.cumsum([out.size for out in node.outputs])[:-1]
+        for out, part in zip(node.outputs, np.split(v, ends)):
+            self.vals[id(out)] = part
 
     def pad(self, node) -> None:
         self.keep_hot(node.inputs[0], self.val(node.inputs[0]))
@@ -207,6 +236,7 @@ _CONSTANT_RULES = {
     "source": _Constants.source,
     "separable": _Constants.separable,
     "depthwise": _Constants.depthwise,
+    "grouped": _Constants.depthwise,
     "norm": _Constants.norm,
     "elementwise": _Constants.elementwise,
     "merge": _Constants.merge,
@@ -215,6 +245,10 @@ _CONSTANT_RULES = {
     "pad": _Constants.pad,
     "concat": _Constants.concat,
     "flatten": _Constants.flatten,
+    "op": _Constants.op,
+    "reduce": _Constants.passthrough,
+    "strict": _Constants.strict,
+    "split": _Constants.split,
     "input": _Constants.nothing,
     "unknown": _Constants.nothing,
 }
@@ -230,8 +264,8 @@ def _propagate(g, keep_id: np.ndarray) -> _Plan:
 
 def _plan(model: keras.Model):
     """Graph, groups and the final plan (channels kept where folding is not exact)."""
-    g = graph_lib._analyse(model)
-    groups, group_no, local = graph_lib._groups(g)
+    g = walk.analyse(model)
+    groups, group_no, local = walk.groups_of(g)
     keep = [
         ~_dead_channels(group) if group.prunable else np.ones(group.channels, bool)
         for group in groups
@@ -257,9 +291,10 @@ def _emptied(g, keep_id: np.ndarray) -> set[int]:
     own while the group keeps others); keeping one that is zero changes nothing.
     """
     return {
-        int(node.output[0])
+        int(out[0])
         for node in g.nodes
-        if len(node.output) and _positions(node.output, keep_id).size == 0
+        for out in node.outputs
+        if len(out) and _positions(out, keep_id).size == 0
     }
 
 
@@ -310,8 +345,17 @@ def shrink(model: keras.Model) -> keras.Model:
     # Attention layers with dead heads come back with fewer heads (tfprune.heads).
     attention = {id(layer): heads_lib.shrunk_heads(layer) for layer in registry.iter_layers(model)}
     attention = {key: value for key, value in attention.items() if value is not None}
+    nodes = {id(node.layer): node for node in g.nodes}
+    cloned: dict[int, object] = {}
 
-    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+    def clone(layer: keras.Operation) -> keras.Operation:
+        node = nodes.get(id(layer))
+        if not isinstance(layer, keras.layers.Layer):
+            rewrite = _OP_CONFIG.get(node.kind) if node is not None else None
+            new = layer if rewrite is None else type(layer).from_config(rewrite(node, keep_id))
+            if node is not None:
+                cloned[id(new)] = node
+            return new
         if not getattr(layer, "weights", None) and type(layer) is not _L.Reshape:
             # Nothing to slice: reuse it (a Lambda cannot be rebuilt from config in safe mode).
             return layer
@@ -319,6 +363,8 @@ def shrink(model: keras.Model) -> keras.Model:
         key = _WIDTH_KEY.get(type(layer))
         if key is not None and id(layer) in outputs:
             config[key] = int(_positions(outputs[id(layer)], keep_id).size)
+        if node is not None and node.kind == "grouped":
+            config["groups"] = config[key]
         if id(layer) in plan.bias_delta:
             config["use_bias"] = True
         if id(layer) in attention:
@@ -327,9 +373,19 @@ def shrink(model: keras.Model) -> keras.Model:
             target = list(layer.target_shape)
             width = int(_positions(outputs[id(layer)], keep_id).size)
             config["target_shape"] = (*target[:-1], width)
-        return layer.__class__.from_config(config)
+        return surgery.from_config(layer, config)
 
-    new_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    def call(op, *args, **kwargs):
+        node = cloned.get(id(op))
+        if node is not None and node.kind == "op":
+            keep = _positions(node.output, keep_id)
+            args = [_slice_constant(a, node.output.size, keep) for a in args]
+        return op(*args, **kwargs)
+
+    call_function = None if isinstance(model, keras.Sequential) else call
+    new_model = keras.models.clone_model(
+        model, clone_function=clone, call_function=call_function, recursive=True
+    )
     for old, new in zip(registry.iter_layers(model), registry.iter_layers(new_model)):
         if isinstance(old, keras.Model) or not new.weights:
             continue
@@ -356,6 +412,36 @@ def shrink(model: keras.Model) -> keras.Model:
             var.assign(value.astype(var.dtype))
     return new_model
 
+
+def _slice_constant(value, channels: int, keep: np.ndarray):
+    """A per-channel constant argument of a raw op, cut to the kept channels."""
+    if isinstance(value, keras.KerasTensor) or channels <= 1:
+        return value
+    shape = np.shape(value)
+    if not shape or shape[-1] != channels:
+        return value
+    return np.take(_np(value), keep, axis=-1)
+
+
+def _reshape_config(node, keep_id: np.ndarray) -> dict:
+    """`keras.ops.reshape` whose last axis changes size: the new shape says the new size."""
+    config = node.layer.get_config()
+    shape = list(config["newshape"])
+    shape[-1] = int(_positions(node.output, keep_id).size)
+    config["newshape"] = shape
+    return config
+
+
+def _split_config(node, keep_id: np.ndarray) -> dict:
+    """`keras.ops.split` along channels: split at the kept sizes of its outputs."""
+    config = node.layer.get_config()
+    sizes = [int(_positions(out, keep_id).size) for out in node.outputs]
+    config["indices_or_sections"] = np.cumsum(sizes)[:-1].tolist()
+    return config
+
+
+# Node kind -> config rewrite of a raw `keras.ops` operation whose arguments hold widths.
+_OP_CONFIG = {"flatten": _reshape_config, "split": _split_config}
 
 _NAMED = (
     "kernel",

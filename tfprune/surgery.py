@@ -13,24 +13,57 @@ import keras
 
 from tfprune import layers as registry
 from tfprune.gates import Gate
+from tfprune.graph import walk as graph_lib
 from tfprune.wrapper import Prunable
 
-__all__ = ["clone_layer", "strip", "wrap"]
+__all__ = ["clone_layer", "from_config", "strip", "wrap"]
 
 LayerSelector = Iterable[str] | Callable[[keras.layers.Layer], bool] | None
 
 
-def clone_layer(layer: keras.layers.Layer, weights: list | None = None) -> keras.layers.Layer:
-    """A new layer with `layer`'s config, built like it, holding `weights` (default: its own).
+def from_config(layer: keras.layers.Layer, config: dict) -> keras.layers.Layer:
+    """`type(layer).from_config(config)`, with an error naming the layer when it fails.
 
     Args:
-        layer: A Keras layer (not a model).
+        layer: The layer the config comes from.
+        config: Its (possibly edited) config.
+
+    Returns:
+        The new, unbuilt layer.
+
+    Raises:
+        TypeError: If the layer's class cannot rebuild itself from its config (a
+            `get_config` that does not round-trip, as some keras-hub layers have).
+    """
+    try:
+        return layer.__class__.from_config(config)
+    except Exception as err:
+        raise TypeError(
+            f"Layer '{layer.name}' ({type(layer).__name__}) cannot be rebuilt from its own "
+            f"config, so tfprune cannot clone the model: {type(layer).__name__}.get_config() "
+            f"does not round-trip through from_config ({type(err).__name__}: {err}). Fix "
+            "the layer's get_config/from_config, or exclude the model part it belongs to."
+        ) from err
+
+
+def clone_layer(layer: keras.Operation, weights: list | None = None) -> keras.Operation:
+    """A new layer with `layer`'s config, built like it, holding `weights` (default: its own).
+
+    A raw `keras.ops` operation of a functional model holds no state and comes back as is.
+
+    Args:
+        layer: A Keras layer (not a model), or a raw operation.
         weights: Weights in `layer.get_weights()` order, or `None` to copy `layer`'s.
 
     Returns:
         The new layer; it shares no variables with `layer`.
+
+    Raises:
+        TypeError: If the layer cannot be rebuilt from its config.
     """
-    new = layer.__class__.from_config(layer.get_config())
+    if not isinstance(layer, keras.layers.Layer):
+        return layer
+    new = from_config(layer, layer.get_config())
     if layer.built:
         new.build_from_config(layer.get_build_config())
         new.set_weights(layer.get_weights() if weights is None else weights)
@@ -38,8 +71,14 @@ def clone_layer(layer: keras.layers.Layer, weights: list | None = None) -> keras
 
 
 def _is_graph_model(model: keras.Model) -> bool:
-    """Sequential or functional: a model whose layer graph Keras can clone."""
-    return isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
+    """Sequential or functional (or a subclass of it): a graph Keras can clone."""
+    if isinstance(model, keras.Sequential):
+        return True
+    try:
+        graph_lib.functional_view(model)
+    except TypeError:
+        return False
+    return True
 
 
 def _check_rebuildable(model: keras.layers.Layer, fn: str) -> None:

@@ -1,0 +1,14 @@
+"""Rule families of `tfprune.graph`; importing this package registers all of them.
+
+- `layers`: Keras layers (producers, normalizations, merges, reshapes, pass-through).
+- `ops`: raw `keras.ops` operations in functional models (arithmetic, activations,
+  reductions, slicing, reshape/transpose, concatenate/split/stack, matmul/einsum).
+- `hub`: keras-hub layers, keyed by registered name so keras-hub is not imported.
+
+A new family is a module here that calls `tfprune.graph.table.register` for each class or
+registered name it knows, imported below.
+"""
+
+from tfprune.graph.rules import hub, layers, ops
+
+__all__ = ["hub", "layers", "ops"]

@@ -1,0 +1,42 @@
+"""Channel rules of keras-hub layers, keyed by registered name (keras-hub is not imported).
+
+Normalizations over the hidden axis mix channels, so they freeze the channels that reach
+them. Transformer blocks, attention and embedding layers hold several weights whose
+channels are tied in ways the graph does not see from outside (heads, residual streams,
+tied embeddings), so their rules freeze the channels that reach them with a reason that
+says so; a model that prunes inside them registers a rule of its own with
+`tfprune.graph.register`.
+"""
+
+from __future__ import annotations
+
+from tfprune.graph._state import Call, Graph
+from tfprune.graph.rules.layers import across_channels
+from tfprune.graph.table import register
+
+_NORMS = ("RMSNormalization", "LayerNorm", "GemmaRMSNormalization")
+_BLOCKS = (
+    "TransformerEncoder",
+    "TransformerDecoder",
+    "CachedMultiHeadAttention",
+    "PositionEmbedding",
+    "ReversibleEmbedding",
+    "RotaryEmbedding",
+    "TokenAndPositionEmbedding",
+    "FNetEncoder",
+)
+
+
+def opaque_block(g: Graph, call: Call) -> str:
+    """A keras-hub block: its inner weights tie channels the graph cannot see."""
+    return (
+        "it is a keras-hub block whose inner weights (attention heads, residual stream, "
+        "embeddings) tie its channels in ways tfprune.graph does not model; register a rule "
+        "with tfprune.graph.register to prune through it"
+    )
+
+
+for _name in _NORMS:
+    register(f"keras_hub>{_name}", across_channels, "mixed")
+for _name in _BLOCKS:
+    register(f"keras_hub>{_name}", opaque_block, "unknown")

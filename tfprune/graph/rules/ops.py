@@ -1,0 +1,233 @@
+"""Channel rules of raw `keras.ops` operations in functional models.
+
+A functional model records every `keras.ops` call between layers as an operation
+(`x + 3.0` is an `Add`, `x[:, 0]` a `GetItem`, `keras.ops.mean(x, axis=1)` a `Mean`). These
+rules follow the channel (last) axis through them: elementwise arithmetic and activations
+keep it (a per-channel constant is sliced by `tfprune.shrink`), reductions, slicing,
+reshapes, transposes and `expand_dims`/`squeeze` keep it when they leave the last axis in
+place, `concatenate`/`split`/`stack` offset or share it, and `matmul`/`einsum` pass on the
+channels of the operand whose last axis is the output's last axis. Everything else returns
+a reason, so the channels that reach it are frozen.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from tfprune.graph._state import Call, Graph, Tensor, width
+from tfprune.graph.rules.layers import across_channels, concatenate, flatten_ids
+from tfprune.graph.table import register
+
+
+def _constants(call: Call) -> list:
+    """Constant (non-tensor) positional arguments of a call."""
+    return [a for a in call.args if not isinstance(a, Tensor) and a is not None]
+
+
+def _rank(shape: tuple) -> int:
+    return len(shape)
+
+
+def elementwise_op(g: Graph, call: Call):
+    """Arithmetic, comparisons and activations: output channel `c` reads input channel `c`.
+
+    Tensors of the output's width are tied together; a constant must be a scalar or vary
+    along the channel axis only (then shrink slices it). A width-1 tensor broadcast over
+    the channels is allowed in a product (its zero channels stay zero) and frozen; in a sum
+    it would add data to removed channels, so their channels are frozen.
+    """
+    out = width(call.out_shape)
+    for c in _constants(call):
+        shape = np.shape(c)
+        if any(d != 1 for d in shape[:-1]) or (shape and shape[-1] not in (1, out)):
+            return f"its constant of shape {shape} varies over non-channel axes"
+    wide = [i for i in call.ids if i.size == out]
+    narrow = [i for i in call.ids if i.size != out]
+    if not wide:
+        return f"its inputs have {[i.size for i in call.ids]} channels, not the output's {out}"
+    for other in wide[1:]:
+        g.union(wide[0], other, call.name)
+    if narrow:
+        if type(call.layer).__name__ != "Multiply" or any(i.size != 1 for i in narrow):
+            return f"it broadcasts {narrow[0].size} channel(s) over {out}"
+        for i in narrow:
+            g.freeze(i, f"{call.name} broadcasts it over {out} channels")
+    return wide[0]
+
+
+def _axes(axis, rank: int) -> list[int] | None:
+    if axis is None:
+        return None
+    axes = axis if isinstance(axis, (list, tuple)) else [axis]
+    return [int(a) % rank for a in axes]
+
+
+def reduction(g: Graph, call: Call):
+    """`mean`/`sum`/`max`/`min`/`prod` over non-channel axes: channels pass through."""
+    rank = _rank(call.shapes[0])
+    axes = _axes(call.config().get("axis"), rank)
+    if axes is None or rank - 1 in axes:
+        return "it reduces over the channel (last) axis"
+    return call.ids[0]
+
+
+def _key_items(key) -> list:
+    return list(key) if isinstance(key, (list, tuple)) else [key]
+
+
+def get_item(g: Graph, call: Call):
+    """`x[...]`: channels pass through when the last axis is not indexed."""
+    rank = _rank(call.shapes[0])
+    items = _key_items(call.args[1])
+    if any(isinstance(i, (Tensor, np.ndarray)) for i in items):
+        return "it indexes with a tensor"
+    if Ellipsis in items:
+        after = items[items.index(Ellipsis) + 1 :]
+    elif sum(i is not None for i in items) < rank:
+        return call.ids[0]
+    else:
+        after = items
+    if after and after[-1] is None:
+        return "it adds an axis after the channel axis"
+    consuming = [i for i in after if i is not None]
+    if not consuming:
+        return call.ids[0]
+    last = consuming[-1]
+    if isinstance(last, slice) and last == slice(None):
+        return call.ids[0]
+    return f"it indexes the channel (last) axis with {last!r}"
+
+
+def reshape_op(g: Graph, call: Call):
+    """`keras.ops.reshape`: keeps the last axis or flattens a channels-last tensor."""
+    in_shape, out_shape = call.shapes[0], call.out_shape
+    if in_shape[-1] is not None and out_shape and out_shape[-1] == in_shape[-1]:
+        return call.ids[0]
+    if len(out_shape) == 2 and len(in_shape) > 2:
+        return flatten_ids(call.ids[0], in_shape)
+    return f"it reshapes {tuple(in_shape)} to {tuple(out_shape)}, which moves the channel axis"
+
+
+def transpose(g: Graph, call: Call):
+    """`keras.ops.transpose`: channels pass through when the last axis stays last."""
+    rank = _rank(call.shapes[0])
+    axes = call.config().get("axes")
+    if axes is not None and int(axes[-1]) % rank == rank - 1:
+        return call.ids[0]
+    return f"it moves the channel (last) axis (axes={axes})"
+
+
+def split(g: Graph, call: Call):
+    """`keras.ops.split`: along channels, each output holds its slice of the ids."""
+    config = call.config()
+    rank = _rank(call.shapes[0])
+    n_out = len(call.out_shapes)
+    if int(config.get("axis", 0)) % rank != rank - 1:
+        return [call.ids[0]] * n_out
+    sections = config["indices_or_sections"]
+    if isinstance(sections, int) and call.ids[0].size % sections:
+        return f"it splits {call.ids[0].size} channels into {sections} unequal sections"
+    call.kind = "split"
+    return np.split(call.ids[0], sections)
+
+
+def stack(g: Graph, call: Call):
+    """`keras.ops.stack` on a new axis before the channels: the inputs share channels."""
+    rank = _rank(call.out_shape)
+    if int(call.config().get("axis", 0)) % rank == rank - 1:
+        return "it stacks along a new last axis, so the channels are no longer last"
+    for other in call.ids[1:]:
+        g.union(call.ids[0], other, call.name)
+    return call.ids[0]
+
+
+def expand_dims(g: Graph, call: Call):
+    """`keras.ops.expand_dims` before the last axis: channels pass through."""
+    rank = _rank(call.out_shape)
+    axes = _axes(call.config().get("axis"), rank)
+    if rank - 1 in axes:
+        return "it adds an axis after the channel axis"
+    return call.ids[0]
+
+
+def squeeze(g: Graph, call: Call):
+    """`keras.ops.squeeze` of axes other than the last: channels pass through."""
+    rank = _rank(call.shapes[0])
+    axes = _axes(call.config().get("axis"), rank)
+    if (axes is None and call.shapes[0][-1] == 1) or (axes and rank - 1 in axes):
+        return "it removes the channel (last) axis"
+    return call.ids[0]
+
+
+def matmul(g: Graph, call: Call):
+    """`a @ b`: the output's last axis is `b`'s last axis; `a`'s last axis is contracted."""
+    if len(call.ids) != 2 or _rank(call.shapes[1]) < 2:
+        return "its second operand is not a tensor of rank 2 or more"
+    a, b = call.ids
+    g.freeze(a, f"{call.name} contracts it (the channel axis of its first operand)")
+    return b
+
+
+_LETTERS = re.compile(r"[a-zA-Z]")
+
+
+def einsum(g: Graph, call: Call):
+    """`einsum`: operands whose last subscript is the output's last pass their channels on.
+
+    Einsum is linear in each operand, so an output channel computed from a removed (zero)
+    channel of any operand is zero. Operands whose last subscript is contracted or moved
+    are frozen.
+    """
+    spec = call.config().get("subscripts", "").replace(" ", "")
+    if "->" not in spec:
+        return f"its subscripts {spec!r} have no explicit output"
+    ins, out = spec.split("->")
+    operands = ins.split(",")
+    if out.endswith(".") or not out or any(o.endswith(".") for o in operands):
+        return f"its subscripts {spec!r} leave the last axis to an ellipsis"
+    tensors = [k for k, a in enumerate(call.args) if isinstance(a, Tensor)]
+    if len(tensors) != len(operands):
+        return "it has constant operands"
+    passing = []
+    for k, sub in enumerate(operands):
+        ids = call.ids[k]
+        if sub[-1] == out[-1]:
+            passing.append(ids)
+        else:
+            g.freeze(ids, f"{call.name} contracts or moves its channel axis ({spec})")
+    if not passing:
+        return g.fixed(width(call.out_shape), f"the output of {call.name}")
+    for other in passing[1:]:
+        g.union(passing[0], other, call.name)
+    return passing[0]
+
+
+def _register(kind: str, fn, *names: str) -> None:
+    for name in names:
+        register(name, fn, kind)
+
+
+_register(
+    "op",
+    elementwise_op,
+    *("Add", "Subtract", "Multiply", "TrueDivide", "Divide", "Maximum", "Minimum", "Power"),
+    *("Negative", "Absolute", "Square", "Sqrt", "Exp", "Log", "Erf", "Cast", "Clip", "Where"),
+    *("Greater", "GreaterEqual", "Less", "LessEqual", "Equal", "NotEqual"),
+    *("Relu", "Relu6", "Sigmoid", "HardSigmoid", "HardSilu", "Silu", "Gelu", "Tanh", "Elu"),
+    *("Selu", "Softplus", "Softsign", "LeakyRelu"),
+)
+_register("reduce", reduction, "Mean", "Max", "Min")
+_register("strict", reduction, "Sum", "Prod")
+_register("spatial", get_item, "GetItem")
+_register("spatial", transpose, "Transpose")
+_register("spatial", expand_dims, "ExpandDims")
+_register("spatial", squeeze, "Squeeze")
+_register("flatten", reshape_op, "Reshape")
+_register("concat", concatenate, "Concatenate")
+_register("concat", stack, "Stack")
+_register("spatial", split, "Split")
+_register("strict", matmul, "Matmul")
+_register("strict", einsum, "Einsum")
+_register("mixed", across_channels, "Softmax", "LogSoftmax", "Normalize")

@@ -1,0 +1,114 @@
+"""The channel rule table: which rule handles which layer or raw `keras.ops` operation.
+
+A rule is a function `rule(graph, call)`: `graph` is the `tfprune.graph.Graph` being built
+and `call` a `tfprune.graph.Call` (the layer or operation, the channel ids and shapes of its
+input tensors, its constant arguments). It returns the channel ids of the call's output (a
+list of arrays for an operation with several outputs), or a string saying why the channel
+mapping is unknown: then every channel that reaches the call is frozen with that reason.
+
+The table is keyed by exact class (a `keras.layers.Layer` or `keras.Operation` subclass) or
+by Keras registered name (`keras.saving.get_registered_name`, e.g. `"Mean"` for `keras.ops.mean` or
+`"keras_hub>RMSNormalization"`), which lets a rule family describe classes of a package
+without importing it. A name without a `package>` prefix only matches raw operations, not
+layers, so the operation `Add` (`x + y`) and the layer `keras.layers.Add` stay apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import keras
+
+__all__ = ["KINDS", "RuleEntry", "lookup", "register"]
+
+# How `tfprune.shrink` treats the constants that removed channels carry through a call of
+# each kind (see tfprune/shrink.py); a rule's kind must be one of these.
+KINDS = (
+    "input",
+    "source",
+    "separable",
+    "depthwise",
+    "grouped",
+    "norm",
+    "mixed",
+    "elementwise",
+    "spatial",
+    "pad",
+    "merge",
+    "concat",
+    "flatten",
+    "op",
+    "reduce",
+    "strict",
+    "split",
+    "unknown",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleEntry:
+    """A rule and its kind (`KINDS`): what `tfprune.shrink` does with the call."""
+
+    kind: str
+    fn: Callable
+
+
+_TABLE: dict[type | str, RuleEntry] = {}
+
+
+def register(target: type | str, rule: Callable, kind: str = "elementwise") -> None:
+    """Registers the channel rule of a layer class or a raw `keras.ops` operation.
+
+    Args:
+        target: A `keras.layers.Layer` or `keras.Operation` subclass (exactly that
+            class: a subclass may compute something else, so it needs its own rule), or
+            a Keras registered name (`"Mean"`, `"my_package>MyLayer"`).
+        rule: `rule(graph, call) -> ids | list[ids] | str`: the channel ids of the
+            output(s) given `call.ids`, the ids of the inputs; a string means "unknown"
+            and freezes the input channels with that reason. It may call
+            `graph.union(a, b)` to tie channels, `graph.freeze(ids, reason)` and
+            `graph.record(layer, weight, axis, ids, role)` for weights holding channels.
+        kind: How `tfprune.shrink` carries the constants of removed channels through
+            the call: `"elementwise"` (it calls the layer on them: per-channel
+            functions), `"spatial"` (unchanged: pooling, cropping), `"mixed"` (the rule
+            freezes its channels), or another entry of `tfprune.graph.KINDS`.
+
+    Raises:
+        TypeError: If `target` is not a class or a string, or `rule` is not callable.
+        ValueError: If `kind` is not one of `tfprune.graph.KINDS`.
+
+    Example:
+
+    ```python
+    def scale_rule(graph, call):  # a custom per-channel layer: channels pass through
+        return call.ids[0]
+
+    tfprune.graph.register(MyScale, scale_rule, kind="elementwise")
+    ```
+    """
+    if not isinstance(target, (str, type)):
+        raise TypeError(
+            "tfprune.graph.register expects a layer or operation class, or a registered "
+            f"name. Received: target={target!r} of type {type(target).__name__}"
+        )
+    if not callable(rule):
+        raise TypeError(
+            "tfprune.graph.register expects a callable `rule(graph, call)`. "
+            f"Received: rule={rule!r}"
+        )
+    if kind not in KINDS:
+        raise ValueError(
+            f"tfprune.graph.register: `kind` must be one of {list(KINDS)}. Received: kind={kind!r}"
+        )
+    _TABLE[target] = RuleEntry(kind, rule)
+
+
+def lookup(op: keras.Operation) -> RuleEntry | None:
+    """The rule of a layer or operation: by its exact class, then by registered name."""
+    if type(op) in _TABLE:
+        return _TABLE[type(op)]
+    name = keras.saving.get_registered_name(type(op))
+    if ">" in name or not isinstance(op, keras.layers.Layer):
+        return _TABLE.get(name)
+    return None
