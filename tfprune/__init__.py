@@ -18,6 +18,7 @@ from tfprune import (
     callbacks,
     controller,
     criteria,
+    depth,
     distill,
     export,
     gates,
@@ -31,6 +32,7 @@ from tfprune import (
 )
 from tfprune.channel_pruning import prune_channels
 from tfprune.controller import PruningController
+from tfprune.depth import prune_blocks
 from tfprune.distill import Distiller
 from tfprune.heads import prune_heads
 from tfprune.shrink import shrink
@@ -48,6 +50,7 @@ __all__ = [
     "callbacks",
     "controller",
     "criteria",
+    "depth",
     "distill",
     "export",
     "gates",
@@ -56,6 +59,7 @@ __all__ = [
     "heads",
     "layers",
     "lottery",
+    "prune_blocks",
     "prune_channels",
     "prune_heads",
     "regularizers",
