@@ -34,9 +34,10 @@ __all__ = ["shrink"]
 _L = keras.layers
 
 # Which config entry holds a producer's number of output channels (graph-only knowledge).
-_WIDTH_KEY: dict[type, str] = {
+_WIDTH_KEY: dict[type | str, str] = {
     _L.Dense: "units",
     **{cls: "filters" for cls in (*graph_lib.CONVOLUTIONS, _L.SeparableConv1D, _L.SeparableConv2D)},
+    "LayerScale": "projection_dim",  # keras.applications' ConvNeXt, by registered name
 }
 
 
@@ -360,7 +361,9 @@ def shrink(model: keras.Model) -> keras.Model:
             # Nothing to slice: reuse it (a Lambda cannot be rebuilt from config in safe mode).
             return layer
         config = layer.get_config()
-        key = _WIDTH_KEY.get(type(layer))
+        key = _WIDTH_KEY.get(type(layer)) or _WIDTH_KEY.get(
+            keras.saving.get_registered_name(type(layer))
+        )
         if key is not None and id(layer) in outputs:
             config[key] = int(_positions(outputs[id(layer)], keep_id).size)
         if node is not None and node.kind == "grouped":

@@ -9,8 +9,9 @@ mapping is unknown: then every channel that reaches the call is frozen with that
 The table is keyed by exact class (a `keras.layers.Layer` or `keras.Operation` subclass) or
 by Keras registered name (`keras.saving.get_registered_name`, e.g. `"Mean"` for `keras.ops.mean` or
 `"keras_hub>RMSNormalization"`), which lets a rule family describe classes of a package
-without importing it. A name without a `package>` prefix only matches raw operations, not
-layers, so the operation `Add` (`x + y`) and the layer `keras.layers.Add` stay apart.
+without importing it (or whose module is private, like `keras.applications`' LayerScale).
+A class entry wins over a name: the layer `keras.layers.Add` has its own rule, distinct
+from the operation `Add` (`x + y`); rules for raw operations refuse layers.
 """
 
 from __future__ import annotations
@@ -108,7 +109,4 @@ def lookup(op: keras.Operation) -> RuleEntry | None:
     """The rule of a layer or operation: by its exact class, then by registered name."""
     if type(op) in _TABLE:
         return _TABLE[type(op)]
-    name = keras.saving.get_registered_name(type(op))
-    if ">" in name or not isinstance(op, keras.layers.Layer):
-        return _TABLE.get(name)
-    return None
+    return _TABLE.get(keras.saving.get_registered_name(type(op)))

@@ -194,6 +194,12 @@ def reshape(g: Graph, call: Call):
     return f"it reshapes {in_shape} to {target}, which moves the channel axis"
 
 
+def layer_scale(g: Graph, call: Call):
+    """keras.applications' LayerScale (ConvNeXt): one factor per channel, `gamma`."""
+    g.record(call.layer, "gamma", 0, call.ids[0], "norm")
+    return call.ids[0]
+
+
 def model_input(g: Graph, call: Call):
     """A model input: its channels belong to no group."""
     return g.fixed(width(call.out_shape), f"the model input '{call.layer.name}'")
@@ -260,4 +266,5 @@ _register("pad", elementwise, _L.ZeroPadding1D, _L.ZeroPadding2D, _L.ZeroPadding
 _register("merge", merge, _L.Add, _L.Subtract, _L.Multiply, _L.Average, _L.Maximum, _L.Minimum)
 _register("concat", concatenate, _L.Concatenate)
 _register("flatten", flatten, _L.Flatten)
+_register("elementwise", layer_scale, "LayerScale")
 _register("flatten", reshape, _L.Reshape)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+import keras
 import numpy as np
 
 from tfprune.graph._state import Call, Graph, Tensor, width
@@ -204,9 +205,21 @@ def einsum(g: Graph, call: Call):
     return passing[0]
 
 
+def _only_ops(fn):
+    """A rule for raw operations, refusing a layer class that happens to share the name."""
+
+    def rule(g: Graph, call: Call):
+        if isinstance(call.layer, keras.layers.Layer):
+            return f"no channel rule for the layer type {type(call.layer).__name__}"
+        return fn(g, call)
+
+    rule.__doc__ = fn.__doc__
+    return rule
+
+
 def _register(kind: str, fn, *names: str) -> None:
     for name in names:
-        register(name, fn, kind)
+        register(name, _only_ops(fn), kind)
 
 
 _register(
