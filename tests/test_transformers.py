@@ -103,3 +103,17 @@ def test_pruned_vit_exports_to_tflite_float_and_int8(tmp_path):
     unpruned = tmp_path / "unpruned.tflite"
     tfprune.export.tflite(model, unpruned, quantize="int8", representative_data=x)
     assert sizes["int8"] < unpruned.stat().st_size
+
+
+def test_activation_criterion_scores_the_gated_product_fed_to_down():
+    model = _vit("swiglu")
+    x = _x(6)
+    criterion = tfprune.activation_scores.activation_criterion(model, [x[:4], (x[4:], None)])
+    (group,) = [g for g in tfprune.graph.channel_groups(model) if "gate1" in g.producers]
+    probe = keras.Model(model.input, model.get_layer("mul1").output)
+    expected = np.abs(keras.ops.convert_to_numpy(probe(x))).reshape(-1, 32).mean(axis=0)
+    np.testing.assert_allclose(criterion(group, None), expected, rtol=1e-5)
+    pruned = tfprune.prune_channels(model, ratio=0.25, criterion=criterion)
+    kernel = keras.ops.convert_to_numpy(pruned.get_layer("up1").kernel)
+    dropped = np.flatnonzero(~kernel.any(axis=0))
+    np.testing.assert_array_equal(dropped, np.sort(np.argsort(expected)[:8]))

@@ -14,6 +14,7 @@ tfprune.summary(final)
 """
 
 from tfprune import (
+    activation_scores,
     allocation,
     callbacks,
     controller,
@@ -46,6 +47,7 @@ __all__ = [
     "Distiller",
     "Prunable",
     "PruningController",
+    "activation_scores",
     "allocation",
     "callbacks",
     "controller",
