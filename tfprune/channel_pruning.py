@@ -116,17 +116,6 @@ def zero_channels(group: graph_lib.ChannelGroup, keep: np.ndarray) -> None:
         var.assign(value)
 
 
-def _copy(layer):
-    """A copy of a layer with its weights; weightless layers and raw ops are reused.
-
-    A Lambda cannot be rebuilt from its config in safe mode, and a layer without weights
-    has no state to copy.
-    """
-    if isinstance(layer, keras.layers.Layer) and layer.weights:
-        return surgery.clone_layer(layer)
-    return layer
-
-
 def _matches(selector, group: graph_lib.ChannelGroup) -> bool:
     if selector is None:
         return False
@@ -236,7 +225,7 @@ def prune_channels(
     context = criteria_lib.ChannelContext(seed=seed, scales=_learned_scales(model))
     if prunable_layers(model):
         model = surgery.strip(model)
-    copy = keras.models.clone_model(model, clone_function=_copy, recursive=True)
+    copy = surgery.copy_model(model)
     known = {layer.name for layer in registry.iter_layers(copy)}
     for arg, names in (("ignore", ignore), ("ratios", ratios)):
         if names is not None and not callable(names):

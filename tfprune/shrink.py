@@ -101,7 +101,7 @@ class _Constants:
         self.vals: dict[int, np.ndarray] = {}
 
     def removed(self, ids: np.ndarray) -> np.ndarray:
-        return (ids >= 0) & ~self.plan.keep_id[np.where(ids >= 0, ids, 0)]
+        return ~_kept(ids, self.plan.keep_id)
 
     def val(self, ids: np.ndarray) -> np.ndarray:
         return self.vals.get(id(ids), np.zeros(ids.size))
@@ -300,7 +300,15 @@ def _emptied(g, keep_id: np.ndarray) -> set[int]:
 
 
 def _positions(ids: np.ndarray, keep_id: np.ndarray) -> np.ndarray:
-    return np.flatnonzero((ids < 0) | keep_id[np.where(ids >= 0, ids, 0)])
+    return np.flatnonzero(_kept(ids, keep_id))
+
+
+def _kept(ids: np.ndarray, keep_id: np.ndarray) -> np.ndarray:
+    """Per position: True unless it holds a channel that shrink removes."""
+    kept = np.ones(ids.size, bool)
+    sel = ids >= 0
+    kept[sel] = keep_id[ids[sel]]
+    return kept
 
 
 def shrink(model: keras.Model) -> keras.Model:
@@ -420,7 +428,7 @@ def _slice_constant(value, channels: int, keep: np.ndarray):
     """A per-channel constant argument of a raw op, cut to the kept channels."""
     if isinstance(value, keras.KerasTensor) or channels <= 1:
         return value
-    shape = np.shape(value)
+    shape = tuple(np.shape(value))
     if not shape or shape[-1] != channels:
         return value
     return np.take(_np(value), keep, axis=-1)

@@ -16,7 +16,7 @@ from tfprune.gates import Gate
 from tfprune.graph import walk as graph_lib
 from tfprune.wrapper import Prunable
 
-__all__ = ["clone_layer", "from_config", "strip", "wrap"]
+__all__ = ["clone_layer", "copy_model", "from_config", "strip", "wrap"]
 
 LayerSelector = Iterable[str] | Callable[[keras.layers.Layer], bool] | None
 
@@ -41,12 +41,15 @@ def from_config(layer: keras.layers.Layer, config: dict) -> keras.layers.Layer:
         raise TypeError(
             f"Layer '{layer.name}' ({type(layer).__name__}) cannot be rebuilt from its own "
             f"config, so tfprune cannot clone the model: {type(layer).__name__}.get_config() "
-            f"does not round-trip through from_config ({type(err).__name__}: {err}). Fix "
-            "the layer's get_config/from_config, or exclude the model part it belongs to."
+            f"does not round-trip through from_config ({type(err).__name__}: {err}). This "
+            "is a limitation of the layer's class, not of tfprune: fix its get_config or "
+            "from_config (for keras-hub layers, report it upstream)."
         ) from err
 
 
-def clone_layer(layer: keras.Operation, weights: list | None = None) -> keras.Operation:
+def clone_layer(
+    layer: keras.Operation, weights: list | None = None, deferred: list | None = None
+) -> keras.Operation:
     """A new layer with `layer`'s config, built like it, holding `weights` (default: its own).
 
     A raw `keras.ops` operation of a functional model holds no state and comes back as is.
@@ -54,20 +57,71 @@ def clone_layer(layer: keras.Operation, weights: list | None = None) -> keras.Op
     Args:
         layer: A Keras layer (not a model), or a raw operation.
         weights: Weights in `layer.get_weights()` order, or `None` to copy `layer`'s.
+        deferred: Where a layer that cannot be built from its build config (some keras-hub
+            blocks build from several inputs) is left unbuilt: `(new_layer, weights)` is
+            appended, and the caller sets the weights once the model is rebuilt. `None`
+            raises instead.
 
     Returns:
         The new layer; it shares no variables with `layer`.
 
     Raises:
-        TypeError: If the layer cannot be rebuilt from its config.
+        TypeError: If the layer cannot be rebuilt from its config (or build config, when
+            `deferred` is None).
     """
     if not isinstance(layer, keras.layers.Layer):
         return layer
     new = from_config(layer, layer.get_config())
     if layer.built:
-        new.build_from_config(layer.get_build_config())
-        new.set_weights(layer.get_weights() if weights is None else weights)
+        values = layer.get_weights() if weights is None else weights
+        try:
+            new.build_from_config(layer.get_build_config())
+        except Exception as err:
+            if deferred is None:
+                raise TypeError(
+                    f"Layer '{layer.name}' ({type(layer).__name__}) cannot be built from its "
+                    f"build config ({type(err).__name__}: {err})."
+                ) from err
+            new = from_config(layer, layer.get_config())
+            deferred.append((new, values))
+            return new
+        new.set_weights(values)
     return new
+
+
+def _clone_model(model: keras.Model, clone: Callable) -> keras.Model:
+    """`keras.models.clone_model` with `clone(layer, deferred)`; sets deferred weights."""
+    deferred: list = []
+    new_model = keras.models.clone_model(
+        model, clone_function=lambda layer: clone(layer, deferred), recursive=True
+    )
+    for layer, values in deferred:
+        layer.set_weights(values)
+    return new_model
+
+
+def copy_model(model: keras.Model) -> keras.Model:
+    """A copy of a model with its weights; weightless layers and raw ops are reused.
+
+    A Lambda cannot be rebuilt from its config in safe mode, and a layer without weights
+    has no state to copy.
+
+    Args:
+        model: A Sequential or functional model.
+
+    Returns:
+        The copy; it shares no variables with `model`.
+
+    Raises:
+        TypeError: If a layer with weights cannot be rebuilt from its config.
+    """
+
+    def clone(layer, deferred: list):
+        if isinstance(layer, keras.layers.Layer) and layer.weights:
+            return clone_layer(layer, deferred=deferred)
+        return layer
+
+    return _clone_model(model, clone)
 
 
 def _is_graph_model(model: keras.Model) -> bool:
@@ -209,15 +263,17 @@ def wrap(
             stacklevel=2,
         )
 
-    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        new = clone_layer(layer)
+    def clone(layer: keras.layers.Layer, deferred: list) -> keras.layers.Layer:
+        new = clone_layer(layer, deferred=deferred)
+        if not isinstance(layer, keras.layers.Layer):
+            return new
         chosen = prunable(layer) and (include is None or include(layer))
         if chosen and not (skip is not None and skip(layer)):
             layer_gate = gate if gate_of is None else gate_of.get(layer.name)
             return Prunable(new, gate=layer_gate, **options)
         return new
 
-    return keras.models.clone_model(model, clone_function=clone, recursive=True)
+    return _clone_model(model, clone)
 
 
 def strip(model: keras.layers.Layer) -> keras.layers.Layer:
@@ -243,9 +299,9 @@ def strip(model: keras.layers.Layer) -> keras.layers.Layer:
         )
     _check_rebuildable(model, "strip")
 
-    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+    def clone(layer: keras.layers.Layer, deferred: list) -> keras.layers.Layer:
         if isinstance(layer, Prunable):
-            return clone_layer(layer.layer, layer.masked_weights())
-        return clone_layer(layer)
+            return clone_layer(layer.layer, layer.masked_weights(), deferred)
+        return clone_layer(layer, deferred=deferred)
 
-    return keras.models.clone_model(model, clone_function=clone, recursive=True)
+    return _clone_model(model, clone)

@@ -41,7 +41,7 @@ def elementwise_op(g: Graph, call: Call):
     """
     out = width(call.out_shape)
     for c in _constants(call):
-        shape = np.shape(c)
+        shape = tuple(np.shape(c))
         if any(d != 1 for d in shape[:-1]) or (shape and shape[-1] not in (1, out)):
             return f"its constant of shape {shape} varies over non-channel axes"
     wide = [i for i in call.ids if i.size == out]
