@@ -117,3 +117,23 @@ def test_activation_criterion_scores_the_gated_product_fed_to_down():
     kernel = keras.ops.convert_to_numpy(pruned.get_layer("up1").kernel)
     dropped = np.flatnonzero(~kernel.any(axis=0))
     np.testing.assert_array_equal(dropped, np.sort(np.argsort(expected)[:8]))
+
+
+@pytest.mark.slow
+def test_prune_transformer_example(capsys):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "prune_transformer.py"
+    spec = importlib.util.spec_from_file_location("prune_transformer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--quick"])
+    small = out["small"]
+    attention = [layer for layer in small.layers if layer.name.endswith("_attn")]
+    assert len(attention) == 2 and all(layer.num_heads == 2 for layer in attention)
+    assert all(layer.units == 32 for layer in small.layers if layer.name.endswith("_mlp_up"))
+    assert len(out["report"].removed) == 1
+    assert out["accuracy"]["pruned"] > 0.5
+    printed = capsys.readouterr().out
+    assert "removed" in printed and "top-1 agreement" in printed

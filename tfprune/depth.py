@@ -28,7 +28,6 @@ import keras
 import numpy as np
 
 from tfprune import surgery
-from tfprune.channel_pruning import _copy
 from tfprune.wrapper import prunable_layers
 
 __all__ = ["BlockReport", "block_scores", "prune_blocks", "residual_blocks"]
@@ -128,6 +127,17 @@ def residual_blocks(model: keras.Model) -> dict[str, int]:
     return out
 
 
+def _fresh(model: keras.Model, call=None) -> keras.Model:
+    """A copy whose every layer is new (weightless ones too), so each has one call.
+
+    Layers reused across models (as `tfprune.surgery.copy_model` reuses `Add`) report the
+    tensors of their first call in `layer.input`; a fresh copy makes them this model's.
+    """
+    return keras.models.clone_model(
+        model, clone_function=surgery.clone_layer, call_function=call, recursive=True
+    )
+
+
 def _units(units, blocks: dict[str, int]) -> list[list[str]]:
     if units is None:
         return [[name] for name in blocks]
@@ -175,6 +185,7 @@ def block_scores(
         TypeError: If `model` is not functional.
         ValueError: For empty `data` or a unit that is not made of residual blocks.
     """
+    model = _fresh(model)
     blocks = residual_blocks(model)
     chosen = _units(units, blocks)
     batches = _batches(data)
@@ -244,7 +255,7 @@ def prune_blocks(
             return args[0][skip[layer.name]]
         return layer(*args, **kwargs)
 
-    pruned = keras.models.clone_model(model, clone_function=_copy, call_function=call)
+    pruned = _fresh(model, call)
     change = []
     for x in batches:
         a = keras.ops.convert_to_numpy(model(x)).astype(np.float64)

@@ -35,7 +35,7 @@ import numpy as np
 
 from tfprune import layers as registry
 from tfprune import surgery
-from tfprune.channel_pruning import _check_ratio, _copy, _taylor_terms, select_channels
+from tfprune.channel_pruning import _check_ratio, _taylor_terms, select_channels
 from tfprune.wrapper import prunable_layers
 
 __all__ = ["AttentionHeads", "attention_heads", "head_scores", "prune_heads"]
@@ -403,7 +403,7 @@ def prune_heads(
         )
     if prunable_layers(model):
         model = surgery.strip(model)
-    copy = keras.models.clone_model(model, clone_function=_copy, recursive=True)
+    copy = surgery.copy_model(model)
     all_heads = attention_heads(copy)
     if not all_heads:
         raise ValueError(
