@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import keras
 import numpy as np
 import pytest
@@ -270,7 +273,7 @@ def test_grouped_convolution_freezes_with_reason_and_depthwise_groups_is_depthwi
         "layer 'grouped' (Conv2D): it is a grouped convolution (groups=2): removing channels "
         "would make its groups unequal"
     )
-    assert not any("grouped" in g.producers for g in groups)  # its output has no group
+    assert _group(groups, "grouped").reason == _group(groups, "c0").reason
     groups = tfprune.graph.channel_groups(
         keras.Model(i, L.Conv2D(2, 1, name="o2")(L.Conv2D(4, 3, groups=4, name="dw2")(x)))
     )
@@ -282,8 +285,15 @@ def test_channels_first_convolution_freezes_with_reason():
     i = keras.Input((3, 4, 4))
     x = L.Conv2D(4, 1, data_format="channels_first", name="cf")(i)
     o = L.Conv2D(2, 1, data_format="channels_first", name="cf2")(x)
-    g = tfprune.graph.channel_groups(keras.Model(i, o))
-    assert g == []  # nothing is grouped: every channels_first conv says why
+    groups = tfprune.graph.channel_groups(keras.Model(i, o))
+    reason = (
+        "layer 'cf' (Conv2D): it uses data_format='channels_first' (tfprune.graph follows "
+        "channels on the last axis)"
+    )
+    assert [(g.producers, g.channels, g.reason) for g in groups] == [
+        (["cf"], 4, reason),
+        (["cf2"], 2, reason.replace("'cf'", "'cf2'")),
+    ]
     i2 = keras.Input((4, 4, 3))
     y = L.Conv2D(3, 1, name="last")(i2)
     o2 = L.Conv2D(2, 1, data_format="channels_first", name="cf3")(y)
@@ -292,3 +302,21 @@ def test_channels_first_convolution_freezes_with_reason():
         "layer 'cf3' (Conv2D): it uses data_format='channels_first' (tfprune.graph follows "
         "channels on the last axis)"
     )
+
+
+def test_custom_graph_rule_example(capsys):
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "custom_graph_rule.py"
+    spec = importlib.util.spec_from_file_location("custom_graph_rule", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    try:
+        small = example.main()
+    finally:
+        tfprune.graph.table._TABLE.pop(example.ChannelScale, None)
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [
+        "before: [(['conv1'], False), (['conv2'], True), (['logits'], False)]",
+        "after:  [(['conv1'], True), (['conv2'], True), (['logits'], False)]",
+    ]
+    assert small.get_layer("conv1").filters == 16 and small.get_layer("conv2").filters == 32
+    assert small.get_layer("scale").factor.shape == (16,)
