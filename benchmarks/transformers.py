@@ -86,19 +86,26 @@ def _tune(student, teacher, x, y, epochs: int, distill: bool, loss, lr: float = 
     steps = epochs * int(np.ceil(len(x) / BATCH))
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(lr, steps))
     target = tfprune.Distiller(student, teacher, 2.0, 0.5) if distill else student
-    target.compile(optimizer=optimizer, loss=loss)
+    # Eager: a few steps on a fresh model cost less than tracing them on a loaded CPU.
+    target.compile(optimizer=optimizer, loss=loss, run_eagerly=True)
     target.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
     return student
 
 
+def _logits(model, x, batch: int = 256) -> np.ndarray:
+    """Eager batched calls (no `predict` tracing per model)."""
+    return np.concatenate(
+        [keras.ops.convert_to_numpy(model(x[i : i + batch])) for i in range(0, len(x), batch)]
+    )
+
+
 def _accuracy(model, x, y) -> float:
-    logits = model.predict(x, batch_size=256, verbose=0)
-    return float((logits.argmax(-1) == y).mean())
+    return float((_logits(model, x).argmax(-1) == y).mean())
 
 
 def _perplexity(model, x, y) -> float:
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    logits = model.predict(x, batch_size=128, verbose=0)
+    logits = _logits(model, x, 128)
     return float(np.exp(keras.ops.convert_to_numpy(loss(y, logits))))
 
 
