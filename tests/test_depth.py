@@ -114,3 +114,27 @@ def test_errors():
     seq = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     with pytest.raises(TypeError, match="expects a functional Keras model"):
         tfprune.prune_blocks(seq, n=1, data=[np.zeros((1, 3))])
+
+
+@pytest.mark.slow
+def test_resnet50_identity_blocks():
+    model = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=10)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(size=layer.moving_mean.shape) * 0.1)
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, size=layer.moving_variance.shape))
+    blocks = tfprune.depth.residual_blocks(model)
+    # 16 bottleneck blocks, 4 of which have a projection shortcut.
+    assert len(blocks) == 12
+    x = rng.normal(size=(2, 32, 32, 3)).astype("float32")
+    small, report = tfprune.prune_blocks(model, n=2, data=[x])
+    assert len(report.removed) == 2
+    removed = sorted(report.removed)
+    assert sorted(report.scores, key=report.scores.get)[:2] == sorted(
+        removed, key=report.scores.get
+    )
+    # Each removed bottleneck takes 3 convolutions and 3 BatchNormalizations with it.
+    convs = [layer for layer in small.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convs) == 53 - 6
+    assert np.isfinite(report.output_change) and report.output_change > 0

@@ -38,7 +38,14 @@ from tfprune import surgery
 from tfprune.channel_pruning import _check_ratio, _taylor_terms, select_channels
 from tfprune.wrapper import prunable_layers
 
-__all__ = ["AttentionHeads", "attention_heads", "head_scores", "prune_heads"]
+__all__ = [
+    "AttentionHeads",
+    "attention_heads",
+    "head_scores",
+    "prune_heads",
+    "shrunk_heads",
+    "zero_heads",
+]
 
 CRITERIA = ("l1", "l2", "taylor", "activation", "random")
 UNITS = ("head", "group")
