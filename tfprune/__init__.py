@@ -14,14 +14,18 @@ tfprune.summary(final)
 """
 
 from tfprune import (
+    activation_scores,
     allocation,
     callbacks,
     controller,
     criteria,
+    depth,
+    distill,
     export,
     gates,
     granularity,
     graph,
+    heads,
     layers,
     lottery,
     regularizers,
@@ -29,6 +33,9 @@ from tfprune import (
 )
 from tfprune.channel_pruning import prune_channels
 from tfprune.controller import PruningController
+from tfprune.depth import prune_blocks
+from tfprune.distill import Distiller
+from tfprune.heads import prune_heads
 from tfprune.shrink import shrink
 from tfprune.summary import summary
 from tfprune.surgery import strip, wrap
@@ -37,19 +44,26 @@ from tfprune.wrapper import Prunable
 __version__ = "0.1.0"
 
 __all__ = [
+    "Distiller",
     "Prunable",
     "PruningController",
+    "activation_scores",
     "allocation",
     "callbacks",
     "controller",
     "criteria",
+    "depth",
+    "distill",
     "export",
     "gates",
     "granularity",
     "graph",
+    "heads",
     "layers",
     "lottery",
+    "prune_blocks",
     "prune_channels",
+    "prune_heads",
     "regularizers",
     "schedules",
     "shrink",

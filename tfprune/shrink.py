@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from tfprune import graph as graph_lib
+from tfprune import heads as heads_lib
 from tfprune import layers as registry
 from tfprune import surgery
 from tfprune.graph import walk
@@ -356,6 +357,9 @@ def shrink(model: keras.Model) -> keras.Model:
     for layer, weight, axis, ids, _ in g.slices:
         by_layer.setdefault(id(layer), []).append((weight, axis, ids))
     outputs = {id(node.layer): node.output for node in g.nodes}
+    # Attention layers with dead heads come back with fewer heads (tfprune.heads).
+    attention = {id(layer): heads_lib.shrunk_heads(layer) for layer in registry.iter_layers(model)}
+    attention = {key: value for key, value in attention.items() if value is not None}
     nodes = {id(node.layer): node for node in g.nodes}
     cloned: dict[int, object] = {}
 
@@ -380,6 +384,8 @@ def shrink(model: keras.Model) -> keras.Model:
             config["groups"] = config[key]
         if id(layer) in plan.bias_delta:
             config["use_bias"] = True
+        if id(layer) in attention:
+            config.update(attention[id(layer)][0])
         if type(layer) is _L.Reshape and id(layer) in outputs:
             target = list(layer.target_shape)
             width = int(_positions(outputs[id(layer)], keep_id).size)
@@ -399,6 +405,9 @@ def shrink(model: keras.Model) -> keras.Model:
     )
     for old, new in zip(registry.iter_layers(model), registry.iter_layers(new_model)):
         if isinstance(old, keras.Model) or not new.weights:
+            continue
+        if id(old) in attention:
+            attention[id(old)][1](new)
             continue
         slices = by_layer.get(id(old), [])
         sliced = {w: _np(registry.resolve(old, w)) for w, _, _ in slices}

@@ -1,0 +1,158 @@
+"""Small transformers for the benchmarks, and the text a byte-level language model learns.
+
+Two importable builders (functional Keras models that `tfprune` can analyse, prune and
+shrink) and their data:
+
+- `vit`: a Vision Transformer for 28x28x1 images (Fashion-MNIST): non-overlapping patches,
+  pre-LayerNorm blocks of `keras.layers.MultiHeadAttention` and a GELU MLP, mean pooling.
+- `byte_lm`: a decoder-only language model over bytes (256 symbols): causal
+  `MultiHeadAttention` blocks, a plain GELU or a gated (SwiGLU) MLP.
+- `stdlib_text` / `byte_windows`: text that is on every machine with Python, the standard
+  library's own `.py` sources, cut into (input, next byte) windows.
+
+Layer names follow one pattern so pruning code and reports can find the parts of a block:
+`block{i}_attn`, `block{i}_mlp_up` (and `block{i}_mlp_gate`), `block{i}_mlp_down`,
+`block{i}_attn_add`, `block{i}_mlp_add`. The output layer is `logits`.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sysconfig
+
+import keras
+import keras_hub
+import numpy as np
+
+OUTPUT = "logits"
+
+
+def _block(x, i: int, heads: int, key_dim: int, mlp: int, causal: bool, gated: bool):
+    """One pre-LayerNorm transformer block: x + MHA(LN(x)), then x + MLP(LN(x))."""
+    dim = int(x.shape[-1])
+    h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{i}_ln1")(x)
+    h = keras.layers.MultiHeadAttention(heads, key_dim, name=f"block{i}_attn")(
+        h, h, use_causal_mask=causal
+    )
+    x = keras.layers.Add(name=f"block{i}_attn_add")([x, h])
+    h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{i}_ln2")(x)
+    if gated:
+        gate = keras.layers.Dense(mlp, activation="silu", name=f"block{i}_mlp_gate")(h)
+        up = keras.layers.Dense(mlp, name=f"block{i}_mlp_up")(h)
+        h = keras.layers.Multiply(name=f"block{i}_mlp_mul")([gate, up])
+    else:
+        h = keras.layers.Dense(mlp, activation="gelu", name=f"block{i}_mlp_up")(h)
+    h = keras.layers.Dense(dim, name=f"block{i}_mlp_down")(h)
+    return keras.layers.Add(name=f"block{i}_mlp_add")([x, h])
+
+
+def vit(
+    blocks: int = 4,
+    dim: int = 64,
+    heads: int = 8,
+    mlp: int = 128,
+    patch: int = 4,
+    image: tuple[int, int, int] = (28, 28, 1),
+    classes: int = 10,
+) -> keras.Model:
+    """A small Vision Transformer (Dosovitskiy et al. 2021) for Fashion-MNIST-sized images.
+
+    Patches of `patch x patch` pixels are embedded by a strided convolution, a learned
+    position embedding is added, `blocks` pre-LayerNorm blocks follow (`heads` heads of
+    `dim // heads` dimensions, an MLP of `mlp` GELU units), then LayerNorm, mean pooling over
+    the patches and a Dense layer of `classes` logits.
+
+    Args:
+        blocks: Number of transformer blocks.
+        dim: Width of the residual stream.
+        heads: Attention heads per block.
+        mlp: Hidden units of each block's MLP.
+        patch: Patch side in pixels (must divide the image side).
+        image: Input shape `(height, width, channels)`.
+        classes: Number of output logits.
+
+    Returns:
+        An uncompiled functional model.
+    """
+    inputs = keras.Input(image)
+    x = keras.layers.Conv2D(dim, patch, strides=patch, name="patch_embed")(inputs)
+    x = keras.layers.Reshape(((image[0] // patch) * (image[1] // patch), dim), name="tokens")(x)
+    x = keras.layers.Add(name="pos_add")([x, keras_hub.layers.PositionEmbedding(x.shape[1])(x)])
+    for i in range(blocks):
+        x = _block(x, i, heads, dim // heads, mlp, causal=False, gated=False)
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name="final_ln")(x)
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(classes, name=OUTPUT)(x), name="vit")
+
+
+def byte_lm(
+    blocks: int = 4,
+    dim: int = 64,
+    heads: int = 4,
+    mlp: int = 128,
+    seq_len: int = 64,
+    gated: bool = False,
+) -> keras.Model:
+    """A small decoder-only byte-level language model (GPT-style, pre-LayerNorm).
+
+    Bytes are embedded (256 symbols), a learned position embedding is added, `blocks`
+    causal blocks follow, then LayerNorm and a Dense layer of 256 next-byte logits at every
+    position.
+
+    Args:
+        blocks: Number of transformer blocks.
+        dim: Width of the residual stream.
+        heads: Attention heads per block.
+        mlp: Hidden units of each block's MLP.
+        seq_len: Context length in bytes.
+        gated: Use a SwiGLU MLP (`silu(gate) * up`, then down) instead of GELU.
+
+    Returns:
+        An uncompiled functional model, input `(seq_len,)` int32 bytes, output
+        `(seq_len, 256)` logits.
+    """
+    inputs = keras.Input((seq_len,), dtype="int32")
+    x = keras.layers.Embedding(256, dim, name="byte_embed")(inputs)
+    x = keras.layers.Add(name="pos_add")([x, keras_hub.layers.PositionEmbedding(seq_len)(x)])
+    for i in range(blocks):
+        x = _block(x, i, heads, dim // heads, mlp, causal=True, gated=gated)
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name="final_ln")(x)
+    return keras.Model(inputs, keras.layers.Dense(256, name=OUTPUT)(x), name="byte_lm")
+
+
+def stdlib_text(max_bytes: int = 2_000_000) -> bytes:
+    """The Python standard library's `.py` sources (top-level folder, sorted), concatenated.
+
+    Args:
+        max_bytes: Stop after this many bytes.
+
+    Returns:
+        The text as bytes (at most `max_bytes`).
+    """
+    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    parts, size = [], 0
+    for path in sorted(root.glob("*.py")):
+        data = path.read_bytes()
+        parts.append(data)
+        size += len(data)
+        if size >= max_bytes:
+            break
+    return b"".join(parts)[:max_bytes]
+
+
+def byte_windows(text: bytes, seq_len: int = 64, stride: int | None = None):
+    """Inputs and next-byte targets: windows of `seq_len` bytes and the same shifted by one.
+
+    Args:
+        text: The text.
+        seq_len: Window length.
+        stride: Distance between window starts (default `seq_len`: no overlap).
+
+    Returns:
+        `(x, y)`, two int32 arrays of shape `(windows, seq_len)`.
+    """
+    arr = np.frombuffer(text, np.uint8).astype(np.int32)
+    stride = stride or seq_len
+    starts = np.arange(0, arr.size - seq_len - 1, stride)
+    index = starts[:, None] + np.arange(seq_len)[None, :]
+    return arr[index], arr[index + 1]

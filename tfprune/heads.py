@@ -1,0 +1,488 @@
+"""Attention-head pruning: score whole heads, zero the least important, shrink `num_heads`.
+
+A head of `keras.layers.MultiHeadAttention` (and of its subclasses, e.g. keras-hub's
+`CachedMultiHeadAttention`) owns a slice of the query, key and value projections (their
+kernels' head axis and their biases) and the matching rows of the output projection. In
+`keras.layers.GroupQueryAttention` (Gemma, Llama, Qwen style), `num_key_value_heads` groups
+each serve `num_query_heads / num_key_value_heads` query heads: a query head owns its query
+(and gate) slice and its output rows, a key/value group owns its key and value slices.
+
+`prune_heads` zeroes dropped heads in a copy of the model; the copy predicts exactly what
+the shrunk model predicts, since a head whose value projection (or output rows) is zero
+adds nothing to the output. `tfprune.shrink` then rebuilds each attention layer with fewer
+heads. Grouped-query layers stay consistent: either every group loses the same number of
+query heads (`unit="head"`) or whole groups go with all their query heads
+(`unit="group"`), never a mix.
+
+```python
+pruned = tfprune.prune_heads(model, ratio=0.5, criterion="activation", data=[x[:256]])
+small = tfprune.shrink(pruned)          # num_heads halved in every attention layer
+```
+
+Criteria (Michel et al. 2019; Voita et al. 2019; Muralidharan et al. 2024, Minitron):
+`"l1"` / `"l2"` of the head's weights, `"taylor"` (first order, `sum_batches (sum w *
+dL/dw)^2` over the head's weights), `"activation"` (mean L2 norm of the head's contribution
+to the layer output on calibration data), `"random"`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+
+import keras
+import numpy as np
+
+from tfprune import layers as registry
+from tfprune import surgery
+from tfprune.channel_pruning import _check_ratio, _taylor_terms, select_channels
+from tfprune.wrapper import prunable_layers
+
+__all__ = [
+    "AttentionHeads",
+    "attention_heads",
+    "head_scores",
+    "prune_heads",
+    "shrunk_heads",
+    "zero_heads",
+]
+
+CRITERIA = ("l1", "l2", "taylor", "activation", "random")
+UNITS = ("head", "group")
+
+# Attention classes -> (config key of query heads, config key of key/value heads or None).
+_KINDS: dict[type, tuple[str, str | None]] = {
+    keras.layers.MultiHeadAttention: ("num_heads", None),
+    keras.layers.GroupQueryAttention: ("num_query_heads", "num_key_value_heads"),
+}
+# Sub-layer (projection) name -> which heads its head axis counts: query or key/value.
+_PROJECTIONS = {"query": "q", "gate": "q", "key": "kv", "value": "kv", "attention_output": "o"}
+
+
+def _kind(layer) -> tuple[str, str | None] | None:
+    for cls in type(layer).__mro__:
+        if cls in _KINDS:
+            return _KINDS[cls]
+    return None
+
+
+@dataclasses.dataclass
+class AttentionHeads:
+    """The heads of one attention layer and the weight slices each owns.
+
+    Attributes:
+        layer: The attention layer.
+        query_heads: Number of query heads.
+        kv_heads: Number of key/value heads (groups); equals `query_heads` for
+            `MultiHeadAttention`.
+        slices: `(variable, head axis, "q" | "kv" | "o")` for every per-head weight: query,
+            gate, key and value kernels and biases, and the output kernel (`"o"`).
+    """
+
+    layer: keras.layers.Layer
+    query_heads: int
+    kv_heads: int
+    slices: list[tuple[keras.Variable, int, str]]
+
+    @property
+    def ratio(self) -> int:
+        """Query heads per key/value group."""
+        return self.query_heads // self.kv_heads
+
+    def group_of(self) -> np.ndarray:
+        """The key/value group of each query head (heads `g*r .. g*r+r-1` share group g)."""
+        return np.arange(self.query_heads) // self.ratio
+
+    def head_axis_values(self, var_kind: str, keep_q: np.ndarray) -> np.ndarray:
+        """Keep decisions along a weight's head axis from the query heads kept."""
+        if var_kind == "kv":
+            return np.array([keep_q[self.group_of() == g].any() for g in range(self.kv_heads)])
+        return keep_q
+
+    def dead_heads(self) -> np.ndarray:
+        """Query heads that add nothing: their output rows, or their group's values, are 0."""
+        out_zero = np.ones(self.query_heads, bool)
+        value_zero = np.ones(self.kv_heads, bool)
+        for var, axis, var_kind in self.slices:
+            name = _projection(var)
+            w = np.moveaxis(keras.ops.convert_to_numpy(var) != 0, axis, 0)
+            nonzero = w.reshape(w.shape[0], -1).any(axis=1)
+            if var_kind == "o":
+                out_zero &= ~nonzero
+            elif name == "value":
+                value_zero &= ~nonzero
+        return out_zero | value_zero[self.group_of()]
+
+
+def _projection(var) -> str:
+    return var.path.split("/")[-2]
+
+
+def _key(var) -> str:
+    """`"<projection>/<weight>"` of an attention layer's variable, e.g. `"query/kernel"`."""
+    return "/".join(var.path.split("/")[-2:])
+
+
+def _heads_of(layer) -> AttentionHeads:
+    q_key, kv_key = _kind(layer)
+    config = layer.get_config()
+    query_heads = int(config[q_key])
+    kv_heads = int(config[kv_key]) if kv_key else query_heads
+    slices = []
+    for var in layer.weights:
+        var_kind = _PROJECTIONS.get(_projection(var))
+        if var_kind is None:
+            continue
+        weight = var.path.split("/")[-1]
+        if var_kind == "o":
+            if weight == "kernel":
+                slices.append((var, 0, "o"))
+            continue
+        # Kernels are (input..., heads, head_dim), biases (heads, head_dim).
+        slices.append((var, len(var.shape) - 2, var_kind))
+    return AttentionHeads(layer, query_heads, kv_heads, slices)
+
+
+def attention_heads(model: keras.Model) -> list[AttentionHeads]:
+    """The attention layers of a model whose heads tfprune can remove, in model order.
+
+    Args:
+        model: A Keras model (nested models are entered).
+
+    Returns:
+        One `AttentionHeads` per built `MultiHeadAttention` / `GroupQueryAttention`
+        (subclasses included).
+    """
+    return [
+        _heads_of(layer)
+        for layer in registry.iter_layers(model)
+        if _kind(layer) is not None and layer.built
+    ]
+
+
+# --- scores ---------------------------------------------------------------------------
+
+
+def _norm_scores(heads: AttentionHeads, power: int) -> np.ndarray:
+    """Sum of |w|^p over each query head's weights (its group's shared ones split evenly)."""
+    total = np.zeros(heads.query_heads)
+    for var, axis, var_kind in heads.slices:
+        w = np.abs(np.moveaxis(keras.ops.convert_to_numpy(var).astype(np.float64), axis, 0))
+        per = (w**power).reshape(w.shape[0], -1).sum(axis=1)
+        total += per[heads.group_of()] / heads.ratio if var_kind == "kv" else per
+    return np.sqrt(total) if power == 2 else total
+
+
+def _taylor_scores(heads: AttentionHeads, terms: dict) -> np.ndarray:
+    """`sum_batches (sum over the head's weights of w * dL/dw)^2`, shared slices split."""
+    batches = len(next(iter(terms.values())))
+    total = np.zeros(heads.query_heads)
+    for b in range(batches):
+        per_batch = np.zeros(heads.query_heads)
+        for var, axis, var_kind in heads.slices:
+            if var.path not in terms:
+                continue
+            t = np.moveaxis(terms[var.path][b].astype(np.float64), axis, 0)
+            per = t.reshape(t.shape[0], -1).sum(axis=1)
+            per_batch += per[heads.group_of()] / heads.ratio if var_kind == "kv" else per
+        total += per_batch**2
+    return total
+
+
+def _call_kwargs(model: keras.Model, layer) -> dict:
+    """The non-tensor keyword arguments of the layer's (single) call in a functional model."""
+    for config in model.get_config().get("layers", []):
+        if config["name"] == layer.name and config["inbound_nodes"]:
+            kwargs = dict(config["inbound_nodes"][0].get("kwargs", {}))
+            for key, value in kwargs.items():
+                if isinstance(value, dict):
+                    raise ValueError(
+                        f"Criterion 'activation' cannot replay the call of attention layer "
+                        f"'{layer.name}': its argument `{key}` is a tensor. Use criterion "
+                        "'l2' or 'taylor' for this model."
+                    )
+            return kwargs
+    return {}
+
+
+def _activation_scores(model: keras.Model, heads: AttentionHeads, data) -> np.ndarray:
+    """Mean over batches and positions of `||context_h @ W_o[h]||_2` (Minitron)."""
+    layer = heads.layer
+    try:
+        probe = keras.Model(model.input, layer.input)
+    except (AttributeError, ValueError) as error:
+        raise ValueError(
+            f"Criterion 'activation' needs the inputs of attention layer '{layer.name}' in "
+            "a functional model it is called once in. Use criterion 'l2' or 'taylor'."
+        ) from error
+    kwargs = _call_kwargs(model, layer)
+    causal = bool(kwargs.pop("use_causal_mask", False))
+    weights = {_key(v): v for v in layer.weights}
+    if "gate/kernel" in weights:
+        raise ValueError(
+            f"Criterion 'activation' does not support the gated attention layer "
+            f"'{layer.name}' (use_gate=True). Use criterion 'l2' or 'taylor'."
+        )
+    wv = keras.ops.convert_to_numpy(weights["value/kernel"])
+    bv = weights.get("value/bias")
+    wo = keras.ops.convert_to_numpy(weights["attention_output/kernel"])
+    total, count = np.zeros(heads.query_heads), 0
+    for batch in data:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        ins = probe(x)
+        ins = list(ins) if isinstance(ins, (list, tuple)) else [ins]
+        query, value = ins[0], ins[1] if len(ins) > 1 else ins[0]
+        key = ins[2] if len(ins) > 2 else value
+        if len(query.shape) != 3:
+            raise ValueError(
+                f"Criterion 'activation' supports attention over one sequence axis; layer "
+                f"'{layer.name}' receives inputs of shape {tuple(query.shape)}."
+            )
+        mask = None
+        if causal:
+            t_q, t_k = int(query.shape[1]), int(key.shape[1])
+            mask = np.tril(np.ones((t_q, t_k), bool))[None].repeat(int(query.shape[0]), 0)
+        _, scores = layer(
+            query, value, key=key, attention_mask=mask, return_attention_scores=True, **kwargs
+        )
+        scores = keras.ops.convert_to_numpy(scores)
+        v = np.einsum("btd,dhk->bthk", keras.ops.convert_to_numpy(value), wv)
+        if bv is not None:
+            v = v + keras.ops.convert_to_numpy(bv)
+        v = np.repeat(v, heads.ratio, axis=2)
+        context = np.einsum("bhqk,bkhd->bqhd", scores, v)
+        contribution = np.einsum("bqhd,hdo->bqho", context, wo)
+        norms = np.linalg.norm(contribution, axis=-1)
+        total += norms.reshape(-1, heads.query_heads).sum(axis=0)
+        count += norms.shape[0] * norms.shape[1]
+    if count == 0:
+        raise ValueError("Criterion 'activation' received empty `data`. Pass at least one batch.")
+    return total / count
+
+
+def head_scores(
+    model: keras.Model,
+    criterion: str = "l2",
+    data: Iterable | None = None,
+    loss=None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Importance of every query head of every attention layer.
+
+    Args:
+        model: A built Keras model (functional for `"activation"`).
+        criterion: One of `"l1"`, `"l2"`, `"taylor"`, `"activation"`, `"random"`.
+        data: Batches for `"taylor"` (`(x, y)` pairs) and `"activation"` (`x` or `(x, y)`).
+        loss: Loss for `"taylor"` (default: the compiled loss).
+        seed: Seed for `"random"`.
+
+    Returns:
+        `{layer name: scores}`, one score per query head (higher is more important).
+
+    Raises:
+        ValueError: For an unknown criterion, or missing `data` for a data criterion.
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(
+            f"Expected `criterion` to be one of {CRITERIA}. Received: criterion={criterion!r}"
+        )
+    if criterion in ("taylor", "activation") and data is None:
+        raise ValueError(
+            f"Criterion {criterion!r} needs `data` (batches of calibration inputs). "
+            "Received: data=None"
+        )
+    all_heads = attention_heads(model)
+    terms = _taylor_terms(model, data, loss) if criterion == "taylor" else None
+    rng = np.random.default_rng(seed)
+    out = {}
+    for heads in all_heads:
+        if criterion in ("l1", "l2"):
+            s = _norm_scores(heads, 1 if criterion == "l1" else 2)
+        elif criterion == "taylor":
+            s = _taylor_scores(heads, terms)
+        elif criterion == "activation":
+            s = _activation_scores(model, heads, data)
+        else:
+            s = rng.random(heads.query_heads)
+        out[heads.layer.name] = s
+    return out
+
+
+# --- selection and zeroing --------------------------------------------------------------
+
+
+def _units(heads: AttentionHeads, scores: np.ndarray, unit: str) -> np.ndarray:
+    """Scores of the units that are kept or dropped together.
+
+    `unit="group"`: one unit per key/value group (the sum of its query heads).
+    `unit="head"`: one unit per query-head rank within a group: unit k stands for the k-th
+    least important query head of every group (its score is their sum), so dropping `m`
+    units drops the `m` least important query heads of each group. Without grouping
+    (one query head per group, as in `MultiHeadAttention`) both are one unit per head.
+    """
+    by_group = scores.reshape(heads.kv_heads, heads.ratio)
+    if unit == "group" or heads.ratio == 1:
+        return by_group.sum(axis=1)
+    return np.sort(by_group, axis=1).sum(axis=0)
+
+
+def _keep_query_heads(
+    heads: AttentionHeads, scores: np.ndarray, unit: str, keep_units: np.ndarray
+) -> np.ndarray:
+    if unit == "group" or heads.ratio == 1:
+        return np.repeat(keep_units, heads.ratio)
+    drop = int((~keep_units).sum())
+    keep = np.ones((heads.kv_heads, heads.ratio), bool)
+    order = np.argsort(scores.reshape(heads.kv_heads, heads.ratio), axis=1, kind="stable")
+    np.put_along_axis(keep, order[:, :drop], False, axis=1)
+    return keep.reshape(-1)
+
+
+def zero_heads(heads: AttentionHeads, keep_q: np.ndarray) -> None:
+    """Zeroes the dropped query heads (and groups left without a query head) of a layer.
+
+    Args:
+        heads: The layer's heads (`attention_heads`).
+        keep_q: Boolean array, one entry per query head.
+    """
+    for var, axis, var_kind in heads.slices:
+        keep = heads.head_axis_values(var_kind, keep_q)
+        value = keras.ops.convert_to_numpy(var).copy()
+        index = [slice(None)] * value.ndim
+        index[axis] = np.flatnonzero(~keep)
+        value[tuple(index)] = 0
+        var.assign(value)
+
+
+def prune_heads(
+    model: keras.Model,
+    ratio: float = 0.5,
+    criterion: str = "l2",
+    scope: str = "layer",
+    data: Iterable | None = None,
+    unit: str = "head",
+    min_heads: int = 1,
+    ignore: Iterable[str] | Callable | None = None,
+    loss=None,
+    seed: int = 0,
+) -> keras.Model:
+    """Removes the least important attention heads of a model in one shot (zeroed copy).
+
+    Every `MultiHeadAttention` / `GroupQueryAttention` layer's heads are scored by
+    `criterion`; the dropped heads are zeroed in the returned copy (query, key, value and
+    gate slices and the output rows), which predicts what `tfprune.shrink(copy)` predicts.
+
+    Args:
+        model: A built Keras model (wrapped models are stripped first).
+        ratio: Fraction of units to remove, in [0, 1): per layer under `"layer"` scope, of
+            all units under `"global"` scope (scores are divided by each layer's mean).
+        criterion: `"l1"`, `"l2"`, `"taylor"`, `"activation"` or `"random"`.
+        scope: `"layer"` or `"global"`.
+        data: Calibration batches for `"taylor"` (`(x, y)`) and `"activation"`.
+        unit: For grouped-query attention, `"head"` (each key/value group loses the same
+            number of query heads) or `"group"` (whole key/value groups with their query
+            heads). Both are the same for `MultiHeadAttention`.
+        min_heads: Fewest units (heads, or groups under `unit="group"`) a layer keeps.
+        ignore: Names of attention layers to leave whole, or a predicate on the layer.
+        loss: Loss for `"taylor"` (default: the compiled loss).
+        seed: Seed for `"random"`.
+
+    Returns:
+        A new model with the pruned heads zeroed.
+
+    Raises:
+        ValueError: For a ratio outside [0, 1), an unknown scope, unit or criterion, a
+            `min_heads` below 1, a name in `ignore` that is not an attention layer, or a
+            model without attention layers.
+        TypeError: If `model` is not a Keras model.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "tfprune.prune_heads expects a Keras model. "
+            f"Received: model={model!r} of type {type(model).__name__}"
+        )
+    _check_ratio("ratio", ratio)
+    if unit not in UNITS:
+        raise ValueError(f"Expected `unit` to be one of {UNITS}. Received: unit={unit!r}")
+    if not isinstance(min_heads, int) or min_heads < 1:
+        raise ValueError(
+            f"Expected `min_heads` to be a positive integer. Received: min_heads={min_heads!r}"
+        )
+    if prunable_layers(model):
+        model = surgery.strip(model)
+    copy = surgery.copy_model(model)
+    all_heads = attention_heads(copy)
+    if not all_heads:
+        raise ValueError(
+            f"Model '{model.name}' has no MultiHeadAttention or GroupQueryAttention layer, so "
+            "there are no heads to prune. Use tfprune.prune_channels for other layers."
+        )
+    names = {h.layer.name for h in all_heads}
+    if ignore is not None and not callable(ignore):
+        missing = sorted(set(ignore) - names)
+        if missing:
+            raise ValueError(
+                f"`ignore` names layers that are not attention layers of the model: {missing}. "
+                f"Attention layers: {sorted(names)}."
+            )
+    skip = ignore if callable(ignore) else (lambda layer: layer.name in set(ignore or ()))
+    scores = head_scores(copy, criterion, data, loss, seed)
+    chosen = [h for h in all_heads if not skip(h.layer)]
+    units = [_units(h, scores[h.layer.name], unit) for h in chosen]
+    keeps = select_channels(units, [ratio] * len(units), scope, None, min_heads)
+    for heads, keep_units in zip(chosen, keeps):
+        zero_heads(heads, _keep_query_heads(heads, scores[heads.layer.name], unit, keep_units))
+    return copy
+
+
+# --- shrink ----------------------------------------------------------------------------
+
+
+def shrunk_heads(layer) -> tuple[dict, Callable] | None:
+    """How `tfprune.shrink` rebuilds an attention layer without its dead heads.
+
+    Dead query heads (`AttentionHeads.dead_heads`) are removed; groups of grouped-query
+    attention keep the same number of query heads each (the largest number alive in any
+    kept group, padded with dead heads, which add nothing), so the result is exact.
+
+    Args:
+        layer: Any layer.
+
+    Returns:
+        `None` for a layer that is not an attention layer (or has no dead head), else
+        `(config updates, assign)` where `assign(new_layer)` copies the kept slices into
+        the rebuilt layer.
+    """
+    if _kind(layer) is None or not layer.built:
+        return None
+    heads = _heads_of(layer)
+    alive = ~heads.dead_heads()
+    if alive.all():
+        return None
+    by_group = alive.reshape(heads.kv_heads, heads.ratio)
+    groups = np.flatnonzero(by_group.any(axis=1))
+    if groups.size == 0:
+        groups = np.array([0])
+    per_group = max(int(by_group[groups].sum(axis=1).max()), 1)
+    keep_q = np.zeros((heads.kv_heads, heads.ratio), bool)
+    for g in groups:
+        # Alive heads first, then dead ones to pad the group (stable order within each).
+        order = np.argsort(~by_group[g], kind="stable")[:per_group]
+        keep_q[g, np.sort(order)] = True
+    keep_q = keep_q.reshape(-1)
+    q_key, kv_key = _kind(layer)
+    config = {q_key: int(keep_q.sum())}
+    if kv_key:
+        config[kv_key] = int(groups.size)
+
+    def assign(new_layer) -> None:
+        values = {}
+        for var, axis, var_kind in heads.slices:
+            keep = heads.head_axis_values(var_kind, keep_q)
+            values[_key(var)] = np.take(
+                keras.ops.convert_to_numpy(var), np.flatnonzero(keep), axis=axis
+            )
+        for old, new in zip(layer.weights, new_layer.weights):
+            new.assign(values.get(_key(old), keras.ops.convert_to_numpy(old)))
+
+    return config, assign
