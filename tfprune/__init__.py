@@ -15,6 +15,7 @@ tfprune.summary(final)
 
 from tfprune import (
     allocation,
+    backends,
     callbacks,
     controller,
     criteria,
@@ -40,6 +41,7 @@ __all__ = [
     "Prunable",
     "PruningController",
     "allocation",
+    "backends",
     "callbacks",
     "controller",
     "criteria",

@@ -91,6 +91,9 @@ class Prunable(keras.layers.Wrapper):
     it. Masks are boolean (one byte per weight), non-trainable variables saved with the
     model, together with the pruning step and the last threshold. They are changed by a
     `tfprune.PruningController`, which `tfprune.callbacks.UpdateMasks` drives in `model.fit`.
+    On the JAX backend, whose stateless optimizers cannot see the masks, the layer computes
+    with `where(mask, weight, 0)` instead and the masks travel in the state of
+    `stateless_call` (see `tfprune.backends`); the results are the same.
 
     With a `gate` (`tfprune.gates.L0` or `tfprune.gates.Scale`), the wrapped layer runs on
     `weight * gate` instead: one learnable gate per output channel (`granularity="channel"`)
