@@ -10,6 +10,10 @@ for step, (x, y) in enumerate(dataset):
     train_step(x, y)               # your tf.function; masks are applied inside the model
 ```
 
+A `jax.jit` loop that holds the model's state in arrays passes it through
+`controller.stateless_update(step, trainable, non_trainable)` instead (see
+`examples/jax_training.py`).
+
 The controller holds no state that matters between runs: the step, masks and thresholds
 are variables of the model's `Prunable` layers, so they save with the model and a resumed
 run continues where it stopped. Mask updates run eagerly between training steps, in the
