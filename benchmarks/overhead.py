@@ -16,9 +16,12 @@ pruned model's non-trainable variables (tfprune masks are bool: one byte).
 
     python benchmarks/overhead.py            # 25 repetitions of 20 steps per configuration
     python benchmarks/overhead.py --quick    # smoke run, nothing written
+    python benchmarks/overhead.py --backend jax --reps 10 --no-memory   # JAX or torch Keras
 
 Runs on random data of the Fashion-MNIST shapes (timing does not depend on the values).
-The tfmot columns need `pip install -e ".[tfmot]"`; without it they are left out.
+The tfmot columns need `pip install -e ".[tfmot]"`; without it, and on the JAX and PyTorch
+backends (tfmot is TensorFlow-only), they are left out. `--backend` runs the script again in
+a process with that `KERAS_BACKEND` (Keras fixes its backend at import).
 """
 
 from __future__ import annotations
@@ -230,14 +233,25 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="3 repetitions of 5 steps")
     parser.add_argument("--memory-steps", type=int, default=200, help="steps of a memory run")
     parser.add_argument("--no-write", action="store_true", help="print only, no RESULTS.md")
+    parser.add_argument(
+        "--backend", choices=["tensorflow", "jax", "torch"], help="Keras backend to measure"
+    )
+    parser.add_argument("--reps", type=int, default=25, help="repetitions of 20 steps")
+    parser.add_argument("--no-memory", action="store_true", help="step times only")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(*args.child, args.memory_steps)
         return
-    reps, steps = (3, 5) if args.quick else (25, 20)
+    backend = keras.backend.backend()
+    if args.backend is not None and args.backend != backend:
+        env = {**os.environ, "KERAS_BACKEND": args.backend}
+        argv = sys.argv[1:] if argv is None else list(argv)
+        subprocess.run([sys.executable, __file__, *argv], env=env, check=True)
+        return
+    reps, steps = (3, 5) if args.quick else (args.reps, 20)
     memory_steps = 20 if args.quick else args.memory_steps
-    configs = CONFIGS if tfmot_available() else CONFIGS[:2]
+    configs = CONFIGS if tfmot_available() and backend == "tensorflow" else CONFIGS[:2]
     step_lines = [
         "| model | Keras 3 dense (ms) | tfprune (ms) | tfprune / dense "
         "| tf_keras dense (ms) | tfmot (ms) | tfmot / tf_keras dense | tfmot / Keras 3 dense |",
@@ -258,6 +272,9 @@ def main(argv=None) -> None:
         else:
             cells += ["n/a"] * 4
         step_lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if args.no_memory:
+            print(step_lines[-1], flush=True)
+            continue
         peaks = {  # median of 3 runs each
             c: float(np.median([measure_memory(key, c, memory_steps) for _ in range(3)]))
             for c in configs
@@ -270,12 +287,16 @@ def main(argv=None) -> None:
                 f"({_ratio(peaks[config], dense)}) | {state} |"
             )
         print("\n".join(step_lines[-1:] + memory_lines[-len(configs) :]), flush=True)
-    tables = "\n".join(step_lines) + "\n\n" + "\n".join(memory_lines)
+    tables = "\n".join(step_lines)
+    if not args.no_memory:
+        tables += "\n\n" + "\n".join(memory_lines)
     print(tables)
+    command = " ".join(["python benchmarks/overhead.py", *(sys.argv[1:] if argv is None else argv)])
     if not (args.quick or args.no_write):
         append_results(
             "\n## Training-step overhead and memory, tfprune vs tfmot (benchmarks/overhead.py)"
-            f"\n\nCommand: `python benchmarks/overhead.py`. Machine: 2-core CPU, no GPU. Date: "
+            f"\n\nCommand: `{command}`. Keras backend: {backend}. Machine: 2-core CPU, no "
+            f"GPU. Date: "
             f"{datetime.date.today()}. Step time: batch {BATCH}, `fit` with each library's "
             f"callback, median over {reps} interleaved repetitions of {steps} steps (time "
             "between consecutive batches, callbacks included), default `compile` (no XLA); "

@@ -7,6 +7,7 @@ import pathlib
 
 import keras
 import numpy as np
+import pytest
 
 import tfprune
 
@@ -73,3 +74,25 @@ def test_migrate_from_tfmot_prunes_both_to_the_same_schedule(tmp_path, capsys):
     mask = keras.ops.convert_to_numpy(fc.targets[0].mask)
     assert (~mask).sum() == tfprune.allocation.count(0.5, mask.size)
     assert np.all(keras.ops.convert_to_numpy(fc.layer.kernel)[~mask] == 0)
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param(name, marks=pytest.mark.skipif(keras.backend.backend() != name, reason=name))
+        for name in ("jax", "torch")
+    ],
+)
+def test_backend_example_prunes_to_80_percent_with_fit_and_with_its_loop(backend, capsys):
+    results = _load(f"{backend}_training").main(["--quick"])
+    assert sorted(results) == ["fit", "loop"]
+    for model in results.values():
+        controller = tfprune.PruningController(model)
+        assert controller.step == 43  # 1,347 images / 32 per batch
+        for layer in controller.layers:
+            mask = keras.ops.convert_to_numpy(layer.targets[0].mask)
+            assert (~mask).sum() == tfprune.allocation.count(0.8, mask.size)
+            kernel = keras.ops.convert_to_numpy(layer.layer.kernel)
+            assert np.all(kernel[~mask] == 0)
+    assert capsys.readouterr().out.count("sparsity 0.") == 2

@@ -16,6 +16,7 @@ tfprune.summary(final)
 from tfprune import (
     activation_scores,
     allocation,
+    backends,
     callbacks,
     controller,
     criteria,
@@ -49,6 +50,7 @@ __all__ = [
     "PruningController",
     "activation_scores",
     "allocation",
+    "backends",
     "callbacks",
     "controller",
     "criteria",

@@ -10,11 +10,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfprune import controller as controller_lib
+from tfprune.backends import MASK_IN_CALL, sync_state
 
 __all__ = ["RewindPoint", "SparsityLogger", "UpdateMasks"]
 
 
 def _optimizer_steps(model: keras.Model) -> int:
+    sync_state(model)
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
@@ -60,6 +62,9 @@ class UpdateMasks(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.controller.flush()
+        if MASK_IN_CALL:  # JAX: pruned weights computed as zero; now they are zero
+            for layer in self.controller.layers:
+                layer.zero_pruned()
 
     def on_train_end(self, logs=None):
         self.controller.defer_step(None)
@@ -109,6 +114,7 @@ class SparsityLogger(keras.callbacks.Callback):
 
     def write(self) -> None:
         """Writes the current values now."""
+        sync_state(self.model)
         step = controller_lib.stored_step(self._layers[0])
         with self._writer.as_default(step=step):
             for name, value in controller_lib.sparsities(self._layers).items():
@@ -188,6 +194,7 @@ class RewindPoint(keras.callbacks.Callback):
         self.snapshot_step: int | None = None
 
     def _snapshot(self, step: int) -> None:
+        sync_state(self.model)
         skip = _pruning_variable_ids(self.model)
         self.weights = [
             None if id(v) in skip else np.array(keras.ops.convert_to_numpy(v))

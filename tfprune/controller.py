@@ -10,6 +10,10 @@ for step, (x, y) in enumerate(dataset):
     train_step(x, y)               # your tf.function; masks are applied inside the model
 ```
 
+A `jax.jit` loop that holds the model's state in arrays passes it through
+`controller.stateless_update(step, trainable, non_trainable)` instead (see
+`examples/jax_training.py`).
+
 The controller holds no state that matters between runs: the step, masks and thresholds
 are variables of the model's `Prunable` layers, so they save with the model and a resumed
 run continues where it stopped. Mask updates run eagerly between training steps, in the
@@ -27,6 +31,7 @@ import numpy as np
 
 from tfprune import allocation, channel_pruning, granularity
 from tfprune import schedules as schedules_lib
+from tfprune.backends import sync_state
 from tfprune.wrapper import Prunable, PruneTarget, prunable_layers
 
 __all__ = ["PruningController", "prunable_layers", "sparsities", "thresholds"]
@@ -204,8 +209,56 @@ class PruningController:
             self.defer_step(lambda: step)
         return self._update_masks(step)
 
-    def _update_masks(self, step: int) -> bool:
-        """`update` without touching the stored step: the caller keeps it equal to `step`."""
+    def stateless_update(self, step: int, trainable_variables, non_trainable_variables):
+        """`update` for a stateless training loop (JAX: `stateless_call` under `jax.jit`).
+
+        Such a loop holds the model's state in arrays of its own; when an update is due
+        they are written to the model's variables, the masks are recomputed (pruned weights
+        set to zero) and the new state is returned. When nothing is due the arrays are
+        returned as they are, at the cost of comparing two integers.
+
+        Args:
+            step: The current training step (it becomes the model's step, as in `update`).
+            trainable_variables: Values of `model.trainable_variables`, in that order.
+            non_trainable_variables: Values of `model.non_trainable_variables` (the masks
+                are among them).
+
+        Returns:
+            `(trainable_variables, non_trainable_variables)` to continue training with.
+
+        Example:
+
+        ```python
+        for step, (x, y) in enumerate(batches):
+            trainable, non_trainable = controller.stateless_update(step, trainable, non_trainable)
+            loss, (trainable, non_trainable, opt_vars) = train_step(
+                (trainable, non_trainable, opt_vars), (x, y)
+            )
+        ```
+        """
+        model = self.model
+
+        def write_state() -> None:
+            pairs = zip(
+                [*model.trainable_variables, *model.non_trainable_variables],
+                [*trainable_variables, *non_trainable_variables],
+            )
+            for variable, value in pairs:
+                variable.assign(value)
+
+        self.defer_step(lambda: step)
+        if not self._update_masks(step, sync=write_state):
+            return trainable_variables, non_trainable_variables
+        return (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+        )
+
+    def _update_masks(self, step: int, sync: Callable[[], None] | None = None) -> bool:
+        """`update` without touching the stored step: the caller keeps it equal to `step`.
+
+        `sync` writes the training state to the variables once an update is due
+        (default: `tfprune.backends.sync_state`)."""
         if not self._built:
             self._built = all(layer.built for layer in self.layers)
             if not self._built:
@@ -232,6 +285,10 @@ class PruningController:
         self._next_due = self._first_update_after(step)
         if not due:
             return False
+        if sync is None:
+            sync_state(self.model)
+        else:
+            sync()
         for layer in self._prune_channel_groups(due):
             del due[self.layers.index(layer)]
         local = [i for i in due if self.layers[i].scope == "layer"]

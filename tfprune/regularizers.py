@@ -14,6 +14,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfprune.backends import sync_state
 from tfprune.layers import iter_layers
 
 __all__ = [
@@ -181,6 +182,7 @@ class ProximalGroupLasso(keras.callbacks.Callback):
         return float(keras.ops.convert_to_numpy(lr))
 
     def on_train_batch_end(self, batch, logs=None):
+        sync_state(self.model)
         apply_proximal(self.model, self._lr())
 
     def get_config(self) -> dict[str, Any]:

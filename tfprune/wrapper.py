@@ -16,6 +16,7 @@ from tfprune import gates as gates_lib
 from tfprune import granularity as granularity_lib
 from tfprune import layers as registry
 from tfprune import schedules as schedules_lib
+from tfprune.backends import MASK_IN_CALL
 from tfprune.regularizers import ZERO_THRESHOLD
 
 __all__ = ["Prunable", "PruneTarget", "prunable_layers"]
@@ -90,6 +91,9 @@ class Prunable(keras.layers.Wrapper):
     it. Masks are boolean (one byte per weight), non-trainable variables saved with the
     model, together with the pruning step and the last threshold. They are changed by a
     `tfprune.PruningController`, which `tfprune.callbacks.UpdateMasks` drives in `model.fit`.
+    On the JAX backend, whose stateless optimizers cannot see the masks, the layer computes
+    with `where(mask, weight, 0)` instead and the masks travel in the state of
+    `stateless_call` (see `tfprune.backends`); the results are the same.
 
     With a `gate` (`tfprune.gates.L0` or `tfprune.gates.Scale`), the wrapped layer runs on
     `weight * gate` instead: one learnable gate per output channel (`granularity="channel"`)
@@ -249,13 +253,24 @@ class Prunable(keras.layers.Wrapper):
                 gate.build(mask_shape)
                 self.gate_layers.append(gate)
             self.targets.append(PruneTarget(name, mask, threshold, weights, gate))
-            for s, w in weights:
-                w.constraint = _MaskConstraint(self._expander(mask, s, w.shape), w.constraint)
+            if not MASK_IN_CALL:
+                for s, w in weights:
+                    w.constraint = _MaskConstraint(self._expander(mask, s, w.shape), w.constraint)
         self.built = True
 
     def _expander(self, mask: keras.Variable, spec: registry.WeightSpec, shape):
         """A function returning `mask` as a tensor that broadcasts against the weight."""
         return lambda: self._expand(mask.value, spec, shape)
+
+    def _substitute(self, target: PruneTarget, spec, w, training):
+        """What the layer computes with in place of weight `w`: `w * gate`, masked on JAX."""
+        value = w.value
+        if target.gate is not None:
+            gates = ops.cast(target.gate.values(bool(training)), value.dtype)
+            value = value * self._expand(gates, spec, w.shape)
+        if MASK_IN_CALL:
+            value = ops.where(self._expand(target.mask.value, spec, w.shape), value, 0)
+        return value
 
     @staticmethod
     def _expand(values, spec: registry.WeightSpec, shape):
@@ -277,25 +292,34 @@ class Prunable(keras.layers.Wrapper):
             )
         if self._call_takes_training and training is not None:
             kwargs["training"] = training
-        if not self.gate_layers:
+        if not self.gate_layers and not MASK_IN_CALL:
             return self.layer(inputs, *args, **kwargs)
         if self._gates_units():
             (target,) = self.targets
-            gates = target.gate.values(bool(training))
-            return self._call_gating_units(gates, inputs, *args, **kwargs)
-        # The layer reads `weight * gate` in place of each gated weight; anything else it
-        # updates or adds as a loss inside the scope is applied after it.
-        gated = [
-            (w, w * self._expand(t.gate.values(bool(training)), spec, w.shape))
+            factor = 1.0 if target.gate is None else target.gate.values(bool(training))
+            if MASK_IN_CALL:
+                factor = factor * ops.cast(target.mask.value, "float32")
+            return self._call_gating_units(factor, inputs, *args, **kwargs)
+        # The layer reads the substitutes in place of its gated (or, on JAX, masked)
+        # weights and the current values of its other variables (outer stateless scopes
+        # included); anything else it updates or adds as a loss inside the scope is
+        # applied after it.
+        substitutes = {
+            id(w): self._substitute(t, spec, w, training)
             for t in self.targets
             for spec, w in t.weights
-        ]
-        with keras.StatelessScope(state_mapping=gated, collect_losses=True) as scope:
+        }
+        variables = self.layer.variables
+        scope = keras.StatelessScope(
+            state_mapping=[(v, substitutes.get(id(v), v.value)) for v in variables],
+            collect_losses=True,
+        )
+        initial = {id(v): scope.get_current_value(v) for v in variables}
+        with scope:
             outputs = self.layer(inputs, *args, **kwargs)
-        skip = {id(w) for w, _ in gated}
-        for v in self.layer.variables:
+        for v in variables:
             value = scope.get_current_value(v)
-            if id(v) not in skip and value is not None:
+            if id(v) not in substitutes and value is not initial[id(v)]:
                 v.assign(value)
         for loss in scope.losses:
             self.add_loss(loss)
@@ -309,7 +333,21 @@ class Prunable(keras.layers.Wrapper):
 
     def save_own_variables(self, store):
         self._flush_step()  # the controller writes the step lazily; saving needs it now
+        if MASK_IN_CALL:
+            self.zero_pruned()  # so the file computes the same on every backend
         super().save_own_variables(store)
+
+    def zero_pruned(self) -> None:
+        """Sets the pruned weights to exactly zero.
+
+        On TensorFlow and PyTorch they always are (the masks are the weights' constraints).
+        On JAX the layer masks its weights in the forward pass, so pruned weights the
+        optimizer moves (momentum from before they were pruned) compute as zero but hold
+        other values; this writes the zeros (saving a model and
+        `tfprune.callbacks.UpdateMasks` at the end of each epoch do it).
+        """
+        for target in self.targets:
+            self.set_mask(target.name, keras.ops.convert_to_numpy(target.mask))
 
     def _gates_units(self) -> bool:
         """Whether the gates multiply the outputs instead of the weights.
@@ -328,7 +366,8 @@ class Prunable(keras.layers.Wrapper):
         )
 
     def _call_gating_units(self, gates, inputs, *args, **kwargs):
-        """The wrapped layer without its activation, times `gates`, then activated."""
+        """The wrapped layer without its activation, times `gates` (one per unit), then
+        activated."""
         activation = self.layer.activation
         self.layer.activation = None
         try:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import keras
 import numpy as np
 
-from tfprune.export import _runtime
+from tfprune.export import _runtime, _tf_process
 from tfprune.export._io import output_path, write_bytes
 from tfprune.export.info import describe
 from tfprune.export.rewrite import rewrite
@@ -182,6 +182,24 @@ def _convert(
     return converter.convert()
 
 
+def _convert_model(
+    model: keras.Model,
+    specs: list,
+    quantize: str | None,
+    calibration: np.ndarray | None,
+    int8_io: bool,
+    sparse: bool,
+) -> tuple[bytes, bytes | None]:
+    """The dense (and, with `sparse`, sparse-encoded) TFLite bytes; TensorFlow backend."""
+    with tempfile.TemporaryDirectory(prefix="tfprune-export-") as tmp:
+        _saved_model(model, specs, tmp)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the converter's own deprecation chatter
+            dense = _convert(tmp, quantize, calibration, int8_io, sparse=False)
+            encoded = _convert(tmp, quantize, calibration, int8_io, sparse=True) if sparse else None
+    return dense, encoded
+
+
 def _prepare(model: keras.Model, shrink: bool) -> keras.Model:
     from tfprune.layers import iter_layers
     from tfprune.surgery import strip
@@ -306,12 +324,12 @@ def tflite(
         if quantize in ("int8", "int16x8")
         else None
     )
-    with tempfile.TemporaryDirectory(prefix="tfprune-export-") as tmp:
-        _saved_model(final, specs, tmp)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the converter's own deprecation chatter
-            dense = _convert(tmp, quantize, calibration, int8_io, sparse=False)
-            encoded = _convert(tmp, quantize, calibration, int8_io, sparse=True) if sparse else None
+    if keras.backend.backend() == "tensorflow":
+        dense, encoded = _convert_model(final, specs, quantize, calibration, int8_io, sparse)
+    else:  # Keras writes SavedModels from its TensorFlow backend only
+        dense, encoded = _tf_process.convert(
+            final, batch_size, quantize, calibration, int8_io, sparse
+        )
     data, fallback = dense, None
     if encoded is not None:
         problem = _runtime.check_runnable(encoded)
