@@ -29,6 +29,7 @@ from tfprune import (
 )
 from tfprune.channel_pruning import prune_channels
 from tfprune.controller import PruningController
+from tfprune.oneshot import oneshot
 from tfprune.shrink import shrink
 from tfprune.summary import summary
 from tfprune.surgery import strip, wrap
@@ -49,6 +50,7 @@ __all__ = [
     "graph",
     "layers",
     "lottery",
+    "oneshot",
     "prune_channels",
     "regularizers",
     "schedules",
