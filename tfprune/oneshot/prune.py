@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 
@@ -88,20 +89,26 @@ def _batches(data, batch_size: int) -> list:
     return out
 
 
-def _layer_inputs(model: keras.Model, layer: Prunable, batches: list) -> Iterator[np.ndarray]:
-    """The input of `layer` for each batch, computed by the model as it is now.
+def _captures(
+    model: keras.Model, layer: Prunable, view: KernelView, batches: list
+) -> Iterator[list[np.ndarray]]:
+    """What `view` reads, for each batch, computed by the model as it is now.
 
-    A sub-model `keras.Model(model.inputs, layer.input)` runs the layers before `layer`, so
-    they already carry the masks and updates of earlier steps. Only one batch's inputs are
-    held at a time.
+    A sub-model `keras.Model(model.inputs, layer.input)` (or `layer.output` under the
+    view's probe) runs the layers before `layer`, so they already carry the masks and
+    updates of earlier steps. Only one batch's tensors are held at a time.
     """
     source = model.inputs[0] if len(model.inputs) == 1 else model.input
-    prefix = keras.Model(source, layer.input)
-    for batch in batches:
-        yield keras.ops.convert_to_numpy(prefix(batch, training=False)).astype(np.float64)
+    prefix = keras.Model(source, layer.input if view.probe is None else layer.output)
+    with view.probe() if view.probe is not None else contextlib.nullcontext():
+        for batch in batches:
+            out = keras.tree.flatten(prefix(batch, training=False))
+            yield [keras.ops.convert_to_numpy(t).astype(np.float64) for t in out]
 
 
-def _input_statistic(view: KernelView, inputs: Iterator[np.ndarray], full: bool) -> np.ndarray:
+def _input_statistic(
+    view: KernelView, inputs: Iterator[list[np.ndarray]], full: bool
+) -> np.ndarray:
     """Accumulates `X^T X` per group (`full`) or only its diagonal over all batches."""
     total = None
     for x in inputs:
@@ -211,18 +218,23 @@ def oneshot(
     top_level = {id(layer) for layer in wrapped.layers}
     dense = []
     for layer in targets:
-        kernel_views = views(layer.layer) if id(layer) in top_level else ()
-        if not kernel_views:
-            dense.append(f"{layer.name} ({type(layer.layer).__name__})")
-            continue
+        kernel_views = ()
+        if id(layer) in top_level:
+            kernel_views = views(layer.layer, len(keras.tree.flatten(layer.input)))
         for view in kernel_views:
-            inputs = _layer_inputs(wrapped, layer, batches)
+            inputs = _captures(wrapped, layer, view, batches)
             _prune_kernel(layer, view, inputs, method, g, sparsity, block_size, damping)
+        covered = {view.name for view in kernel_views}
+        missing = [t.name for t in layer.targets if t.name not in covered]
+        if missing:
+            detail = f": {', '.join(missing)}" if covered else ""
+            dense.append(f"{layer.name} ({type(layer.layer).__name__}{detail})")
     if dense:
         warnings.warn(
             f"tfprune.oneshot ({method}) left these layers dense: {', '.join(dense)}. It "
-            "prunes Dense, EinsumDense, Conv1D/2D/3D, DepthwiseConv1D/2D and "
-            "SeparableConv1D/2D layers of the top-level model; exclude the others with "
+            "prunes Dense, EinsumDense, Conv1D/2D/3D, DepthwiseConv1D/2D, "
+            "SeparableConv1D/2D and MultiHeadAttention (input projections only when called "
+            "as `(query, value)`) layers of the top-level model; exclude the others with "
             "`exclude=[...]` to silence this warning.",
             stacklevel=2,
         )
