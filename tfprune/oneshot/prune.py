@@ -103,20 +103,22 @@ def _captures(
     with view.probe() if view.probe is not None else contextlib.nullcontext():
         for batch in batches:
             out = keras.tree.flatten(prefix(batch, training=False))
-            yield [keras.ops.convert_to_numpy(t).astype(np.float64) for t in out]
+            yield [keras.ops.convert_to_numpy(t) for t in out]
 
 
 def _input_statistic(
     view: KernelView, inputs: Iterator[list[np.ndarray]], full: bool
 ) -> np.ndarray:
-    """Accumulates `X^T X` per group (`full`) or only its diagonal over all batches."""
+    """Accumulates `X^T X` per group (`full`) or only its diagonal over all batches.
+
+    Each batch's product is computed in the inputs' precision (float32 for float32 models)
+    and summed in float64.
+    """
     total = None
     for x in inputs:
         cols = view.columns(x)
-        part = (
-            np.einsum("gnc,gnd->gcd", cols, cols) if full else np.einsum("gnc,gnc->gc", cols, cols)
-        )
-        total = part if total is None else total + part
+        part = np.swapaxes(cols, 1, 2) @ cols if full else np.einsum("gnc,gnc->gc", cols, cols)
+        total = part.astype(np.float64) if total is None else total + part
     return total
 
 

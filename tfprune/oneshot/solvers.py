@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import scipy.linalg
 
 from tfprune.allocation import count
 
@@ -40,11 +41,11 @@ def inverse_hessian_factor(hessian: np.ndarray, damping: float) -> np.ndarray:
     diag = h[:, idx, idx]
     diag[diag == 0] = 1.0
     h[:, idx, idx] = diag + damping * diag.mean(axis=1, keepdims=True)
+    # With the columns reversed, H = R R^T for the upper R = flip(cholesky(flip(H))); then
+    # H^-1 = R^-T R^-1, so U = R^-1: one factorization and one triangular inverse.
+    upper = np.linalg.cholesky(h[:, ::-1, ::-1])[:, ::-1, ::-1]
     eye = np.eye(h.shape[-1])
-    inverse = np.linalg.solve(np.linalg.cholesky(h), np.broadcast_to(eye, h.shape))
-    # (L L^T)^-1 = L^-T L^-1; its lower factor transposed is the upper factor we need.
-    lower = np.linalg.cholesky(np.swapaxes(inverse, -1, -2) @ inverse)
-    return np.swapaxes(lower, -1, -2)
+    return np.stack([scipy.linalg.solve_triangular(r, eye) for r in upper])
 
 
 def block_counts(sparsity: float, sizes: list[int]) -> list[int]:
