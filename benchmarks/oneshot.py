@@ -1,6 +1,7 @@
 """One-shot pruning without retraining: SparseGPT, Wanda, magnitude and LAMP.
 
-Usage: `python benchmarks/oneshot.py [--epochs N] [--tiny] [--no-write]`
+Usage: `python benchmarks/oneshot.py [--epochs N] [--models cnn,vit] [--no-cost] [--tiny]
+[--no-write]`
 
 Two measurements, appended to benchmarks/RESULTS.md:
 
@@ -8,11 +9,12 @@ Two measurements, appended to benchmarks/RESULTS.md:
    calibration rows, for growing d: the time to accumulate `X^T X`, the time of the solver,
    and the memory of its float64 matrices (the Hessian and its inverse factor, d^2 x 8
    bytes each).
-2. The Fashion-MNIST CNN of `benchmarks/_models.py` (Conv32-Conv64-Dense128), trained dense,
-   then pruned in one shot from 256 training images at 50 %, 70 % and 2:4 with magnitude
-   (layer-wise), LAMP (global), Wanda and SparseGPT, the output layer left dense: test
-   accuracy with no retraining, the calibration time, and the accuracy after one epoch of
-   fine-tuning (the masks fixed) on 10,000 training images.
+2. The Fashion-MNIST CNN of `benchmarks/_models.py` (Conv32-Conv64-Dense128) and a small
+   ViT-style model (attention projections pruned too), each trained dense, then pruned in
+   one shot from 256 training images at 50 %, 70 % and 2:4 with magnitude (layer-wise),
+   LAMP (global), Wanda and SparseGPT, the output layer left dense: test accuracy with no
+   retraining, the calibration time, and the accuracy after one epoch of fine-tuning (the
+   masks fixed) on 10,000 training images.
 """
 
 from __future__ import annotations
@@ -74,24 +76,55 @@ def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=2, help="dense training epochs")
-    parser.add_argument("--tiny", action="store_true", help="a small subset (smoke test)")
-    parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
-    args = parser.parse_args()
-    keras.utils.set_random_seed(0)
-    cost = layer_cost((128, 256) if args.tiny else (128, 256, 512, 1024, 2048))
+def vit(classes: int = 10) -> keras.Model:
+    """A small ViT-style model on 28x28x1: 7x7 patches, 2 pre-norm attention blocks.
 
-    (x_train, y_train), (x_test, y_test) = fashion_mnist(args.tiny)
-    dense = cnn()
-    steps = args.epochs * -(-len(x_train) // BATCH)
+    Args:
+        classes: Number of output logits.
+
+    Returns:
+        An uncompiled functional model; the patch embedding is "patches", the output
+        "logits".
+    """
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(64, 7, strides=7, name="patches")(inputs)
+    x = keras.layers.Reshape((16, 64))(x)
+    for i in range(2):
+        y = keras.layers.LayerNormalization(name=f"ln{i}a")(x)
+        y = keras.layers.MultiHeadAttention(4, 16, name=f"mha{i}")(y, y)
+        x = keras.layers.Add()([x, y])
+        y = keras.layers.LayerNormalization(name=f"ln{i}b")(x)
+        y = keras.layers.Dense(128, activation="gelu", name=f"mlp{i}a")(y)
+        y = keras.layers.Dense(64, name=f"mlp{i}b")(y)
+        x = keras.layers.Add()([x, y])
+    x = keras.layers.Flatten()(keras.layers.LayerNormalization(name="ln")(x))
+    return keras.Model(inputs, keras.layers.Dense(classes, name=OUTPUT)(x))
+
+
+# name -> (builder, layer whose single input channel has no groups of 4, description)
+MODELS = {
+    "cnn": (cnn, "conv1", "Fashion-MNIST CNN (`_models.cnn`: Conv32-Conv64-Dense128)"),
+    "vit": (
+        vit,
+        "patches",
+        "Fashion-MNIST ViT-style model (7x7 patches, 2 blocks of 4-head attention and a "
+        "128-unit MLP, width 64)",
+    ),
+}
+
+
+def prune_table(name: str, epochs: int, tiny: bool) -> list[str]:
+    """Trains model `name` dense, prunes it every way, fine-tunes; returns the section."""
+    build, stem, description = MODELS[name]
+    (x_train, y_train), (x_test, y_test) = fashion_mnist(tiny)
+    dense = build()
+    steps = epochs * -(-len(x_train) // BATCH)
     compile_classifier(dense, 1e-3, steps).fit(
-        x_train, y_train, batch_size=BATCH, epochs=args.epochs, verbose=0
+        x_train, y_train, batch_size=BATCH, epochs=epochs, verbose=0
     )
     weights = dense.get_weights()
     base = accuracy(dense, x_test, y_test)
-    print(f"dense test accuracy {base:.4f}", flush=True)
+    print(f"{name}: dense test accuracy {base:.4f}", flush=True)
     calibration = x_train[:CALIBRATION]
     tune = slice(0, min(TUNE_IMAGES, len(x_train)))
     rows = [
@@ -111,8 +144,8 @@ def main() -> None:
                 method=method,
                 granularity=granularity,
                 scope=scope,
-                # 2:4 needs input channels in groups of 4: conv1 reads 1 channel.
-                exclude=[OUTPUT] if granularity == "weight" else [OUTPUT, "conv1"],
+                # 2:4 needs input channels in groups of 4: the stem reads 1 channel.
+                exclude=[OUTPUT] if granularity == "weight" else [OUTPUT, stem],
             )
             seconds = time.perf_counter() - start
             oneshot_acc = accuracy(pruned, x_test, y_test)
@@ -130,7 +163,41 @@ def main() -> None:
                 f"| {target} | {label} | {oneshot_acc:.4f} | {seconds:.1f} | {tuned_acc:.4f} |"
             )
             print(rows[-1], flush=True)
+    return [
+        f"{description}, trained dense for {epochs} epochs: test accuracy {base:.4f}. Pruned "
+        f"in one shot from {CALIBRATION} training images (output layer dense, and for 2:4 "
+        f"also `{stem}`, whose single input channel has no groups of 4; LAMP is global "
+        "magnitude pruning with LAMP scores; 2:4 has no allocation to choose, so no LAMP "
+        "row). Calibration time is the whole `tfprune.oneshot` call. Fine-tuning: one "
+        f"epoch over {tune.stop} training images, Adam 2e-4 with cosine decay, masks fixed.",
+        "",
+        *rows,
+        "",
+    ]
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=2, help="dense training epochs")
+    parser.add_argument(
+        "--models", default="cnn,vit", help="comma-separated: cnn, vit (default: both)"
+    )
+    parser.add_argument("--no-cost", action="store_true", help="skip the per-layer-size cost")
+    parser.add_argument("--tiny", action="store_true", help="a small subset (smoke test)")
+    parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    args = parser.parse_args()
+    keras.utils.set_random_seed(0)
+    lines = []
+    if not args.no_cost:
+        lines += [
+            "SparseGPT cost per layer size (a d x d layer, 2,048 calibration rows, 50 %, "
+            "block 128, NumPy float64):",
+            "",
+            *layer_cost((128, 256) if args.tiny else (128, 256, 512, 1024, 2048)),
+            "",
+        ]
+    for name in args.models.split(","):
+        lines += prune_table(name, args.epochs, args.tiny)
     today = datetime.date.today().isoformat()
     command = "python benchmarks/oneshot.py " + " ".join(sys.argv[1:])
     publish(
@@ -139,21 +206,7 @@ def main() -> None:
             "",
             f"Command: `{command.strip()}`. Machine: {machine()}.",
             "",
-            "SparseGPT cost per layer size (a d x d layer, 2,048 calibration rows, 50 %, block",
-            "128, NumPy float64):",
-            "",
-            *cost,
-            "",
-            f"Fashion-MNIST CNN (`_models.cnn`), trained dense for {args.epochs} epochs: test "
-            f"accuracy {base:.4f}. Pruned in one shot from {CALIBRATION} training images "
-            "(output layer dense, and for 2:4 also conv1, whose single input channel has no "
-            "groups of 4; LAMP is global magnitude pruning with LAMP scores; 2:4 has "
-            "no allocation to choose, so no LAMP row). Calibration time is the whole "
-            "`tfprune.oneshot` call. Fine-tuning: one epoch over "
-            f"{tune.stop} training images, Adam 2e-4 with cosine decay, masks fixed.",
-            "",
-            *rows,
-            "",
+            *lines,
         ],
         write=not args.no_write,
     )

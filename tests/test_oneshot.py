@@ -400,3 +400,8 @@ def test_mobilenet_v2_is_pruned_in_every_layer_and_strips_exactly(method):
     np.testing.assert_allclose(
         stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), rtol=1e-6, atol=1e-6
     )
+
+
+def test_a_single_layer_is_refused():
+    with pytest.raises(TypeError, match=r"Sequential or functional model .* type Dense"):
+        tfprune.oneshot(keras.layers.Dense(4), np.zeros((4, 3), np.float32))

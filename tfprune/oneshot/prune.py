@@ -192,7 +192,7 @@ def oneshot(
     Raises:
         ValueError: For an unknown method, an unsupported granularity or scope, a sparsity
             outside [0, 1), missing or empty `data`.
-        TypeError: For a subclassed model or `data` of an unsupported type.
+        TypeError: For a single layer, a subclassed model or `data` of an unsupported type.
 
     Example:
 
@@ -203,6 +203,12 @@ def oneshot(
     >>> tfprune.controller.sparsities(tfprune.wrapper.prunable_layers(pruned))["global"]
     0.5
     """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "tfprune.oneshot prunes a Sequential or functional model (it captures each "
+            "layer's inputs from the model's graph). Received: "
+            f"model={model!r} of type {type(model).__name__}"
+        )
     g = _check_args(method, granularity, scope, sparsity, block_size, damping, batch_size)
     wrapped = wrap(
         model, None, granularity=granularity, scope=scope, layers=layers, exclude=exclude
