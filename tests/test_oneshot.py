@@ -189,6 +189,11 @@ def test_lamp_scope_drives_wrap_schedules():
     np.testing.assert_array_equal(_kernel_and_mask(wrapped, "a")[1], [[0, 0, 1, 1]])
 
 
+def test_lamp_scope_refuses_channel_granularity():
+    with pytest.raises(ValueError, match=r"Received: scope='lamp', granularity='channel'"):
+        tfprune.Prunable(keras.layers.Dense(4), 0.5, granularity="channel", scope="lamp")
+
+
 # --- matrix views ------------------------------------------------------------------------
 
 

@@ -171,6 +171,11 @@ class Prunable(keras.layers.Wrapper):
                 f"Granularity {granularity!r} fixes the sparsity of every group, so it cannot "
                 "be ranked globally. Use scope='layer'."
             )
+        if scope == "lamp" and isinstance(self.granularity, granularity_lib.Channel):
+            raise ValueError(
+                "Channel groups are ranked by `tfprune.graph` with scope 'layer' or 'global'; "
+                "LAMP ranks weights or blocks. Received: scope='lamp', granularity='channel'"
+            )
         self.scope = scope
         self.criterion = criteria_lib.get(criterion)
         if max_layer_sparsity is not None:
