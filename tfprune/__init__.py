@@ -37,6 +37,7 @@ from tfprune.controller import PruningController
 from tfprune.depth import prune_blocks
 from tfprune.distill import Distiller
 from tfprune.heads import prune_heads
+from tfprune.oneshot import oneshot
 from tfprune.shrink import shrink
 from tfprune.summary import summary
 from tfprune.surgery import strip, wrap
@@ -63,6 +64,7 @@ __all__ = [
     "heads",
     "layers",
     "lottery",
+    "oneshot",
     "prune_blocks",
     "prune_channels",
     "prune_heads",

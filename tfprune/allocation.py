@@ -1,10 +1,11 @@
 """Allocation: turn one sparsity target into exact keep decisions per tensor.
 
-Two scopes are built in:
+Three scopes are built in:
 
 - layer scope: every tensor prunes `round(s * n)` of its own units;
 - global scope: one ranking over the units of all tensors prunes `round(s * N)` in total,
-  where each tensor may be capped at a ceiling (`max_layer_sparsity`) so no layer collapses.
+  where each tensor may be capped at a ceiling (`max_layer_sparsity`) so no layer collapses;
+- LAMP scope: the global ranking of `lamp` scores instead of the raw scores.
 
 Ties are broken deterministically: an already-pruned unit is pruned before a kept one of
 equal score, then the earlier unit (lower tensor index, then lower position) first. So the
@@ -18,7 +19,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["ceiling_count", "count", "select_global", "select_keep"]
+__all__ = ["GLOBAL_SCOPES", "ceiling_count", "count", "lamp", "select_global", "select_keep"]
+
+#: Scopes whose units are ranked across tensors: `"global"` (raw scores), `"lamp"`.
+GLOBAL_SCOPES = ("global", "lamp")
 
 
 def _prune_order(scores: np.ndarray, prev_keep: np.ndarray) -> np.ndarray:
@@ -96,3 +100,26 @@ def count(sparsity: float, n: int) -> int:
 def ceiling_count(max_sparsity: float | None, n: int) -> int:
     """Most units of `n` a tensor may lose under a ceiling (`None`: all of them)."""
     return n if max_sparsity is None else math.floor(max_sparsity * n + 1e-9)
+
+
+def lamp(scores: np.ndarray) -> np.ndarray:
+    """Layer-adaptive magnitude (LAMP) scores of one tensor (Lee et al. 2021).
+
+    With the tensor's units sorted by ascending score `w` (ties by position), unit `u`
+    scores `w_u^2 / sum_{v >= u} w_v^2`: its squared score over the squared scores of the
+    units not below it. The largest unit of every tensor scores 1, so a global ranking of
+    LAMP scores never empties a layer, and it keeps more of small layers than a ranking of
+    raw magnitudes does.
+
+    Args:
+        scores: 1-D non-negative scores (magnitudes) of one tensor's units.
+
+    Returns:
+        1-D LAMP scores, same order; 0 where the unit and all units above it are 0.
+    """
+    sq = np.square(np.asarray(scores, np.float64))
+    order = np.argsort(sq, kind="stable")
+    tail = np.cumsum(sq[order][::-1])[::-1]  # sum over the unit and all units above it
+    out = np.zeros(sq.size)
+    out[order] = np.divide(sq[order], tail, out=np.zeros(sq.size), where=tail > 0)
+    return out

@@ -113,7 +113,7 @@ class PruningController:
         global_schedules = {
             repr(layer.schedule)
             for layer in self.layers
-            if layer.scope == "global" and layer.schedule is not None
+            if layer.scope in allocation.GLOBAL_SCOPES and layer.schedule is not None
         }
         if len(global_schedules) > 1:
             raise ValueError(
@@ -294,9 +294,10 @@ class PruningController:
         local = [i for i in due if self.layers[i].scope == "layer"]
         for i in local:
             self.prune_layer(self.layers[i], due[i])
-        shared = [self.layers[i] for i in due if self.layers[i].scope == "global"]
-        if shared:
-            self.prune_global(shared, due[self.layers.index(shared[0])])
+        for scope in allocation.GLOBAL_SCOPES:
+            shared = [self.layers[i] for i in due if self.layers[i].scope == scope]
+            if shared:
+                self.prune_global(shared, due[self.layers.index(shared[0])])
         return True
 
     def _first_update_after(self, step: int) -> float | None:
@@ -361,7 +362,8 @@ class PruningController:
             g, spec = layer.granularity, target.spec
             s = self._scores(layer, target)
             scores.append(s)
-            units.append(g.to_units(s, spec))
+            u = g.to_units(s, spec)
+            units.append(allocation.lamp(u) if layer.scope == "lamp" else u)
             full_prev = g.expand(_to_numpy(target.mask), s.shape, spec)
             prevs.append(g.to_units(full_prev, spec) > 0)
             caps.append(allocation.ceiling_count(layer.max_layer_sparsity, units[-1].size))

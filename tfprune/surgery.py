@@ -187,7 +187,7 @@ def wrap(
             or `None` for masks that change only when set explicitly.
         granularity: `"weight"`, `"m:n"` (e.g. `"2:4"`), a `(rows, cols)` block, or
             `"channel"`.
-        scope: `"layer"` or `"global"`.
+        scope: `"layer"`, `"global"` or `"lamp"` (global ranking of LAMP scores).
         criterion: `"magnitude"` or a function `weights -> scores`.
         layers: Names of the layers to wrap, or a predicate `layer -> bool`; default: all
             supported layers.

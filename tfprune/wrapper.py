@@ -21,7 +21,7 @@ from tfprune.regularizers import ZERO_THRESHOLD
 
 __all__ = ["Prunable", "PruneTarget", "prunable_layers"]
 
-SCOPES = ("layer", "global")
+SCOPES = ("layer", "global", "lamp")
 
 
 @dataclasses.dataclass
@@ -110,8 +110,9 @@ class Prunable(keras.layers.Wrapper):
             when set explicitly.
         granularity: `"weight"`, `"m:n"` such as `"2:4"` (m zeros in every n weights along
             the input channels), a `(rows, cols)` block shape, or `"channel"`.
-        scope: `"layer"` (this layer reaches the target on its own) or `"global"` (one
-            ranking across every global-scope `Prunable` of the model).
+        scope: `"layer"` (this layer reaches the target on its own), `"global"` (one
+            ranking across every global-scope `Prunable` of the model) or `"lamp"` (one
+            ranking of LAMP scores, `tfprune.allocation.lamp`, across the lamp-scope ones).
         criterion: Importance criterion: `"magnitude"` or a function `weights -> scores`.
         max_layer_sparsity: Ceiling on this layer's sparsity under global scope.
         gate: A `tfprune.gates.Gate` (`L0(...)`, `Scale(...)`) to learn, or `None`. It is a
@@ -169,10 +170,15 @@ class Prunable(keras.layers.Wrapper):
         self.granularity = granularity_lib.get(granularity)
         if scope not in SCOPES:
             raise ValueError(f"Expected `scope` to be one of {SCOPES}. Received: scope={scope!r}")
-        if scope == "global" and not self.granularity.supports_global:
+        if scope != "layer" and not self.granularity.supports_global:
             raise ValueError(
                 f"Granularity {granularity!r} fixes the sparsity of every group, so it cannot "
                 "be ranked globally. Use scope='layer'."
+            )
+        if scope == "lamp" and isinstance(self.granularity, granularity_lib.Channel):
+            raise ValueError(
+                "Channel groups are ranked by `tfprune.graph` with scope 'layer' or 'global'; "
+                "LAMP ranks weights or blocks. Received: scope='lamp', granularity='channel'"
             )
         self.scope = scope
         self.criterion = criteria_lib.get(criterion)
