@@ -27,6 +27,7 @@ from tfprune import (
     regularizers,
     schedules,
 )
+from tfprune.budget import Budget, fit_budget
 from tfprune.channel_pruning import prune_channels
 from tfprune.controller import PruningController
 from tfprune.shrink import shrink
@@ -37,6 +38,7 @@ from tfprune.wrapper import Prunable
 __version__ = "0.1.0"
 
 __all__ = [
+    "Budget",
     "Prunable",
     "PruningController",
     "allocation",
@@ -44,6 +46,7 @@ __all__ = [
     "controller",
     "criteria",
     "export",
+    "fit_budget",
     "gates",
     "granularity",
     "graph",

@@ -214,6 +214,15 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mcu(name: str) -> Callable:
+    def call(arg):
+        from tfprune import _mcu_cli
+
+        return getattr(_mcu_cli, name)(arg)
+
+    return call
+
+
 _COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "demo": (
         "train, prune and export a small CNN on scikit-learn's digits",
@@ -239,6 +248,16 @@ _COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "median invoke latency of a .tflite file in the LiteRT interpreter",
         _add_bench,
         _run_bench,
+    ),
+    "fit": (
+        "prune a .keras model until its int8 file meets flash/arena/MACs/latency limits",
+        _mcu("add_fit"),
+        _mcu("run_fit"),
+    ),
+    "micro": (
+        "TFLite Micro C source for a .tflite file; --verify runs it in the real interpreter",
+        _mcu("add_micro"),
+        _mcu("run_micro"),
     ),
 }
 
