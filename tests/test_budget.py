@@ -127,3 +127,25 @@ def test_cli_fit_and_micro(digits_cnn, tmp_path, capsys):
     out = capsys.readouterr().out
     assert (tmp_path / "c" / "m.h").exists()
     assert ("measured by TFLite Micro" in out) is export.tflm.available()
+
+
+@pytest.mark.slow  # per-layer timings and several int8 conversions
+def test_fit_budget_to_a_latency_limit_through_the_lookup_table(digits_cnn, tmp_path):
+    from tfprune.latency_table import LatencyTable
+
+    model, (x_train, _), _ = digits_cnn
+    table = LatencyTable(tmp_path / "lut.json", runs=20)
+    limit = 0.6 * table.predict(model)
+    small, report = tfprune.fit_budget(
+        model,
+        tfprune.Budget(latency=limit),
+        x_train,
+        step=0.25,
+        arena="estimate",
+        latency_table=table,
+        verbose=False,
+    )
+    assert report.met == {"latency": True}
+    assert report.after.latency == table.predict(small) <= limit
+    assert report.after.latency_source == "lookup table"
+    assert "latency: LiteRT on this machine, lookup table" in report.format()

@@ -27,6 +27,7 @@ import numpy as np
 from tfprune import criteria as criteria_lib
 from tfprune import graph as graph_lib
 from tfprune.channel_pruning import prune_channels, zero_channels
+from tfprune.latency_table import LatencyTable
 
 __all__ = ["Budget", "BudgetReport", "Resources", "fit_budget", "measure"]
 
@@ -80,8 +81,10 @@ class Resources:
         flash: Bytes of its int8 .tflite file.
         arena: Tensor-arena bytes (see `arena_source`).
         macs: Multiply-accumulates per example.
-        latency: Median LiteRT `invoke()` seconds, or `None` when not measured.
+        latency: LiteRT `invoke()` seconds, or `None` when not measured.
         arena_source: `"measured by TFLite Micro"` or `"estimate"`.
+        latency_source: `"file"` (the whole int8 file timed), `"lookup table"` (the sum of
+            its layers' times from a `LatencyTable`) or `None`.
     """
 
     flash: int
@@ -89,6 +92,7 @@ class Resources:
     macs: int
     latency: float | None
     arena_source: str
+    latency_source: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +130,8 @@ class BudgetReport:
             met = "" if limit is None else ("yes" if a <= limit else "NO")
             lines.append(f"{name:<9} {cells[0]:>12} {cells[1]:>12} {cells[2]:>12}  {met}")
         lines.append(f"arena: {self.after.arena_source}; {self.iterations} pruning steps")
+        if self.after.latency_source is not None:
+            lines.append(f"latency: LiteRT on this machine, {self.after.latency_source}")
         lines.append("channels per group (before -> after):")
         lines += [f"  {k}: {b} -> {a}" for k, (b, a) in self.widths.items()]
         return "\n".join(lines)
@@ -148,13 +154,17 @@ def _calibration(data) -> np.ndarray:
     return x[:200]
 
 
-def measure(model: keras.Model, data, latency: bool = False, arena: str = "auto") -> Resources:
+def measure(
+    model: keras.Model, data, latency: bool | LatencyTable = False, arena: str = "auto"
+) -> Resources:
     """Converts a (pruned) model to int8 and measures what it costs on the device.
 
     Args:
         model: A Keras model; zeroed channels are removed first (`tfprune.shrink`).
         data: Calibration examples `x` or `(x, y)` (the first 200 are used).
-        latency: Also time the file in LiteRT (median of 50 invokes, 1 thread).
+        latency: `True`: time the whole file in LiteRT (median of 50 invokes, 1 thread); a
+            `LatencyTable`: predict it from per-layer times measured once and cached
+            (NetAdapt); `False`: no latency.
         arena: `"auto"` (TFLite Micro when installed, else the estimate), `"tflm"` or
             `"estimate"`.
 
@@ -185,9 +195,14 @@ def measure(model: keras.Model, data, latency: bool = False, arena: str = "auto"
         arena_bytes, source = export.arena_estimate(file).total, "estimate"
     from tfprune.shrink import shrink
 
-    macs = summary(shrink(model), print_fn=None).macs
-    seconds = export.latency(file, runs=50, warmup=5).median if latency else None
-    return Resources(result.size, arena_bytes, macs, seconds, source)
+    small = shrink(model)
+    macs = summary(small, print_fn=None).macs
+    seconds, how = None, None
+    if isinstance(latency, LatencyTable):
+        seconds, how = latency.predict(small), "lookup table"
+    elif latency:
+        seconds, how = export.latency(file, runs=50, warmup=5).median, "file"
+    return Resources(result.size, arena_bytes, macs, seconds, source, how)
 
 
 def _costs(model: keras.Model, groups: list) -> dict[str, np.ndarray]:
@@ -260,6 +275,7 @@ def fit_budget(
     fine_tune: Callable[[keras.Model, int], None] | None = None,
     max_iterations: int = 200,
     arena: str = "auto",
+    latency_table: LatencyTable | None = None,
     verbose: bool = True,
 ) -> tuple[keras.Model, BudgetReport]:
     """Removes channels until the int8 model meets every limit of `budget`.
@@ -285,6 +301,9 @@ def fit_budget(
         max_iterations: Most pruning steps.
         arena: How the arena is measured: `"auto"`, `"tflm"` or `"estimate"` (see
             `measure`).
+        latency_table: For a latency limit: the per-layer `LatencyTable` (LiteRT on this
+            machine, measured once per layer configuration and cached on disk, as NetAdapt
+            does); default `LatencyTable()`.
         verbose: Print a progress bar over the steps.
 
     Returns:
@@ -311,7 +330,7 @@ def fit_budget(
     context = criteria_lib.ChannelContext(seed=0)
     keeps = [np.ones(g.channels, bool) for g in groups]
     costs = _costs(copy, groups)
-    want_latency = budget.latency is not None
+    want_latency = (latency_table or LatencyTable()) if budget.latency is not None else False
     before = measure(copy, data, want_latency, arena)
     floor = prune_channels(model, ratio=0.999999)
     lowest = measure(floor, data, want_latency, arena)
