@@ -1,7 +1,8 @@
 """Budget-driven vs uniform channel pruning of MLPerf-Tiny-style models, measured in TFLite Micro.
 
 Usage: `python benchmarks/mcu.py [--train N] [--epochs N] [--tune-epochs N]
-[--models ds_cnn,resnet8,mobilenet] [--budgets 0.5,0.35,0.25] [--tiny] [--no-write]`
+[--models ds_cnn,resnet8,mobilenet] [--budgets 0.5,0.35,0.25] [--step F] [--tiny]
+[--no-write]`
 
 Three MLPerf Tiny reference architectures, built here at small size and trained on
 Fashion-MNIST (offline; not their own data sets: keyword spotting, CIFAR-10 and Visual Wake
@@ -129,6 +130,7 @@ def main(argv=None) -> int:
     parser.add_argument("--test", type=int, default=2000, help="test images used")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--tune-epochs", type=int, default=1)
+    parser.add_argument("--step", type=float, default=0.1, help="fit_budget's step")
     parser.add_argument("--models", default="ds_cnn,resnet8,mobilenet")
     parser.add_argument("--budgets", default="0.5,0.35,0.25")
     parser.add_argument("--tiny", action="store_true", help="smoke run: 1,000 images, 1 epoch")
@@ -158,7 +160,9 @@ def main(argv=None) -> int:
             )
             label = f"{name} @ {fraction:.0%}"
             try:
-                small, report = tfprune.fit_budget(model, limits, x_cal, step=0.1, verbose=False)
+                small, report = tfprune.fit_budget(
+                    model, limits, x_cal, step=args.step, verbose=False
+                )
             except ValueError as e:
                 rows.append(f"| {label} | budget | - | - | - | - | - | unmeetable | {e} |")
                 print(rows[-1], flush=True)

@@ -53,7 +53,14 @@ def test_interpreter_crash_becomes_an_exception(files):
         tflm.run(files["dense"], arena_size=64)
 
 
-@pytest.mark.parametrize("name", ["dense", "pruned", "float_io"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dense",
+        pytest.param("pruned", marks=pytest.mark.slow),
+        pytest.param("float_io", marks=pytest.mark.slow),
+    ],
+)
 def test_estimate_matches_tflm(files, name):
     measured = tflm.run(files[name])
     estimate = export.arena_estimate(files[name])
