@@ -25,9 +25,13 @@ import keras
 import numpy as np
 
 from tfprune import criteria as criteria_lib
+from tfprune import export
 from tfprune import graph as graph_lib
+from tfprune import layers as registry
 from tfprune.channel_pruning import prune_channels, zero_channels
 from tfprune.latency_table import LatencyTable
+from tfprune.shrink import shrink
+from tfprune.summary import summary
 
 __all__ = ["Budget", "BudgetReport", "Resources", "fit_budget", "measure"]
 
@@ -175,9 +179,6 @@ def measure(
         ValueError: For an unknown `arena` or unusable `data`.
         ImportError: For `arena="tflm"` without `tflite-micro`.
     """
-    from tfprune import export
-    from tfprune.summary import summary
-
     if arena not in ("auto", "tflm", "estimate"):
         raise ValueError(
             f"Expected `arena` to be 'auto', 'tflm' or 'estimate'. Received: arena={arena!r}"
@@ -193,8 +194,6 @@ def measure(
         arena_bytes, source = export.tflm.run(file).arena, "measured by TFLite Micro"
     else:
         arena_bytes, source = export.arena_estimate(file).total, "estimate"
-    from tfprune.shrink import shrink
-
     small = shrink(model)
     macs = summary(small, print_fn=None).macs
     seconds, how = None, None
@@ -211,18 +210,15 @@ def _costs(model: keras.Model, groups: list) -> dict[str, np.ndarray]:
     Used only to rank channels (the limits are checked on measured values): weight bytes
     count 1 per int8 kernel entry and 4 per int32 bias entry (BatchNorm folds away), MACs
     are the layer's MACs divided over the channel axis, and activation bytes are the
-    spatial size of the producers' outputs.
+    spatial size of the producers' outputs. Costs are taken at the widths of the model given.
     """
-    from tfprune.summary import summary
-
     macs = {r.name: r.macs or 0 for r in summary(model, print_fn=None).rows}
     flash, mac, act = (np.zeros(len(groups)) for _ in range(3))
     for i, group in enumerate(groups):
         for m in group.members:
             if m.role == "norm":
                 continue
-            var = _weight(m)
-            shape = tuple(var.shape)
+            shape = tuple(registry.resolve(m.layer, m.weight).shape)
             per = math.prod(shape) / shape[m.axis]
             flash[i] += per * (4 if len(shape) == 1 else 1)
             if len(shape) > 1:
@@ -231,12 +227,6 @@ def _costs(model: keras.Model, groups: list) -> dict[str, np.ndarray]:
                 out = tuple(m.layer.output.shape[1:-1])
                 act[i] = max(act[i], float(math.prod(out)) if out else 1.0)
     return {"flash": flash, "macs": mac, "arena": act, "latency": mac}
-
-
-def _weight(member):
-    from tfprune import layers as registry
-
-    return registry.resolve(member.layer, member.weight)
 
 
 def _excess(res: Resources, budget: Budget) -> dict[str, float]:
@@ -315,8 +305,6 @@ def fit_budget(
             if the limits are still unmet after `max_iterations`.
         TypeError: If `model` is not a Keras model or `budget` not a `Budget`.
     """
-    from tfprune.shrink import shrink
-
     if not isinstance(budget, Budget):
         raise TypeError(
             "Expected `budget` to be a tfprune.Budget, e.g. Budget(flash=96_000, "
