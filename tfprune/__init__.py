@@ -15,6 +15,7 @@ tfprune.summary(final)
 
 from tfprune import (
     allocation,
+    budget,
     callbacks,
     controller,
     criteria,
@@ -22,6 +23,7 @@ from tfprune import (
     gates,
     granularity,
     graph,
+    latency_table,
     layers,
     lottery,
     regularizers,
@@ -42,6 +44,7 @@ __all__ = [
     "Prunable",
     "PruningController",
     "allocation",
+    "budget",
     "callbacks",
     "controller",
     "criteria",
@@ -50,6 +53,7 @@ __all__ = [
     "gates",
     "granularity",
     "graph",
+    "latency_table",
     "layers",
     "lottery",
     "prune_channels",
