@@ -114,3 +114,24 @@ def test_tflite_export_verifies_in_tflm(digits_cnn, tmp_path):
             tmp_path / "n.tflite",
             verify_micro=True,
         )
+
+
+@pytest.mark.slow  # a keras.applications model: conversion and TFLite Micro take ~30 s
+def test_mobilenet_v1_runs_in_tflm_and_the_estimate_holds(tmp_path):
+    model = keras.applications.MobileNet(
+        input_shape=(32, 32, 3), alpha=0.25, weights=None, classes=10
+    )
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # random BatchNorm statistics, as after training
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+    x = rng.random((20, 32, 32, 3), dtype=np.float32)
+    path = tmp_path / "mobilenet.tflite"
+    export.tflite(model, path, quantize="int8", representative_data=x)
+    measured = tflm.run(path, x[:5])
+    estimate = export.arena_estimate(path)
+    assert measured.max_diff <= 1
+    assert estimate.activations == measured.head
+    assert abs(estimate.total - measured.recorded) <= 0.05 * measured.recorded
