@@ -188,7 +188,7 @@ def _run_export(args: argparse.Namespace) -> int:
             micro = export.micro(args.output, args.micro, name)
             print(
                 f"Wrote {micro.header} and {micro.source}: {micro.size:,} bytes, "
-                f"{len(micro.ops)} ops, arena estimate {micro.arena.total:,} bytes"
+                f"{len(micro.ops)} ops, arena {micro.arena_size:,} bytes ({micro.arena_source})"
             )
     except (ValueError, TypeError, RuntimeError, FileNotFoundError, ImportError) as e:
         raise CliError(" ".join(str(e).split())) from e
