@@ -45,7 +45,7 @@ import tfprune
 from tfprune import budget as budget_lib
 
 L = keras.layers
-BATCH = 128
+BATCH = 32
 
 
 def _bn_relu(x):
