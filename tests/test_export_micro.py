@@ -53,7 +53,7 @@ def test_op_resolver_macro_lists_exactly_the_ops(int8_file, tmp_path):
     calls = re.findall(r"\(resolver\)\.(\w+)\(\);", header)
     assert calls == list(result.resolver_calls)
     assert "#define M_OP_COUNT 4" in header
-    assert f"#define M_ARENA_SIZE {result.arena.total}" in header
+    assert f"#define M_ARENA_SIZE {result.arena_size}" in header
     assert "CONV_2D x2" in header and "FULLY_CONNECTED x2" in header
 
 

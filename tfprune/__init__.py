@@ -17,6 +17,7 @@ from tfprune import (
     activation_scores,
     allocation,
     backends,
+    budget,
     callbacks,
     controller,
     criteria,
@@ -27,11 +28,13 @@ from tfprune import (
     granularity,
     graph,
     heads,
+    latency_table,
     layers,
     lottery,
     regularizers,
     schedules,
 )
+from tfprune.budget import Budget, fit_budget
 from tfprune.channel_pruning import prune_channels
 from tfprune.controller import PruningController
 from tfprune.depth import prune_blocks
@@ -47,21 +50,25 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Distiller",
+    "Budget",
     "Prunable",
     "PruningController",
     "activation_scores",
     "allocation",
     "backends",
+    "budget",
     "callbacks",
     "controller",
     "criteria",
     "depth",
     "distill",
     "export",
+    "fit_budget",
     "gates",
     "granularity",
     "graph",
     "heads",
+    "latency_table",
     "layers",
     "lottery",
     "oneshot",

@@ -188,7 +188,7 @@ def _run_export(args: argparse.Namespace) -> int:
             micro = export.micro(args.output, args.micro, name)
             print(
                 f"Wrote {micro.header} and {micro.source}: {micro.size:,} bytes, "
-                f"{len(micro.ops)} ops, arena estimate {micro.arena.total:,} bytes"
+                f"{len(micro.ops)} ops, arena {micro.arena_size:,} bytes ({micro.arena_source})"
             )
     except (ValueError, TypeError, RuntimeError, FileNotFoundError, ImportError) as e:
         raise CliError(" ".join(str(e).split())) from e
@@ -212,6 +212,15 @@ def _run_bench(args: argparse.Namespace) -> int:
         raise CliError(" ".join(str(e).split())) from e
     print(f"{args.model}: {result.format()}")
     return 0
+
+
+def _mcu(name: str) -> Callable:
+    def call(arg):
+        from tfprune import _mcu_cli
+
+        return getattr(_mcu_cli, name)(arg)
+
+    return call
 
 
 _COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
@@ -239,6 +248,16 @@ _COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "median invoke latency of a .tflite file in the LiteRT interpreter",
         _add_bench,
         _run_bench,
+    ),
+    "fit": (
+        "prune a .keras model until its int8 file meets flash/arena/MACs/latency limits",
+        _mcu("add_fit"),
+        _mcu("run_fit"),
+    ),
+    "micro": (
+        "TFLite Micro C source for a .tflite file; --verify runs it in the real interpreter",
+        _mcu("add_micro"),
+        _mcu("run_micro"),
     ),
 }
 

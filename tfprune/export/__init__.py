@@ -4,12 +4,14 @@
 - `verify(file, data, reference)`: compare a .tflite file with the Keras model in LiteRT.
 - `latency(file, threads=1)`: median invoke time in the LiteRT interpreter.
 - `micro(file, out_dir, name)`: `name.h` / `name.cc` for TFLite Micro.
+- `tflm.run(file, x)`: run in the real TFLite Micro interpreter, arena measured.
 - `describe(file)`: ops, tensors and sizes of a .tflite file.
 - `rewrite(model)`: layers LiteRT runs slowly replaced by equal ones (done by `tflite`).
 """
 
 from __future__ import annotations
 
+from tfprune.export import tflm
 from tfprune.export.convert import QUANTIZE_MODES, ExportResult, tflite
 from tfprune.export.info import TensorInfo, TFLiteInfo, describe
 from tfprune.export.latency import Latency, latency
@@ -34,5 +36,6 @@ __all__ = [
     "micro",
     "rewrite",
     "tflite",
+    "tflm",
     "verify",
 ]

@@ -9,15 +9,18 @@ import numpy as np
 __all__: list[str] = []
 
 
-def interpreter(data: bytes, threads: int = 1, xnnpack: bool = True):
+def interpreter(data: bytes, threads: int = 1, xnnpack: bool = True, reference: bool = False):
     """A LiteRT interpreter for `data`, tensors allocated.
 
     `xnnpack=True` is LiteRT's default configuration (the XNNPACK delegate applied), which is
-    what an app gets; `False` runs the reference/optimized builtin kernels only.
+    what an app gets; `False` runs the optimized builtin kernels only; `reference=True` runs
+    the reference kernels (`BUILTIN_REF`), which TFLite Micro's kernels match bit for bit.
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    if reference:
+        resolver = OpResolverType.BUILTIN_REF
     interp = Interpreter(
         model_content=data, num_threads=threads, experimental_op_resolver_type=resolver
     )

@@ -15,6 +15,8 @@ from tfprune.export import _runtime, _tf_process
 from tfprune.export._io import output_path, write_bytes
 from tfprune.export.info import describe
 from tfprune.export.rewrite import rewrite
+from tfprune.export import _runtime, tflm
+from tfprune.export.tflm import MicroRun
 from tfprune.export.verify import Verification, verify
 
 __all__ = ["QUANTIZE_MODES", "ExportResult", "tflite"]
@@ -40,6 +42,7 @@ class ExportResult:
             LiteRT's default configuration), or `None`.
         verification: The comparison with the Keras model, or `None` without
             `verify_data`.
+        micro: The run in TFLite Micro (`verify_micro=True`), or `None`.
     """
 
     path: str
@@ -52,6 +55,7 @@ class ExportResult:
     sparse_size: int | None = None
     sparse_fallback: str | None = None
     verification: Verification | None = None
+    micro: MicroRun | None = None
 
     @property
     def sparse_saved_bytes(self) -> int | None:
@@ -74,6 +78,8 @@ class ExportResult:
             )
         if self.verification is not None:
             lines.append("Verification: " + self.verification.format())
+        if self.micro is not None:
+            lines.append(self.micro.format())
         return "\n".join(lines)
 
 
@@ -231,6 +237,7 @@ def tflite(
     batch_size: int | None = 1,
     calibration_size: int | None = 500,
     on_sparse_failure: str = "dense",
+    verify_micro: bool = False,
 ) -> ExportResult:
     """Exports a (pruned) Keras model to a verified TFLite file, written atomically.
 
@@ -277,6 +284,9 @@ def tflite(
             without shape ops, as TFLite Micro needs; `None` keeps it dynamic.
         calibration_size: At most this many calibration examples are used (`None`: all).
         on_sparse_failure: `"dense"` or `"raise"`, see above.
+        verify_micro: Also run `verify_data` in the TFLite Micro interpreter (needs
+            `tflite-micro`): outputs compared with LiteRT's reference kernels and the arena
+            measured (`result.micro`, see `tfprune.export.tflm.run`).
 
     Returns:
         An `ExportResult` (path, sizes, ops, verification); `print(result.format())`.
@@ -306,6 +316,11 @@ def tflite(
             "`representative_data` (e.g. 100-500 training examples). Pass "
             "representative_data=x_train[:300], or use quantize='dynamic', which needs no "
             "data. Received: representative_data=None"
+        )
+    if verify_micro and verify_data is None:
+        raise ValueError(
+            "verify_micro=True needs `verify_data` (examples x or (x, y)) to run in TFLite "
+            "Micro. Received: verify_data=None"
         )
     if on_sparse_failure not in ("dense", "raise"):
         raise ValueError(
@@ -361,6 +376,7 @@ def tflite(
     verification = None
     if verify_data is not None:
         verification = verify(data, verify_data, reference=model)
+    micro = tflm.run(data, verify_data) if verify_micro else None
     info = describe(data)
     write_bytes(path, data)
     return ExportResult(
@@ -374,4 +390,5 @@ def tflite(
         sparse_size=None if encoded is None else len(encoded),
         sparse_fallback=fallback,
         verification=verification,
+        micro=micro,
     )

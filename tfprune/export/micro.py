@@ -1,4 +1,8 @@
-"""TFLite Micro export: the model as a 16-byte-aligned C array, its ops and an arena estimate."""
+"""TFLite Micro export: the model as a 16-byte-aligned C array, its ops and its arena.
+
+The arena is measured in the real TFLite Micro interpreter when `tflite-micro` is installed
+(`tfprune.export.tflm`), and estimated otherwise (`arena_estimate`).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,21 @@ import hashlib
 import os
 import re
 
+from tfprune.export import tflm
 from tfprune.export._io import read_model, write_bytes
 from tfprune.export.info import TFLiteInfo, describe
+from tfprune.export.tflm import MicroRun
 
 __all__ = ["ArenaEstimate", "MicroResult", "arena_estimate", "micro"]
 
 _ALIGN = 16  # TFLite Micro aligns arena buffers (and wants the model) on 16 bytes
-# Persistent (tail) allocations of TFLite Micro, fitted to its RecordingMicroAllocator on a
-# 64-bit host (an upper bound for 32-bit MCUs, whose structs are smaller): a TfLiteEvalTensor
-# per tensor, a TfLiteTensor plus quantization data per graph input/output, a node +
-# registration and kernel op data per operator, per-channel output multipliers/shifts
-# data for per-channel quantized conv / fully-connected kernels, and a fixed part with
-# ~512 B of slack so that the total is not below the measured value.
-_EVAL_TENSOR, _IO_TENSOR, _PER_OP, _FIXED = 24, 96, 224, 1216
+# Persistent (tail) allocations of TFLite Micro, a least-squares fit (non-negative) to the
+# tail its RecordingMicroAllocator records on a 64-bit host, over 20 int8 files (CNNs with
+# pooling and BatchNorm, depthwise/pointwise blocks with a residual Add, MLPs; int8 and float
+# I/O): a fixed part, per tensor (TfLiteEvalTensor and bookkeeping), per operator (node and
+# registration), per conv / fully-connected operator (kernel op data) and per output channel
+# of a per-channel quantized kernel (int32 multiplier and shift).
+_FIXED, _PER_TENSOR, _PER_OP, _PER_WEIGHTED_OP, _PER_CHANNEL = 760, 53, 54, 50, 8
 _PER_CHANNEL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
 # TFLite Micro has no kernel for these (sparse-encoded weights need DENSIFY).
 _NOT_IN_MICRO = {"DENSIFY"}
@@ -34,9 +40,9 @@ class ArenaEstimate:
             outputs, intermediate activations), 16-byte aligned, laid out by a greedy
             first-fit plan over tensor lifetimes like TFLite Micro's GreedyMemoryPlanner
             (largest first, lowest free offset). This is the part that dominates for CNNs.
-        persistent: Heuristic estimate of TFLite Micro's persistent allocations (tensor and
-            node structs, kernel op data, per-channel quantization data), fitted on a
-            64-bit host; slightly high for 32-bit targets.
+        persistent: Estimate of TFLite Micro's persistent allocations (tensor and node
+            structs, kernel op data, per-channel quantization data), a fit to what TFLite
+            Micro records on a 64-bit host; 32-bit targets need less.
         total: `activations + persistent`, rounded up to 16 bytes: a starting value for
             `kTensorArenaSize`.
     """
@@ -56,7 +62,9 @@ class MicroResult:
         size: Model bytes in the array.
         ops: The distinct operators, in order of first use.
         resolver_calls: The `MicroMutableOpResolver` method for each op, e.g. `"AddConv2D"`.
-        arena: The arena estimate.
+        arena: The arena estimate (always computed).
+        measured: The run in TFLite Micro (`tfprune.export.tflm.run`), or `None` when
+            `tflite-micro` is not installed or `measure=False`.
     """
 
     header: str
@@ -65,6 +73,17 @@ class MicroResult:
     ops: tuple[str, ...]
     resolver_calls: tuple[str, ...]
     arena: ArenaEstimate
+    measured: MicroRun | None = None
+
+    @property
+    def arena_size(self) -> int:
+        """The arena written to the header: measured by TFLite Micro, else the estimate."""
+        return self.measured.arena if self.measured is not None else self.arena.total
+
+    @property
+    def arena_source(self) -> str:
+        """`"measured by TFLite Micro"` or `"estimate"`."""
+        return "measured by TFLite Micro" if self.measured is not None else "estimate"
 
 
 def _align(n: int) -> int:
@@ -74,21 +93,22 @@ def _align(n: int) -> int:
 def arena_estimate(model: str | os.PathLike | bytes | TFLiteInfo) -> ArenaEstimate:
     """Estimates the tensor arena a TFLite Micro interpreter needs for a .tflite file.
 
-    How exact: `activations` follows the same greedy plan as TFLite Micro's default memory
-    planner (GreedyMemoryPlanner: buffers 16-byte aligned, largest first, each at the lowest
-    offset free during its lifetime). Checked against TFLite Micro's
-    `RecordingMicroAllocator` (the `tflite-micro` Python package, reference kernels, 64-bit
-    host) on six single-subgraph CNNs (float32, int8, int8 with float I/O, with depthwise
-    conv and a residual Add): the non-persistent "head" matched to the byte in all six.
-    `persistent` is a fitted heuristic for TFLite Micro's persistent "tail" (tensor and node
-    structs, kernel op data, per-channel quantization data); it was 240-1,000 B above the
-    measured tail on those models, so `total` was 0.4-7.6 % above the measured arena
-    (never below it).
+    This is an estimate; `tfprune.export.tflm.run` measures the arena in the real
+    interpreter when `tflite-micro` is installed.
+
+    How exact: `activations` follows TFLite Micro's default memory planner
+    (GreedyMemoryPlanner: buffers 16-byte aligned, largest first, equal sizes in tensor
+    order, each at the lowest offset free during its lifetime); it equalled the "head" that
+    TFLite Micro's `RecordingMicroAllocator` records (64-bit host) to the byte on 20 int8
+    files (CNNs, depthwise blocks with a residual Add, MLPs; int8 and float I/O).
+    `persistent` is a fit to the recorded "tail" (see `_FIXED` and the per-tensor, per-op and
+    per-channel terms); `total` was within 3 % of the recorded arena on those 20 files
+    (0.7 % below to 3.0 % above). TFLite Micro also needs a little temporary space while it
+    plans, which it does not record: for models with tiny activations (MLPs) the smallest
+    arena that runs was up to 22 % above the recorded total; `tflm.run` finds that size.
     Not included: scratch buffers that optimized kernels request at prepare time (e.g.
     CMSIS-NN's im2col buffer for convolutions), variable tensors, and models with several
-    subgraphs (only the main one is planned). On 32-bit targets the structs are smaller, so
-    the estimate errs on the safe side. Confirm on the target with TFLite Micro's
-    `RecordingMicroInterpreter`.
+    subgraphs (only the main one is planned). On 32-bit targets the structs are smaller.
 
     Args:
         model: Path to a .tflite file, its bytes, or a `TFLiteInfo` from `describe`.
@@ -108,12 +128,13 @@ def arena_estimate(model: str | os.PathLike | bytes | TFLiteInfo) -> ArenaEstima
             if t >= 0:
                 first.setdefault(t, step)
                 last[t] = max(last.get(t, step), step)
+    # Largest first; equal sizes in tensor order (TFLite Micro's planner sorts stably).
     buffers = [
         (_align(info.tensors[t].nbytes), first[t], last[t])
-        for t in first
+        for t in sorted(first, reverse=True)
         if not info.tensors[t].constant
     ]
-    buffers.sort(key=lambda b: (-b[0], b[1]))
+    buffers.sort(key=lambda b: -b[0])
     placed: list[tuple[int, int, int, int]] = []  # offset, size, first, last
     peak = 0
     for size, start, end in buffers:
@@ -127,18 +148,18 @@ def arena_estimate(model: str | os.PathLike | bytes | TFLiteInfo) -> ArenaEstima
             offset = max(offset, o + s)
         placed.append((offset, size, start, end))
         peak = max(peak, offset + size)
-    per_channel = 0
+    weighted, channels = 0, 0
     for name, ins, _ in info.operators:
-        if name in _PER_CHANNEL_OPS and len(ins) > 1 and ins[1] >= 0:
-            weights = info.tensors[ins[1]]
-            if len(weights.scale) > 1:  # per-channel quantized kernel
-                per_channel += 4 * len(weights.scale)
+        if name in _PER_CHANNEL_OPS:
+            weighted += 1
+            if len(ins) > 1 and ins[1] >= 0 and len(info.tensors[ins[1]].scale) > 1:
+                channels += len(info.tensors[ins[1]].scale)  # per-channel quantized kernel
     persistent = (
         _FIXED
-        + _EVAL_TENSOR * len(info.tensors)
-        + _IO_TENSOR * (len(info.inputs) + len(info.outputs))
+        + _PER_TENSOR * len(info.tensors)
         + _PER_OP * n_ops
-        + per_channel
+        + _PER_WEIGHTED_OP * weighted
+        + _PER_CHANNEL * channels
     )
     return ArenaEstimate(activations=peak, persistent=persistent, total=_align(peak + persistent))
 
@@ -147,6 +168,24 @@ def _resolver_call(op: str) -> str:
     """`CONV_2D` -> `AddConv2D`, `MAX_POOL_2D` -> `AddMaxPool2D` (MicroMutableOpResolver)."""
     return "Add" + "".join(
         part.upper() if part[:1].isdigit() else part.capitalize() for part in op.split("_")
+    )
+
+
+def _arena_comment(arena: ArenaEstimate, measured: MicroRun | None) -> str:
+    if measured is not None:
+        return (
+            f"// Tensor arena measured by the TFLite Micro interpreter (64-bit host, reference\n"
+            f"// kernels): {measured.head} B activations + {measured.tail} B persistent recorded;\n"
+            f"// the smallest arena that ran was {measured.arena} B. 32-bit targets need a little\n"
+            "// less; optimized kernels (e.g. CMSIS-NN) may request scratch buffers: measure\n"
+            "// with tflite::RecordingMicroInterpreter on the device."
+        )
+    return (
+        f"// Tensor arena ESTIMATE (tflite-micro not installed): {arena.activations} B\n"
+        f"// activations (greedy plan, as TFLite Micro's planner does) + ~{arena.persistent} B\n"
+        "// persistent structs (fitted on a 64-bit host). Kernel scratch buffers (e.g. CMSIS-NN\n"
+        "// im2col) are not included: leave headroom, measure with\n"
+        "// tflite::RecordingMicroInterpreter."
     )
 
 
@@ -159,7 +198,11 @@ def _c_array(data: bytes, per_line: int = 12) -> str:
 
 
 def micro(
-    model: str | os.PathLike | bytes, out_dir: str | os.PathLike, name: str = "model"
+    model: str | os.PathLike | bytes,
+    out_dir: str | os.PathLike,
+    name: str = "model",
+    verify_data=None,
+    measure: bool | None = None,
 ) -> MicroResult:
     """Writes a .tflite file as C++ source for TFLite Micro: `name.h` and `name.cc`.
 
@@ -168,8 +211,10 @@ def micro(
     TFLite Micro header:
     - `NAME_OP_COUNT` and `NAME_ADD_OPS(resolver)`, which registers exactly the ops the model
       uses on a `tflite::MicroMutableOpResolver<NAME_OP_COUNT>`,
-    - `NAME_ARENA_SIZE`, an estimate of the tensor arena (see `arena_estimate` for how exact
-      it is), and a comment listing ops and tensors.
+    - `NAME_ARENA_SIZE`, the tensor arena: measured in the real TFLite Micro interpreter
+      (`tfprune.export.tflm.run`: recorded allocations, confirmed by a run with that size)
+      when `tflite-micro` is installed, else an estimate (see `arena_estimate`); the comment
+      says which. Also a comment listing ops and tensors.
 
     Usage on the device:
 
@@ -188,14 +233,21 @@ def micro(
         model: Path to a .tflite file or its bytes (e.g. from `tfprune.export.tflite`).
         out_dir: Folder for the two files (created if missing).
         name: C identifier for the array and the file names.
+        verify_data: Examples `x` or `(x, y)` to run in TFLite Micro and compare with
+            LiteRT's reference kernels (`result.measured.max_diff`; 0 when they agree bit
+            for bit). Needs `tflite-micro`.
+        measure: Measure the arena in TFLite Micro: `None` (default) when `tflite-micro`
+            is installed, `True` always (ImportError without it), `False` never.
 
     Returns:
-        A `MicroResult` with the paths, ops and arena estimate.
+        A `MicroResult` with the paths, ops, arena estimate and TFLite Micro run.
 
     Raises:
         ValueError: If `name` is not a C identifier, the data is not a TFLite file, or the
             model needs an op TFLite Micro does not have (sparse-encoded weights).
         FileNotFoundError: If a model path does not exist.
+        ImportError: If `measure=True` or `verify_data` is given without `tflite-micro`.
+        RuntimeError: If TFLite Micro fails or crashes on the file.
     """
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(
@@ -214,6 +266,10 @@ def micro(
     ops = tuple(dict.fromkeys(info.ops))
     calls = tuple(_resolver_call(op) for op in ops)
     arena = arena_estimate(info)
+    if measure is None:
+        measure = tflm.available() or verify_data is not None
+    measured = tflm.run(data, verify_data) if measure else None
+    arena_size = measured.arena if measured is not None else arena.total
     macro = name.upper()
     guard = f"TFPRUNE_{macro}_H_"
     digest = hashlib.sha256(data).hexdigest()[:16]
@@ -247,11 +303,8 @@ extern const unsigned int {name}_len;
 {add_ops} \\
   }} while (0)
 
-// Tensor arena estimate: {arena.activations} B activations (greedy plan of the
-// non-constant tensors, as TFLite Micro's planner does) + ~{arena.persistent} B persistent
-// structs (heuristic, fitted on a 64-bit host). Kernel scratch buffers (e.g. CMSIS-NN
-// im2col) are not included: leave headroom, measure with tflite::RecordingMicroInterpreter.
-#define {macro}_ARENA_SIZE {arena.total}
+{_arena_comment(arena, measured)}
+#define {macro}_ARENA_SIZE {arena_size}
 
 #endif  // {guard}
 """
@@ -277,4 +330,5 @@ const unsigned int {name}_len = {len(data)};
         ops=ops,
         resolver_calls=calls,
         arena=arena,
+        measured=measured,
     )

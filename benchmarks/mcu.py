@@ -1,0 +1,206 @@
+"""Budget-driven vs uniform channel pruning of MLPerf-Tiny-style models, measured in TFLite Micro.
+
+Usage: `python benchmarks/mcu.py [--train N] [--epochs N] [--tune-epochs N]
+[--models ds_cnn,resnet8,mobilenet] [--budgets 0.5,0.35,0.25] [--step F] [--tiny]
+[--no-write]`
+
+Three MLPerf Tiny reference architectures, built here at small size and trained on
+Fashion-MNIST (offline; not their own data sets: keyword spotting, CIFAR-10 and Visual Wake
+Words are not available here):
+- DS-CNN (keyword spotting): Conv64 stride 2, four depthwise-separable blocks (64), average
+  pool, Dense; on 28x28x1 images.
+- ResNet-8 (image classification): Conv16, three residual stages (16, 32/2, 64/2) with 1x1
+  projections, average pool, Dense; on 28x28x1.
+- MobileNetV1, width 0.25 (visual wake words): `keras.applications.MobileNet(alpha=0.25,
+  weights=None, include_top=False, pooling="avg")` + Dense; on 32x32x1 (images zero-padded).
+Each is trained on a subset (`--train` images, `--epochs`, Adam + cosine decay), exported to
+int8, and pruned to budgets of 50 / 35 / 25 % of its int8 flash AND of its TFLite Micro
+arena:
+- budget-driven: `tfprune.fit_budget` (L1 importance per resource saved, re-measured every
+  step, arena confirmed in TFLite Micro);
+- uniform: `tfprune.prune_channels(ratio=r)` with the same ratio in every layer, `r` the
+  smallest (binary search, 1/64 resolution) whose int8 file meets both limits.
+Both get the same fine-tuning (`--tune-epochs` on the same subset). Reported per model: test
+accuracy of the fine-tuned Keras model, int8 flash, TFLite Micro arena (measured; estimate
+without tflite-micro), MACs, LiteRT latency (1 thread, XNNPACK, median of 100 invokes), and
+whether each limit is met. Appends the table to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+from _bench import compile_classifier, fashion_mnist, machine
+from _results import publish
+
+import tfprune
+from tfprune import budget as budget_lib
+
+L = keras.layers
+BATCH = 32
+
+
+def _bn_relu(x):
+    return L.ReLU()(L.BatchNormalization()(x))
+
+
+def ds_cnn() -> keras.Model:
+    inputs = keras.Input((28, 28, 1))
+    x = _bn_relu(L.Conv2D(64, (5, 3), strides=2, padding="same")(inputs))
+    for _ in range(4):
+        x = _bn_relu(L.DepthwiseConv2D(3, padding="same")(x))
+        x = _bn_relu(L.Conv2D(64, 1)(x))
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(10)(x), name="ds_cnn")
+
+
+def resnet8() -> keras.Model:
+    inputs = keras.Input((28, 28, 1))
+    x = _bn_relu(L.Conv2D(16, 3, padding="same")(inputs))
+    for filters, stride in ((16, 1), (32, 2), (64, 2)):
+        y = _bn_relu(L.Conv2D(filters, 3, strides=stride, padding="same")(x))
+        y = L.BatchNormalization()(L.Conv2D(filters, 3, padding="same")(y))
+        if stride != 1:
+            x = L.Conv2D(filters, 1, strides=stride)(x)
+        x = L.ReLU()(L.Add()([x, y]))
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(10)(x), name="resnet8")
+
+
+def mobilenet() -> keras.Model:
+    inputs = keras.Input((32, 32, 1))
+    base = keras.applications.MobileNet(
+        input_shape=(32, 32, 1), alpha=0.25, weights=None, include_top=False, pooling="avg"
+    )
+    return keras.Model(inputs, L.Dense(10)(base(inputs)), name="mobilenet_v1_025")
+
+
+MODELS = {"ds_cnn": ds_cnn, "resnet8": resnet8, "mobilenet": mobilenet}
+
+
+def _fit(model, x, y, epochs: int, lr: float) -> keras.Model:
+    compile_classifier(model, lr, max(1, epochs * (len(x) // BATCH)))
+    model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
+    return model
+
+
+def _accuracy(model, x, y) -> float:
+    logits = model.predict(x, batch_size=512, verbose=0)
+    return float(np.mean(np.argmax(logits, -1) == y))
+
+
+def _uniform(model, limits, x_cal):
+    """The smallest layer-scope ratio whose int8 file meets the limits (binary search)."""
+    low, high = 0.0, 63 / 64
+    best = None
+    while high - low > 1 / 64:
+        mid = (low + high) / 2
+        pruned = tfprune.prune_channels(model, ratio=mid)
+        res = budget_lib.measure(pruned, x_cal, arena="estimate")
+        if res.flash <= limits.flash and res.arena <= limits.arena:
+            high, best = mid, pruned
+        else:
+            low = mid
+    if best is None:
+        best = tfprune.prune_channels(model, ratio=high)
+    return best, high
+
+
+def _row(name, method, model, x_cal, x_test, y_test, limits, note=""):
+    res = budget_lib.measure(model, x_cal, latency=True, arena="auto")
+    met = (res.flash <= limits.flash, res.arena <= limits.arena)
+    return (
+        f"| {name} | {method} | {_accuracy(model, x_test, y_test):.4f} | {res.flash:,} | "
+        f"{res.arena:,} | {res.macs:,} | {res.latency * 1e3:.3f} | "
+        f"{'yes' if met[0] else 'NO'} / {'yes' if met[1] else 'NO'} | {note} |"
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=8000, help="training images used")
+    parser.add_argument("--test", type=int, default=2000, help="test images used")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--tune-epochs", type=int, default=1)
+    parser.add_argument("--step", type=float, default=0.1, help="fit_budget's step")
+    parser.add_argument("--models", default="ds_cnn,resnet8,mobilenet")
+    parser.add_argument("--budgets", default="0.5,0.35,0.25")
+    parser.add_argument("--tiny", action="store_true", help="smoke run: 1,000 images, 1 epoch")
+    parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.train, args.test, args.epochs = 1000, 300, 1
+    keras.utils.set_random_seed(0)
+    start = time.time()
+    (x_train, y_train), (x_test, y_test) = fashion_mnist()
+    x_train, y_train = x_train[: args.train], y_train[: args.train]
+    x_test, y_test = x_test[: args.test], y_test[: args.test]
+    rows = []
+    for name in args.models.split(","):
+        model = MODELS[name]()
+        pad = (model.inputs[0].shape[1] - 28) // 2
+        xt, xs = (np.pad(a, ((0, 0), (pad, pad), (pad, pad), (0, 0))) for a in (x_train, x_test))
+        x_cal = xt[:200]
+        _fit(model, xt, y_train, args.epochs, 3e-3)
+        dense = budget_lib.measure(model, x_cal, arena="auto")
+        limits0 = tfprune.Budget(flash=dense.flash, arena=dense.arena)
+        rows.append(_row(name, "dense", model, x_cal, xs, y_test, limits0))
+        print(rows[-1], flush=True)
+        for fraction in (float(f) for f in args.budgets.split(",")):
+            limits = tfprune.Budget(
+                flash=int(dense.flash * fraction), arena=int(dense.arena * fraction)
+            )
+            label = f"{name} @ {fraction:.0%}"
+            try:
+                small, report = tfprune.fit_budget(
+                    model, limits, x_cal, step=args.step, verbose=False
+                )
+            except ValueError as e:
+                rows.append(f"| {label} | budget | - | - | - | - | - | unmeetable | {e} |")
+                print(rows[-1], flush=True)
+                continue
+            _fit(small, xt, y_train, args.tune_epochs, 1e-3)
+            rows.append(
+                _row(
+                    label, "budget", small, x_cal, xs, y_test, limits, f"{report.iterations} steps"
+                )
+            )
+            print(rows[-1], flush=True)
+            uniform, ratio = _uniform(model, limits, x_cal)
+            small_u = _fit(tfprune.shrink(uniform), xt, y_train, args.tune_epochs, 1e-3)
+            rows.append(
+                _row(label, "uniform", small_u, x_cal, xs, y_test, limits, f"ratio {ratio:.3f}")
+            )
+            print(rows[-1], flush=True)
+    lines = [
+        f"## MCU budgets: budget-driven vs uniform pruning ({datetime.date.today()})",
+        "",
+        f"Command: `python benchmarks/{' '.join([os.path.basename(__file__), *sys.argv[1:]])}`",
+        f"Machine: {machine()}. Run time {time.time() - start:.0f} s.",
+        f"Fashion-MNIST subset: {args.train} training / {args.test} test images (not the "
+        "MLPerf Tiny data sets); dense training "
+        f"{args.epochs} epochs, fine-tuning {args.tune_epochs} epoch(s) for every pruned model. "
+        "Budgets are fractions of the dense int8 flash AND TFLite Micro arena. Accuracy: the "
+        "Keras model (float); flash: int8 file bytes; arena: TFLite Micro measured (64-bit "
+        "host) when tflite-micro is installed; latency: LiteRT, 1 thread, median of 50 "
+        "invokes.",
+        "",
+        "| model @ budget | method | accuracy | flash B | arena B | MACs | latency ms "
+        "| flash / arena met | note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+    ]
+    publish(lines, not args.no_write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""tfprune.fit_budget / Budget / budget.measure, and the `tfprune fit` / `micro` commands."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tfprune
+from tfprune import budget as budget_lib
+from tfprune import cli, export
+
+
+@pytest.fixture(scope="module")
+def fitted(digits_cnn):
+    model, (x_train, _), _ = digits_cnn
+    before = budget_lib.measure(model, x_train, arena="estimate")
+    limits = tfprune.Budget(flash=before.flash // 2, arena=int(before.arena * 0.9))
+    calls = []
+    small, report = tfprune.fit_budget(
+        model,
+        limits,
+        x_train,
+        step=0.25,
+        fine_tune=lambda m, i: calls.append(i),
+        verbose=False,
+    )
+    return before, limits, small, report, calls
+
+
+@pytest.mark.slow  # several int8 conversions (~1-2 min on 2 shared cores)
+def test_fit_budget_meets_every_limit_measured_on_the_real_file(fitted, digits_cnn, tmp_path):
+    before, limits, small, report, calls = fitted
+    x_train = digits_cnn[1][0]
+    assert report.met == {"flash": True, "arena": True}
+    assert report.after.flash <= limits.flash and report.after.arena <= limits.arena
+    assert report.before.flash == before.flash and report.before.macs == before.macs
+    # The returned model's int8 file is exactly the size the report says.
+    result = export.tflite(
+        small, tmp_path / "s.tflite", quantize="int8", representative_data=x_train[:200]
+    )
+    assert result.size == report.after.flash
+    assert tfprune.summary(small, print_fn=None).macs == report.after.macs
+    widths = {k: a for k, (_, a) in report.widths.items()}
+    assert small.get_layer("conv1").filters == widths["conv1"]
+    assert small.get_layer("conv2").filters == widths["conv2"]
+    assert small.get_layer("fc").units == widths["fc"]
+    assert calls == list(range(1, report.iterations + 1)) and report.iterations >= 1
+    text = report.format()
+    assert "flash" in text and "yes" in text and "NO" not in text
+
+
+@pytest.mark.slow  # several int8 conversions (~1-2 min on 2 shared cores)
+def test_arena_is_confirmed_in_tflm(fitted):
+    report = fitted[3]
+    expected = "measured by TFLite Micro" if export.tflm.available() else "estimate"
+    assert report.after.arena_source == expected == report.before.arena_source
+
+
+def test_unmeetable_budget_names_the_resource_and_the_gap(digits_cnn):
+    model, (x_train, _), _ = digits_cnn
+    with pytest.raises(
+        ValueError,
+        match=r"flash: [\d,]+ B at one channel per group, limit "
+        r"1,000 B \([\d,]+ B over\)",
+    ):
+        tfprune.fit_budget(
+            model, tfprune.Budget(flash=1000), x_train, arena="estimate", verbose=False
+        )
+
+
+def test_budget_arguments():
+    with pytest.raises(ValueError, match=r"at least one limit.*Received: Budget\(\)"):
+        tfprune.Budget()
+    with pytest.raises(ValueError, match=r"Received: arena=-5"):
+        tfprune.Budget(arena=-5)
+    assert tfprune.Budget(flash=10, macs=3).limits() == {"flash": 10, "macs": 3}
+    with pytest.raises(TypeError, match=r"tfprune.Budget.*Received: budget of type dict"):
+        tfprune.fit_budget(None, {"flash": 1}, np.zeros((1, 2)))
+
+
+@pytest.mark.parametrize("text, value", [("96KB", 98304), ("1.5MB", 1572864), ("512", 512)])
+def test_cli_sizes(text, value):
+    from tfprune._mcu_cli import parse_size
+
+    assert parse_size(text) == value
+
+
+@pytest.mark.slow  # several int8 conversions (~1-2 min on 2 shared cores)
+def test_cli_fit_and_micro(digits_cnn, tmp_path, capsys):
+    model, (x_train, y_train), _ = digits_cnn
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "calib.npz", x=x_train[:100], y=y_train[:100])
+    flash = budget_lib.measure(model, x_train[:100], arena="estimate").flash
+    status = cli.main(
+        [
+            "fit",
+            str(tmp_path / "m.keras"),
+            "--flash",
+            str(flash // 2),
+            "--data",
+            str(tmp_path / "calib.npz"),
+            "-o",
+            str(tmp_path / "small.keras"),
+            "--step",
+            "0.3",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0 and (tmp_path / "small.keras").exists()
+    assert f"Wrote {tmp_path / 'small.keras'}" in out and "yes" in out
+    status = cli.main(
+        [
+            "fit",
+            str(tmp_path / "m.keras"),
+            "--data",
+            str(tmp_path / "calib.npz"),
+            "-o",
+            str(tmp_path / "x.keras"),
+        ]
+    )
+    assert status == 2 and "at least one limit" in capsys.readouterr().err
+    export.tflite(model, tmp_path / "m.tflite", quantize="int8", representative_data=x_train[:100])
+    args = ["micro", str(tmp_path / "m.tflite"), "--out", str(tmp_path / "c")]
+    if export.tflm.available():
+        args += ["--verify", str(tmp_path / "calib.npz")]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "c" / "m.h").exists()
+    assert ("measured by TFLite Micro" in out) is export.tflm.available()
+
+
+@pytest.mark.slow  # per-layer timings and several int8 conversions
+def test_fit_budget_to_a_latency_limit_through_the_lookup_table(digits_cnn, tmp_path):
+    from tfprune.latency_table import LatencyTable
+
+    model, (x_train, _), _ = digits_cnn
+    table = LatencyTable(tmp_path / "lut.json", runs=20)
+    limit = 0.6 * table.predict(model)
+    small, report = tfprune.fit_budget(
+        model,
+        tfprune.Budget(latency=limit),
+        x_train,
+        step=0.25,
+        arena="estimate",
+        latency_table=table,
+        verbose=False,
+    )
+    assert report.met == {"latency": True}
+    assert report.after.latency == table.predict(small) <= limit
+    assert report.after.latency_source == "lookup table"
+    assert "latency: LiteRT on this machine, lookup table" in report.format()

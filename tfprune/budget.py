@@ -1,0 +1,376 @@
+"""Prune to a device budget: int8 flash, TFLite Micro arena, MACs and latency limits.
+
+`fit_budget` removes channels a few at a time, where the importance lost per resource saved
+is smallest, re-measures the model after every step (int8 conversion: the exact file size;
+the arena from TFLite Micro when `tflite-micro` is installed; MACs; LiteRT latency), and
+stops when every limit is met, as NetAdapt (Yang et al., 2018) does with measured costs:
+
+```python
+small, report = tfprune.fit_budget(model, tfprune.Budget(flash=96_000, arena=32_000),
+                                   data=x_train[:200])
+print(report.format())
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+
+import keras
+import numpy as np
+
+from tfprune import criteria as criteria_lib
+from tfprune import export
+from tfprune import graph as graph_lib
+from tfprune import layers as registry
+from tfprune.channel_pruning import prune_channels, zero_channels
+from tfprune.latency_table import LatencyTable
+from tfprune.shrink import shrink
+from tfprune.summary import summary
+
+__all__ = ["Budget", "BudgetReport", "Resources", "fit_budget", "measure"]
+
+_RESOURCES = ("flash", "arena", "macs", "latency")
+_UNITS = {"flash": "B", "arena": "B", "macs": "MACs"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Limits a model must meet on the device; `None` means no limit.
+
+    Attributes:
+        flash: Bytes of the int8 .tflite file (what goes into flash).
+        arena: Bytes of TFLite Micro tensor arena (measured in TFLite Micro when
+            `tflite-micro` is installed, else `tfprune.export.arena_estimate`).
+        macs: Multiply-accumulates per example.
+        latency: Seconds per `invoke()` of the int8 file in LiteRT on this machine
+            (1 thread, default configuration).
+    """
+
+    flash: int | None = None
+    arena: int | None = None
+    macs: int | None = None
+    latency: float | None = None
+
+    def __post_init__(self):
+        for name in _RESOURCES:
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+            ):
+                raise ValueError(
+                    f"Expected `{name}` to be a positive number or None. Received: {name}={value!r}"
+                )
+        if all(getattr(self, name) is None for name in _RESOURCES):
+            raise ValueError(
+                "A Budget needs at least one limit: flash, arena, macs or latency. "
+                "Received: Budget()"
+            )
+
+    def limits(self) -> dict[str, float]:
+        """The limits that are set, by resource name."""
+        return {n: getattr(self, n) for n in _RESOURCES if getattr(self, n) is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """What one model costs on the device.
+
+    Attributes:
+        flash: Bytes of its int8 .tflite file.
+        arena: Tensor-arena bytes (see `arena_source`).
+        macs: Multiply-accumulates per example.
+        latency: LiteRT `invoke()` seconds, or `None` when not measured.
+        arena_source: `"measured by TFLite Micro"` or `"estimate"`.
+        latency_source: `"file"` (the whole int8 file timed), `"lookup table"` (the sum of
+            its layers' times from a `LatencyTable`) or `None`.
+    """
+
+    flash: int
+    arena: int
+    macs: int
+    latency: float | None
+    arena_source: str
+    latency_source: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetReport:
+    """What `fit_budget` did.
+
+    Attributes:
+        budget: The limits.
+        before: Resources of the model given.
+        after: Resources of the model returned.
+        widths: `{producer layers: (channels before, channels after)}` per channel group.
+        iterations: Pruning steps taken.
+    """
+
+    budget: Budget
+    before: Resources
+    after: Resources
+    widths: dict[str, tuple[int, int]]
+    iterations: int
+
+    @property
+    def met(self) -> dict[str, bool]:
+        """Whether the returned model meets each limit."""
+        return {n: getattr(self.after, n) <= v for n, v in self.budget.limits().items()}
+
+    def format(self) -> str:
+        """A table: each resource before and after against its limit, then the widths."""
+        lines = [f"{'resource':<9} {'before':>12} {'after':>12} {'limit':>12}  met"]
+        for name in _RESOURCES:
+            limit = getattr(self.budget, name)
+            b, a = getattr(self.before, name), getattr(self.after, name)
+            if a is None:
+                continue
+            cells = [_fmt(name, v) if v is not None else "-" for v in (b, a, limit)]
+            met = "" if limit is None else ("yes" if a <= limit else "NO")
+            lines.append(f"{name:<9} {cells[0]:>12} {cells[1]:>12} {cells[2]:>12}  {met}")
+        lines.append(f"arena: {self.after.arena_source}; {self.iterations} pruning steps")
+        if self.after.latency_source is not None:
+            lines.append(f"latency: LiteRT on this machine, {self.after.latency_source}")
+        lines.append("channels per group (before -> after):")
+        lines += [f"  {k}: {b} -> {a}" for k, (b, a) in self.widths.items()]
+        return "\n".join(lines)
+
+
+def _fmt(name: str, value: float, unit: bool = False) -> str:
+    if name == "latency":
+        return f"{value * 1e3:.3f} ms"
+    return f"{int(value):,}" + (f" {_UNITS[name]}" if unit else "")
+
+
+def _calibration(data) -> np.ndarray:
+    x = data[0] if isinstance(data, (tuple, list)) and len(data) == 2 else data
+    x = np.asarray(x, np.float32)
+    if x.ndim < 2 or len(x) == 0:
+        raise ValueError(
+            "Expected `data` to be calibration examples x (or (x, y)) with a batch axis, e.g. "
+            f"x_train[:200]. Received: data of shape {x.shape}"
+        )
+    return x[:200]
+
+
+def measure(
+    model: keras.Model, data, latency: bool | LatencyTable = False, arena: str = "auto"
+) -> Resources:
+    """Converts a (pruned) model to int8 and measures what it costs on the device.
+
+    Args:
+        model: A Keras model; zeroed channels are removed first (`tfprune.shrink`).
+        data: Calibration examples `x` or `(x, y)` (the first 200 are used).
+        latency: `True`: time the whole file in LiteRT (median of 50 invokes, 1 thread); a
+            `LatencyTable`: predict it from per-layer times measured once and cached
+            (NetAdapt); `False`: no latency.
+        arena: `"auto"` (TFLite Micro when installed, else the estimate), `"tflm"` or
+            `"estimate"`.
+
+    Returns:
+        `Resources` of the int8 file.
+
+    Raises:
+        ValueError: For an unknown `arena` or unusable `data`.
+        ImportError: For `arena="tflm"` without `tflite-micro`.
+    """
+    if arena not in ("auto", "tflm", "estimate"):
+        raise ValueError(
+            f"Expected `arena` to be 'auto', 'tflm' or 'estimate'. Received: arena={arena!r}"
+        )
+    x = _calibration(data)
+    with tempfile.TemporaryDirectory(prefix="tfprune-budget-") as tmp:
+        path = os.path.join(tmp, "m.tflite")
+        result = export.tflite(model, path, quantize="int8", representative_data=x, shrink=True)
+        with open(path, "rb") as f:
+            file = f.read()
+    use_tflm = arena == "tflm" or (arena == "auto" and export.tflm.available())
+    if use_tflm:
+        arena_bytes, source = export.tflm.run(file).arena, "measured by TFLite Micro"
+    else:
+        arena_bytes, source = export.arena_estimate(file).total, "estimate"
+    small = shrink(model)
+    macs = summary(small, print_fn=None).macs
+    seconds, how = None, None
+    if isinstance(latency, LatencyTable):
+        seconds, how = latency.predict(small), "lookup table"
+    elif latency:
+        seconds, how = export.latency(file, runs=50, warmup=5).median, "file"
+    return Resources(result.size, arena_bytes, macs, seconds, source, how)
+
+
+def _costs(model: keras.Model, groups: list) -> dict[str, np.ndarray]:
+    """Per group, what one channel costs: int8 weight bytes, MACs and activation bytes.
+
+    Used only to rank channels (the limits are checked on measured values): weight bytes
+    count 1 per int8 kernel entry and 4 per int32 bias entry (BatchNorm folds away), MACs
+    are the layer's MACs divided over the channel axis, and activation bytes are the
+    spatial size of the producers' outputs. Costs are taken at the widths of the model given.
+    """
+    macs = {r.name: r.macs or 0 for r in summary(model, print_fn=None).rows}
+    flash, mac, act = (np.zeros(len(groups)) for _ in range(3))
+    for i, group in enumerate(groups):
+        for m in group.members:
+            if m.role == "norm":
+                continue
+            shape = tuple(registry.resolve(m.layer, m.weight).shape)
+            per = math.prod(shape) / shape[m.axis]
+            flash[i] += per * (4 if len(shape) == 1 else 1)
+            if len(shape) > 1:
+                mac[i] += macs.get(m.layer.name, 0) / shape[m.axis]
+            if m.role == "output" and len(shape) > 1:
+                out = tuple(m.layer.output.shape[1:-1])
+                act[i] = max(act[i], float(math.prod(out)) if out else 1.0)
+    return {"flash": flash, "macs": mac, "arena": act, "latency": mac}
+
+
+def _excess(res: Resources, budget: Budget) -> dict[str, float]:
+    """Fraction by which each limit is exceeded (only those exceeded)."""
+    out = {}
+    for name, limit in budget.limits().items():
+        value = getattr(res, name)
+        if value > limit:
+            out[name] = (value - limit) / value
+    return out
+
+
+def _remove(groups, keeps, fn, context, costs, current, budget, step) -> None:
+    """Marks the channels with the least importance per exceeded-resource cost as dropped."""
+    excess = _excess(current, budget)
+    weight = np.zeros(len(groups))
+    for name in excess:
+        weight += costs[name] / max(getattr(current, name), 1e-12)
+    candidates = []
+    for i, (group, keep) in enumerate(zip(groups, keeps)):
+        scores = np.asarray(fn(group, context), np.float64)
+        mean = scores[keep].mean() if scores[keep].mean() > 0 else 1.0
+        order = [c for c in np.argsort(scores, kind="stable") if keep[c]][:-1]  # keep one
+        candidates += [(scores[c] / mean / max(weight[i], 1e-12), i, c) for c in order]
+    remaining = sum(int(k.sum()) for k in keeps)
+    for _, i, c in sorted(candidates)[: max(1, int(remaining * min(step, max(excess.values()))))]:
+        keeps[i][c] = False
+
+
+def fit_budget(
+    model: keras.Model,
+    budget: Budget,
+    data,
+    criterion: str | Callable = "l1",
+    step: float = 0.05,
+    fine_tune: Callable[[keras.Model, int], None] | None = None,
+    max_iterations: int = 200,
+    arena: str = "auto",
+    latency_table: LatencyTable | None = None,
+    verbose: bool = True,
+) -> tuple[keras.Model, BudgetReport]:
+    """Removes channels until the int8 model meets every limit of `budget`.
+
+    Each step: every channel of every prunable group (`tfprune.graph.channel_groups`) has
+    an importance (`criterion`, divided by its group's mean, as global pruning does) and a
+    cost per exceeded resource (its int8 weight bytes, MACs, activation bytes; each divided
+    by the resource's current value, summed over the resources still over their limit). The
+    channels with the least importance per cost are zeroed (`step` of the remaining
+    channels, fewer when close to the limits), `fine_tune(model, iteration)` runs if given,
+    and the model is converted and measured again (`measure`). Every group keeps at least
+    one channel.
+
+    Args:
+        model: A built Sequential or functional Keras model.
+        budget: The limits (`Budget`).
+        data: Calibration examples `x` or `(x, y)` for int8 conversion (first 200 used).
+        criterion: Channel importance (see `tfprune.prune_channels`).
+        step: Largest fraction of the remaining channels removed per step.
+        fine_tune: Optional `fn(model, iteration)` that trains the zeroed model in place
+            between steps (e.g. one short `model.fit`); zeroed channels are zeroed again
+            after it.
+        max_iterations: Most pruning steps.
+        arena: How the arena is measured: `"auto"`, `"tflm"` or `"estimate"` (see
+            `measure`).
+        latency_table: For a latency limit: the per-layer `LatencyTable` (LiteRT on this
+            machine, measured once per layer configuration and cached on disk, as NetAdapt
+            does); default `LatencyTable()`.
+        verbose: Print a progress bar over the steps.
+
+    Returns:
+        `(small, report)`: the shrunk model that meets the budget and a `BudgetReport`.
+
+    Raises:
+        ValueError: If the budget cannot be met even with one channel per group (the
+            message names each resource and by how much), for a `step` outside (0, 1], or
+            if the limits are still unmet after `max_iterations`.
+        TypeError: If `model` is not a Keras model or `budget` not a `Budget`.
+    """
+    if not isinstance(budget, Budget):
+        raise TypeError(
+            "Expected `budget` to be a tfprune.Budget, e.g. Budget(flash=96_000, "
+            f"arena=32_000). Received: budget of type {type(budget).__name__}"
+        )
+    if not (isinstance(step, (int, float)) and 0 < step <= 1):
+        raise ValueError(f"Expected `step` to be a float in (0, 1]. Received: step={step!r}")
+    copy = prune_channels(model, ratio=0.0)  # a plain zeroable copy (raises TypeError)
+    groups = [g for g in graph_lib.channel_groups(copy) if g.prunable]
+    fn = criteria_lib.get_channel(criterion)
+    context = criteria_lib.ChannelContext(seed=0)
+    keeps = [np.ones(g.channels, bool) for g in groups]
+    costs = _costs(copy, groups)
+    want_latency = (latency_table or LatencyTable()) if budget.latency is not None else False
+    before = measure(copy, data, want_latency, arena)
+    floor = prune_channels(model, ratio=0.999999)
+    lowest = measure(floor, data, want_latency, arena)
+    short = _excess(lowest, budget)
+    if short:
+        parts = [
+            f"{n}: {_fmt(n, getattr(lowest, n), True)} at one channel per group, limit "
+            f"{_fmt(n, getattr(budget, n), True)} "
+            f"({_fmt(n, getattr(lowest, n) - getattr(budget, n), True)} over)"
+            for n in short
+        ]
+        raise ValueError(
+            "The budget cannot be met by removing channels: " + "; ".join(parts) + ". Raise "
+            f"the limit or use a smaller architecture. Received: budget={budget}"
+        )
+    # With arena="auto", steps are measured with the estimate (fast) and the result is
+    # confirmed in TFLite Micro; if TFLite Micro says it does not fit, the search goes on there.
+    mode = "estimate" if arena == "auto" else arena
+    current = measure(copy, data, want_latency, mode)
+    start = max(_excess(current, budget).values(), default=0.0)
+    bar = keras.utils.Progbar(100, verbose=1 if verbose else 0, unit_name="% of the way")
+    iteration = 0
+    while True:
+        if not _excess(current, budget):
+            if current.arena_source == before.arena_source:
+                break
+            mode = arena
+            current = measure(copy, data, want_latency, mode)
+            continue
+        if iteration >= max_iterations:
+            raise ValueError(
+                f"The budget is still not met after max_iterations={max_iterations} steps "
+                f"({_excess(current, budget)}). Pass a larger `max_iterations` or `step`."
+            )
+        _remove(groups, keeps, fn, context, costs, current, budget, step)
+        for group, keep in zip(groups, keeps):
+            zero_channels(group, keep)
+        iteration += 1
+        if fine_tune is not None:
+            fine_tune(copy, iteration)
+            for group, keep in zip(groups, keeps):
+                zero_channels(group, keep)
+        current = measure(copy, data, want_latency, mode)
+        left = max(_excess(current, budget).values(), default=0.0)
+        bar.update(int(100 * (1 - left / start)) if start else 100)
+    if verbose:
+        sys.stdout.write("\n")
+    report = BudgetReport(
+        budget=budget,
+        before=before,
+        after=current,
+        widths={"+".join(g.producers): (g.channels, int(k.sum())) for g, k in zip(groups, keeps)},
+        iterations=iteration,
+    )
+    return shrink(copy), report
