@@ -2,9 +2,13 @@
 
 Two scopes are built in:
 
-- layer scope: every tensor prunes `round(s * n)` of its own units;
+- layer scope: every tensor prunes `round(s * n)` of its own units, but never all `n`;
 - global scope: one ranking over the units of all tensors prunes `round(s * N)` in total,
   where each tensor may be capped at a ceiling (`max_layer_sparsity`) so no layer collapses.
+
+A tensor always keeps at least one unit: a target so close to 1 that rounding would prune
+every unit (`sparsity=0.999999` of 100 weights) prunes all but one and warns, because a
+layer with no weights left outputs only its bias, which is never what was meant.
 
 Ties are broken deterministically: an already-pruned unit is pruned before a kept one of
 equal score, then the earlier unit (lower tensor index, then lower position) first. So the
@@ -14,6 +18,7 @@ same weights always give the same masks, and masks only grow while scores tie at
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -89,10 +94,24 @@ def select_global(
 
 
 def count(sparsity: float, n: int) -> int:
-    """Number of pruned units for a target: `round(sparsity * n)`, halves rounded up."""
-    return min(n, math.floor(sparsity * n + 0.5 + 1e-9))
+    """Number of pruned units for a target: `round(sparsity * n)`, halves rounded up.
+
+    At most `n - 1`: when rounding would prune all `n` units, one is kept and a warning
+    says so (see the module docstring).
+    """
+    pruned = math.floor(sparsity * n + 0.5 + 1e-9)
+    if n > 0 and pruned >= n:
+        warnings.warn(
+            f"sparsity={sparsity!r} of {n} units rounds to pruning all of them; keeping 1 "
+            "(tfprune never empties a layer). Use a lower target, e.g. sparsity="
+            f"{math.floor(1000 * (n - 1) / n) / 1000}, or exclude the layer with `exclude=`.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return n - 1
+    return max(pruned, 0)
 
 
 def ceiling_count(max_sparsity: float | None, n: int) -> int:
-    """Most units of `n` a tensor may lose under a ceiling (`None`: all of them)."""
-    return n if max_sparsity is None else math.floor(max_sparsity * n + 1e-9)
+    """Most units of `n` a tensor may lose under a ceiling (`None`: all but one)."""
+    return max(n - 1, 0) if max_sparsity is None else math.floor(max_sparsity * n + 1e-9)

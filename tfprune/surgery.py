@@ -61,6 +61,11 @@ def _selector(arg: LayerSelector, name: str, known: set[str]) -> Callable | None
         return arg
     if isinstance(arg, str):
         arg = [arg]
+    if not isinstance(arg, Iterable) or not all(isinstance(n, str) for n in arg):
+        raise TypeError(
+            f"Expected `{name}` to be a layer name, a list of layer names, or a predicate "
+            f"`layer -> bool`, e.g. {name}=['dense_1']. Received: {name}={arg!r}"
+        )
     names = list(arg)
     missing = sorted(set(names) - known)
     if missing:
