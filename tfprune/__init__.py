@@ -14,6 +14,7 @@ tfprune.summary(final)
 """
 
 from tfprune import (
+    _native_log,  # noqa: F401  (first: quiets TensorFlow's C++ logs for the CLI)
     allocation,
     callbacks,
     controller,
@@ -29,6 +30,7 @@ from tfprune import (
 )
 from tfprune.channel_pruning import prune_channels
 from tfprune.controller import PruningController
+from tfprune.saving import load_model
 from tfprune.shrink import shrink
 from tfprune.summary import summary
 from tfprune.surgery import strip, wrap
@@ -48,6 +50,7 @@ __all__ = [
     "granularity",
     "graph",
     "layers",
+    "load_model",
     "lottery",
     "prune_channels",
     "regularizers",

@@ -20,17 +20,20 @@ __all__ = ["clone_layer", "strip", "wrap"]
 LayerSelector = Iterable[str] | Callable[[keras.layers.Layer], bool] | None
 
 
-def clone_layer(layer: keras.layers.Layer, weights: list | None = None) -> keras.layers.Layer:
+def clone_layer(
+    layer: keras.layers.Layer, weights: list | None = None, config: dict | None = None
+) -> keras.layers.Layer:
     """A new layer with `layer`'s config, built like it, holding `weights` (default: its own).
 
     Args:
         layer: A Keras layer (not a model).
         weights: Weights in `layer.get_weights()` order, or `None` to copy `layer`'s.
+        config: The config to build from, or `None` for `layer.get_config()`.
 
     Returns:
         The new layer; it shares no variables with `layer`.
     """
-    new = layer.__class__.from_config(layer.get_config())
+    new = layer.__class__.from_config(layer.get_config() if config is None else config)
     if layer.built:
         new.build_from_config(layer.get_build_config())
         new.set_weights(layer.get_weights() if weights is None else weights)
@@ -186,8 +189,37 @@ def wrap(
     return keras.models.clone_model(model, clone_function=clone, recursive=True)
 
 
+def _is_tfprune_object(value) -> bool:
+    """True for the serialized form of a tfprune object (regularizer, constraint, ...)."""
+    return isinstance(value, dict) and (
+        str(value.get("registered_name", "")).startswith("tfprune>")
+        or str(value.get("module", "")).split(".")[0] == "tfprune"
+    )
+
+
+def _without_tfprune(config):
+    """`config` with every serialized tfprune object replaced by `None` (recursively)."""
+    if isinstance(config, dict):
+        return {
+            k: None if _is_tfprune_object(v) else _without_tfprune(v) for k, v in config.items()
+        }
+    if isinstance(config, list):
+        return [None if _is_tfprune_object(v) else _without_tfprune(v) for v in config]
+    return config
+
+
+def _plain(layer: keras.layers.Layer, weights: list | None = None) -> keras.layers.Layer:
+    """`clone_layer` without tfprune regularizers or constraints in the config."""
+    return clone_layer(layer, weights, config=_without_tfprune(layer.get_config()))
+
+
 def strip(model: keras.layers.Layer) -> keras.layers.Layer:
     """Removes every `tfprune.Prunable` wrapper, baking its masks into the weights.
+
+    tfprune objects in the other layers' configs (e.g. a `tfprune.regularizers.Slimming`
+    `gamma_regularizer`) are removed too, so the result loads with plain Keras
+    (`keras.saving.load_model(path, safe_mode=True)`) in a process that never imports
+    tfprune.
 
     Args:
         model: A Sequential or functional model (nested models included), or a single
@@ -201,7 +233,7 @@ def strip(model: keras.layers.Layer) -> keras.layers.Layer:
         TypeError: If `model` is not a Keras model or layer, or is a subclassed model.
     """
     if isinstance(model, Prunable):
-        return clone_layer(model.layer, model.masked_weights())
+        return _plain(model.layer, model.masked_weights())
     if not isinstance(model, keras.Model):
         raise TypeError(
             "tfprune.strip expects a Keras model or a tfprune.Prunable layer. Received: "
@@ -211,7 +243,7 @@ def strip(model: keras.layers.Layer) -> keras.layers.Layer:
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, Prunable):
-            return clone_layer(layer.layer, layer.masked_weights())
-        return clone_layer(layer)
+            return _plain(layer.layer, layer.masked_weights())
+        return _plain(layer)
 
     return keras.models.clone_model(model, clone_function=clone, recursive=True)
