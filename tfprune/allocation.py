@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["ceiling_count", "count", "select_global", "select_keep"]
+__all__ = ["ceiling_count", "count", "rounded", "select_global", "select_keep"]
 
 
 def _prune_order(scores: np.ndarray, prev_keep: np.ndarray) -> np.ndarray:
@@ -93,13 +93,18 @@ def select_global(
     return keeps
 
 
+def rounded(sparsity: float, n: int) -> int:
+    """`round(sparsity * n)` with halves rounded up, in [0, n]."""
+    return min(n, max(math.floor(sparsity * n + 0.5 + 1e-9), 0))
+
+
 def count(sparsity: float, n: int) -> int:
-    """Number of pruned units for a target: `round(sparsity * n)`, halves rounded up.
+    """Number of pruned units of one tensor for a target: `rounded(sparsity, n)`.
 
     At most `n - 1`: when rounding would prune all `n` units, one is kept and a warning
     says so (see the module docstring).
     """
-    pruned = math.floor(sparsity * n + 0.5 + 1e-9)
+    pruned = rounded(sparsity, n)
     if n > 0 and pruned >= n:
         warnings.warn(
             f"sparsity={sparsity!r} of {n} units rounds to pruning all of them; keeping 1 "
@@ -109,7 +114,7 @@ def count(sparsity: float, n: int) -> int:
             stacklevel=2,
         )
         return n - 1
-    return max(pruned, 0)
+    return pruned
 
 
 def ceiling_count(max_sparsity: float | None, n: int) -> int:

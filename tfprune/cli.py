@@ -20,24 +20,9 @@ class CliError(Exception):
     """A user mistake: printed as one line, exit status 2."""
 
 
-def _count(minimum: int) -> Callable[[str], int]:
-    """An argparse `type` for an integer >= `minimum` (argparse turns errors into exit 2)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def _add_demo(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=_count(1), default=8, help="dense training epochs")
-    parser.add_argument("--seed", type=_count(0), default=0, help="random seed")
+    parser.add_argument("--epochs", type=int, default=8, help="dense training epochs")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--out", default="tfprune-demo", help="folder for the exported files (default: %(default)s)"
     )
@@ -46,7 +31,10 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from tfprune.demo import run
 
-    run(epochs=args.epochs, seed=args.seed, out_dir=args.out)
+    try:
+        run(epochs=args.epochs, seed=args.seed, out_dir=args.out)
+    except (ValueError, TypeError, OSError) as e:
+        raise CliError(" ".join(str(e).split())) from e
     return 0
 
 
@@ -197,7 +185,8 @@ def _run_export(args: argparse.Namespace) -> int:
                 f"--micro must be a folder (created if missing), but {args.micro} is a file; "
                 "choose another folder"
             )
-        _writable(os.path.join(args.micro, "x"), "--micro")
+        if os.path.isdir(args.micro):
+            _writable(os.path.join(args.micro, "model.h"), "--micro")
     quantize = None if args.quantize == "none" else args.quantize
     if quantize in ("int8", "int16x8") and not args.calibration:
         raise CliError(
@@ -243,9 +232,9 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def _add_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a .tflite file")
-    parser.add_argument("--threads", type=_count(1), default=1, help="interpreter threads")
-    parser.add_argument("--runs", type=_count(1), default=200, help="timed runs (default: 200)")
-    parser.add_argument("--warmup", type=_count(0), default=20, help="untimed runs first")
+    parser.add_argument("--threads", type=int, default=1, help="interpreter threads")
+    parser.add_argument("--runs", type=int, default=200, help="timed runs (default: 200)")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed runs first")
 
 
 def _run_bench(args: argparse.Namespace) -> int:

@@ -313,7 +313,7 @@ class PruningController:
             prevs.append(g.to_units(full_prev, spec) > 0)
             caps.append(allocation.ceiling_count(layer.max_layer_sparsity, units[-1].size))
         total = sum(u.size for u in units)
-        n_prune = allocation.count(sparsity, total)
+        n_prune = allocation.rounded(sparsity, total)
         if n_prune > sum(caps) and all(layer.max_layer_sparsity is None for layer in layers):
             warnings.warn(
                 f"Global sparsity={sparsity!r} would empty some layers; each keeps at least one "
