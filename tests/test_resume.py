@@ -8,6 +8,8 @@ Keras 3.15, so it cannot be exact; see docs/troubleshooting.md.)
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -66,30 +68,38 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def _assert_same(a: keras.Model, b: keras.Model) -> None:
-    assert tfprune.PruningController(a).step == tfprune.PruningController(b).step == 16
-    for va, vb in zip(a.weights, b.weights):
-        assert va.path.removeprefix(f"{a.name}/") == vb.path.removeprefix(f"{b.name}/")
-        np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(va), keras.ops.convert_to_numpy(vb), atol=1e-5,
-            err_msg=va.path,
-        )  # fmt: skip
+def _state(model: keras.Model) -> tuple[int, dict[str, np.ndarray]]:
+    weights = {
+        w.path.removeprefix(f"{model.name}/"): keras.ops.convert_to_numpy(w) for w in model.weights
+    }
+    return tfprune.PruningController(model).step, weights
 
 
+@functools.cache
+def _uninterrupted(kind: str) -> tuple[int, dict[str, np.ndarray]]:
+    return _state(_fit(_model(kind), EPOCHS))
+
+
+def _assert_same(kind: str, resumed: keras.Model) -> None:
+    step, expected = _uninterrupted(kind)
+    got_step, got = _state(resumed)
+    assert step == got_step == 16 and sorted(got) == sorted(expected)
+    for path, value in expected.items():
+        np.testing.assert_allclose(got[path], value, atol=1e-5, err_msg=path)
+
+
+@pytest.mark.slow  # nine short fits; the checkpoint path below runs by default
 @pytest.mark.parametrize("kind", ["magnitude", "channel", "l0"])
 def test_backup_and_restore_per_epoch_is_exact(tmp_path, kind):
-    uninterrupted = _fit(_model(kind), EPOCHS)
     backup = keras.callbacks.BackupAndRestore(tmp_path / "backup", save_freq="epoch")
     with pytest.raises(KeyboardInterrupt):
         _fit(_model(kind), EPOCHS, [backup, _Interrupt()])
-    resumed = _fit(_model(kind), EPOCHS, [backup])
-    _assert_same(uninterrupted, resumed)
+    _assert_same(kind, _fit(_model(kind), EPOCHS, [backup]))
 
 
 @pytest.mark.parametrize("kind", ["magnitude", "channel", "l0"])
 def test_checkpoint_and_initial_epoch_is_exact(tmp_path, kind):
-    uninterrupted = _fit(_model(kind), EPOCHS)
     checkpoint = keras.callbacks.ModelCheckpoint(tmp_path / "last.keras")
     _fit(_model(kind), STOP, [checkpoint])
     resumed = tfprune.load_model(tmp_path / "last.keras")
-    _assert_same(uninterrupted, _fit(resumed, EPOCHS, initial_epoch=STOP))
+    _assert_same(kind, _fit(resumed, EPOCHS, initial_epoch=STOP))
