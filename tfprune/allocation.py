@@ -118,5 +118,5 @@ def count(sparsity: float, n: int) -> int:
 
 
 def ceiling_count(max_sparsity: float | None, n: int) -> int:
-    """Most units of `n` a tensor may lose under a ceiling (`None`: all but one)."""
-    return max(n - 1, 0) if max_sparsity is None else math.floor(max_sparsity * n + 1e-9)
+    """Most units of `n` a tensor may lose under a ceiling (`None`: all of them)."""
+    return n if max_sparsity is None else math.floor(max_sparsity * n + 1e-9)

@@ -311,7 +311,8 @@ class PruningController:
             units.append(g.to_units(s, spec))
             full_prev = g.expand(_to_numpy(target.mask), s.shape, spec)
             prevs.append(g.to_units(full_prev, spec) > 0)
-            caps.append(allocation.ceiling_count(layer.max_layer_sparsity, units[-1].size))
+            n = units[-1].size  # a tensor keeps at least one unit (see tfprune.allocation)
+            caps.append(min(allocation.ceiling_count(layer.max_layer_sparsity, n), max(n - 1, 0)))
         total = sum(u.size for u in units)
         n_prune = allocation.rounded(sparsity, total)
         if n_prune > sum(caps) and all(layer.max_layer_sparsity is None for layer in layers):
