@@ -58,6 +58,15 @@ def test_mixed_precision_exports_the_float32_file(tmp_path, quantize):
         assert result.activations == expected.activations == (quantize or "float32",)
 
 
+def test_command_line_exports_a_mixed_precision_model(tmp_path, capsys):
+    from tfprune import cli
+
+    _net("mixed_float16").save(tmp_path / "mixed.keras")
+    argv = ["export", tmp_path / "mixed.keras", "-o", tmp_path / "m.tflite", "--quantize", "none"]
+    assert cli.main([str(a) for a in argv]) == 0
+    assert "(float32 activations)" in capsys.readouterr().out
+
+
 def test_files_get_the_mode_of_a_normal_write(tmp_path):
     old = os.umask(0o022)
     try:
