@@ -14,6 +14,7 @@ tfprune.summary(final)
 """
 
 from tfprune import (
+    _native_log,  # noqa: F401  (first: quiets TensorFlow's C++ logs for the CLI)
     activation_scores,
     allocation,
     backends,
@@ -41,6 +42,7 @@ from tfprune.depth import prune_blocks
 from tfprune.distill import Distiller
 from tfprune.heads import prune_heads
 from tfprune.oneshot import oneshot
+from tfprune.saving import load_model
 from tfprune.shrink import shrink
 from tfprune.summary import summary
 from tfprune.surgery import strip, wrap
@@ -49,8 +51,8 @@ from tfprune.wrapper import Prunable
 __version__ = "0.1.0"
 
 __all__ = [
-    "Distiller",
     "Budget",
+    "Distiller",
     "Prunable",
     "PruningController",
     "activation_scores",
@@ -70,6 +72,7 @@ __all__ = [
     "heads",
     "latency_table",
     "layers",
+    "load_model",
     "lottery",
     "oneshot",
     "prune_blocks",

@@ -2,10 +2,14 @@
 
 Three scopes are built in:
 
-- layer scope: every tensor prunes `round(s * n)` of its own units;
+- layer scope: every tensor prunes `round(s * n)` of its own units, but never all `n`;
 - global scope: one ranking over the units of all tensors prunes `round(s * N)` in total,
   where each tensor may be capped at a ceiling (`max_layer_sparsity`) so no layer collapses;
 - LAMP scope: the global ranking of `lamp` scores instead of the raw scores.
+
+A tensor always keeps at least one unit: a target so close to 1 that rounding would prune
+every unit (`sparsity=0.999999` of 100 weights) prunes all but one and warns, because a
+layer with no weights left outputs only its bias, which is never what was meant.
 
 Ties are broken deterministically: an already-pruned unit is pruned before a kept one of
 equal score, then the earlier unit (lower tensor index, then lower position) first. So the
@@ -15,11 +19,20 @@ same weights always give the same masks, and masks only grow while scores tie at
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["GLOBAL_SCOPES", "ceiling_count", "count", "lamp", "select_global", "select_keep"]
+__all__ = [
+    "GLOBAL_SCOPES",
+    "ceiling_count",
+    "count",
+    "lamp",
+    "rounded",
+    "select_global",
+    "select_keep",
+]
 
 #: Scopes whose units are ranked across tensors: `"global"` (raw scores), `"lamp"`.
 GLOBAL_SCOPES = ("global", "lamp")
@@ -92,9 +105,28 @@ def select_global(
     return keeps
 
 
+def rounded(sparsity: float, n: int) -> int:
+    """`round(sparsity * n)` with halves rounded up, in [0, n]."""
+    return min(n, max(math.floor(sparsity * n + 0.5 + 1e-9), 0))
+
+
 def count(sparsity: float, n: int) -> int:
-    """Number of pruned units for a target: `round(sparsity * n)`, halves rounded up."""
-    return min(n, math.floor(sparsity * n + 0.5 + 1e-9))
+    """Number of pruned units of one tensor for a target: `rounded(sparsity, n)`.
+
+    At most `n - 1`: when rounding would prune all `n` units, one is kept and a warning
+    says so (see the module docstring).
+    """
+    pruned = rounded(sparsity, n)
+    if n > 0 and pruned >= n:
+        warnings.warn(
+            f"sparsity={sparsity!r} of {n} units rounds to pruning all of them; keeping 1 "
+            "(tfprune never empties a layer). Use a lower target, e.g. sparsity="
+            f"{math.floor(1000 * (n - 1) / n) / 1000}, or exclude the layer with `exclude=`.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return n - 1
+    return pruned
 
 
 def ceiling_count(max_sparsity: float | None, n: int) -> int:

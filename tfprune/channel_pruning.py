@@ -25,6 +25,7 @@ from tfprune import criteria as criteria_lib
 from tfprune import gates as gates_lib
 from tfprune import graph as graph_lib
 from tfprune import layers as registry
+from tfprune._validate import fraction
 from tfprune.wrapper import prunable_layers
 
 __all__ = ["prune_channels", "select_channels", "zero_channels"]
@@ -33,11 +34,7 @@ SCOPES = ("layer", "global")
 
 
 def _check_ratio(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0 <= value < 1):
-        raise ValueError(
-            f"Expected `{name}` to be a float in [0, 1) (the fraction of channels removed). "
-            f"Received: {name}={value!r}"
-        )
+    fraction(name, value, what="a float in [0, 1) (the fraction of channels removed)")
 
 
 def _rounded_keep(n_keep: int, channels: int, round_to: int | None, floor: int) -> int:
@@ -224,6 +221,7 @@ def prune_channels(
             "tfprune.prune_channels expects a Sequential or functional Keras model. "
             f"Received: model={model!r} of type {type(model).__name__}"
         )
+    surgery._check_rebuildable(model, "prune_channels")
     _check_ratio("ratio", ratio)
     for name, value in (ratios or {}).items():
         _check_ratio(f"ratios['{name}']", value)

@@ -3,6 +3,7 @@
 Subcommands are registered in `_COMMANDS`; each has an `add_arguments(parser)` and a
 `run(args) -> int`. User mistakes (a missing file, a wrong format) raise `CliError`, which
 `main` prints as one line and turns into exit status 2, without a traceback.
+TensorFlow's native log lines are hidden unless `--verbose` is given (`tfprune._native_log`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from tfprune.demo import run
 
-    run(epochs=args.epochs, seed=args.seed, out_dir=args.out)
+    try:
+        run(epochs=args.epochs, seed=args.seed, out_dir=args.out)
+    except (ValueError, TypeError, OSError) as e:
+        raise CliError(" ".join(str(e).split())) from e
     return 0
 
 
@@ -43,11 +47,11 @@ def _existing(path: str, suffixes: tuple[str, ...], what: str) -> str:
 
 
 def _load_keras(path: str):
-    import keras
+    from tfprune.saving import load_model
 
     _existing(path, (".keras",), "Keras model")
     try:
-        return keras.saving.load_model(path)
+        return load_model(path)
     except Exception as e:  # a damaged zip, an unknown layer, ...: one line, not a traceback
         raise CliError(f"could not load {path}: {' '.join(str(e).split())[:300]}") from e
 
@@ -57,10 +61,13 @@ def _load_npz(path: str, what: str):
 
     _existing(path, (".npz",), f"{what} data")
     try:
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except Exception as e:
-        raise CliError(f"could not read {path} as a numpy .npz file: {e}") from e
+        raise CliError(
+            f"could not read {path} as a numpy .npz archive ({type(e).__name__}): the file is "
+            "damaged or not written by np.savez(path, x=x); write it again"
+        ) from e
     if "x" in arrays:
         x = arrays["x"]
     elif len(arrays) == 1:
@@ -103,6 +110,7 @@ def _add_shrink(parser: argparse.ArgumentParser) -> None:
 def _run_shrink(args: argparse.Namespace) -> int:
     if not args.output.lower().endswith(".keras"):
         raise CliError(f"OUTPUT must be a .keras file, got: {args.output}")
+    _writable(args.output, "OUTPUT")
     model = _load_keras(args.input)
     try:
         from tfprune.shrink import shrink
@@ -114,8 +122,8 @@ def _run_shrink(args: argparse.Namespace) -> int:
         small = shrink(model)
         with atomic_path(args.output, suffix=".keras") as tmp:
             small.save(tmp)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        raise CliError(str(e)) from e
+    except (ValueError, TypeError, OSError) as e:
+        raise CliError(" ".join(str(e).split())) from e
     print(
         f"Wrote {args.output}: {small.count_params():,} parameters (was {model.count_params():,})"
     )
@@ -145,10 +153,40 @@ def _add_export(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _writable(path: str, argname: str) -> None:
+    from tfprune.export._io import output_path
+
+    try:
+        output_path(path, argname)
+    except (TypeError, OSError) as e:
+        raise CliError(" ".join(str(e).split())) from e
+
+
+def _micro_name(output: str) -> str:
+    """A C identifier from the output file name (`model_` in front when it is not one)."""
+    from tfprune._validate import c_identifier
+
+    name = os.path.splitext(os.path.basename(output))[0]
+    name = "".join(c if c.isalnum() else "_" for c in name)
+    try:
+        return c_identifier("name", name)
+    except ValueError:
+        return f"model_{name}"
+
+
 def _run_export(args: argparse.Namespace) -> int:
     if not args.output.lower().endswith(".tflite"):
         raise CliError(f"--output must be a .tflite file, got: {args.output}")
     _existing(args.input, (".keras",), "Keras model")
+    _writable(args.output, "--output")
+    if args.micro:
+        if os.path.exists(args.micro) and not os.path.isdir(args.micro):
+            raise CliError(
+                f"--micro must be a folder (created if missing), but {args.micro} is a file; "
+                "choose another folder"
+            )
+        if os.path.isdir(args.micro):
+            _writable(os.path.join(args.micro, "model.h"), "--micro")
     quantize = None if args.quantize == "none" else args.quantize
     if quantize in ("int8", "int16x8") and not args.calibration:
         raise CliError(
@@ -182,15 +220,12 @@ def _run_export(args: argparse.Namespace) -> int:
         for w in caught:
             print(f"tfprune export: warning: {w.message}", file=sys.stderr)
         if args.micro:
-            name = os.path.splitext(os.path.basename(args.output))[0]
-            name = "".join(c if c.isalnum() else "_" for c in name)
-            name = name if not name[:1].isdigit() else f"model_{name}"
-            micro = export.micro(args.output, args.micro, name)
+            micro = export.micro(args.output, args.micro, _micro_name(args.output))
             print(
                 f"Wrote {micro.header} and {micro.source}: {micro.size:,} bytes, "
                 f"{len(micro.ops)} ops, arena {micro.arena_size:,} bytes ({micro.arena_source})"
             )
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError, ImportError) as e:
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as e:
         raise CliError(" ".join(str(e).split())) from e
     return 0
 
@@ -272,10 +307,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 on success, 2 for a user mistake.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    parser = argparse.ArgumentParser(prog="tfprune", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show TensorFlow's native log lines (hidden by default)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="tfprune", description=__doc__.splitlines()[0], parents=[common]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, _) in _COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text, parents=[common]))
     args = parser.parse_args(argv)
     try:
         return _COMMANDS[args.command][2](args)

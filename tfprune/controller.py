@@ -23,6 +23,7 @@ cross-replica context under `tf.distribute`, so every replica gets the same mask
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Iterable
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from tfprune import allocation, channel_pruning, granularity
 from tfprune import schedules as schedules_lib
+from tfprune._validate import integer
 from tfprune.backends import sync_state
 from tfprune.wrapper import Prunable, PruneTarget, prunable_layers
 
@@ -144,10 +146,10 @@ class PruningController:
             step: Non-negative training step.
 
         Raises:
+            TypeError: If `step` is not an integer.
             ValueError: If `step` is negative.
         """
-        if step < 0:
-            raise ValueError(f"Expected a non-negative `step`. Received: step={step}")
+        step = integer("step", step, minimum=0)
         self._pending = None
         self._write_step(int(step))
         self._written = int(step)
@@ -206,6 +208,7 @@ class PruningController:
         if step is None:
             step = self.step
         else:
+            step = integer("step", step, minimum=0)
             self.defer_step(lambda: step)
         return self._update_masks(step)
 
@@ -356,6 +359,7 @@ class PruningController:
         Raises:
             ValueError: If per-layer ceilings make the target unreachable.
         """
+        layers = list(layers)
         entries = [(layer, target) for layer in layers for target in layer.targets]
         scores, units, prevs, caps = [], [], [], []
         for layer, target in entries:
@@ -366,9 +370,20 @@ class PruningController:
             units.append(allocation.lamp(u) if layer.scope == "lamp" else u)
             full_prev = g.expand(_to_numpy(target.mask), s.shape, spec)
             prevs.append(g.to_units(full_prev, spec) > 0)
-            caps.append(allocation.ceiling_count(layer.max_layer_sparsity, units[-1].size))
+            n = units[-1].size  # a tensor keeps at least one unit (see tfprune.allocation)
+            caps.append(min(allocation.ceiling_count(layer.max_layer_sparsity, n), max(n - 1, 0)))
         total = sum(u.size for u in units)
-        keeps = allocation.select_global(units, prevs, allocation.count(sparsity, total), caps)
+        n_prune = allocation.rounded(sparsity, total)
+        if n_prune > sum(caps) and all(layer.max_layer_sparsity is None for layer in layers):
+            warnings.warn(
+                f"Global sparsity={sparsity!r} would empty some layers; each keeps at least one "
+                f"unit, so {sum(caps)} of {total} units are pruned instead of {n_prune}. Lower "
+                "the target or set `max_layer_sparsity` (e.g. 0.98).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            n_prune = sum(caps)
+        keeps = allocation.select_global(units, prevs, n_prune, caps)
         for (layer, target), s, keep in zip(entries, scores, keeps):
             mask = layer.granularity.from_units(keep, s.shape, target.spec)
             layer.set_mask(target.name, mask, self._threshold(layer, target, s, mask))
@@ -379,6 +394,15 @@ class PruningController:
         weights = _to_numpy(target.variable)
         keep = g.expand(_to_numpy(target.mask), weights.shape, target.spec)
         scores = np.asarray(layer.criterion(np.where(keep, weights, 0)), np.float64)
+        if scores.shape == weights.shape and not np.isfinite(scores).all():
+            bad = "weights" if not np.isfinite(weights).all() else "criterion scores"
+            raise ValueError(
+                f"The {bad} of '{target.spec.path}' in layer '{layer.name}' contain NaN or "
+                "infinity, so pruning would pick weights by position. Training has diverged: "
+                "lower the learning rate or clip gradients and restart from a finite "
+                f"checkpoint{'' if bad == 'weights' else ', or fix the criterion'}. "
+                f"Received: criterion={layer.criterion!r}"
+            )
         if scores.shape != weights.shape:
             raise ValueError(
                 f"Criterion {layer.criterion!r} returned scores of shape {scores.shape} for "

@@ -199,6 +199,19 @@ class L0(Gate):
         )
         return hard_concrete(self.log_alpha, u)
 
+    # The noise generator's state is saved with the weights, so a run resumed from a
+    # checkpoint draws the same gate noise as an uninterrupted one.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store["seed_state"] = keras.ops.convert_to_numpy(self.seed_generator.state)
+
+    def load_own_variables(self, store):
+        own = self.trainable_weights + self.non_trainable_weights
+        for i, variable in enumerate(own):
+            variable.assign(store[str(i)])
+        if "seed_state" in list(store.keys()):  # absent in files saved before it was kept
+            self.seed_generator.state.assign(store["seed_state"])
+
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),

@@ -16,23 +16,19 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
 import keras
 
+from tfprune._validate import fraction
+
 __all__ = ["ConstantSparsity", "PolynomialDecay", "PruningSchedule", "get"]
 
 
 def _check_sparsity(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"Expected `{name}` to be a float in [0, 1). Received: {name}={value!r}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"Expected `{name}` in [0, 1) (1.0 would remove every weight). "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
+    return fraction(name, value)
 
 
 def _check_steps(begin_step: int, end_step: int | None, frequency: int) -> None:
@@ -171,8 +167,18 @@ class PolynomialDecay(PruningSchedule):
                 "Expected `end_step` > `begin_step` for PolynomialDecay. "
                 f"Received: begin_step={begin_step}, end_step={end_step!r}"
             )
+        if isinstance(power, bool) or not isinstance(power, numbers.Real):
+            raise TypeError(
+                "Expected `power` to be a positive number (3 in the paper). "
+                f"Received: power={power!r}"
+            )
+        if not (math.isfinite(power) and power > 0):
+            raise ValueError(
+                "Expected `power` to be a finite number > 0 (3 in the paper; 1 is linear). "
+                f"Received: power={power!r}"
+            )
         self.begin_step, self.end_step = begin_step, end_step
-        self.power, self.frequency = power, frequency
+        self.power, self.frequency = float(power), frequency
 
     def sparsity(self, step: int) -> float:
         t = min(max(step, self.begin_step), self.end_step)
@@ -237,7 +243,7 @@ def get(sparsity: float | PruningSchedule | Callable | dict | None) -> Callable 
     """
     if sparsity is None or isinstance(sparsity, PruningSchedule):
         return sparsity
-    if isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool):
+    if isinstance(sparsity, numbers.Real) and not isinstance(sparsity, bool):
         return ConstantSparsity(_check_sparsity("sparsity", sparsity))
     if isinstance(sparsity, dict):
         return keras.saving.deserialize_keras_object(sparsity)
@@ -253,9 +259,21 @@ def get(sparsity: float | PruningSchedule | Callable | dict | None) -> Callable 
 
 
 def evaluate(schedule: Callable, step: int) -> tuple[bool, float]:
-    """Calls any schedule (tfprune's or a foreign one returning tensors) as Python values."""
-    should, value = schedule(step)
-    return bool(should), float(value)
+    """Calls any schedule (tfprune's or a foreign one returning tensors) as Python values.
+
+    Raises:
+        TypeError: If the schedule does not return a `(should_prune, sparsity)` pair.
+    """
+    result = schedule(step)
+    try:
+        should, value = result
+        return bool(should), float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"A pruning schedule must return a pair `(should_prune, sparsity)`, e.g. "
+            f"`return step % 100 == 0, 0.5`. Received: schedule={schedule!r} returned "
+            f"{result!r} at step {step}"
+        ) from None
 
 
 def next_update(schedule: Callable, last_step: int | None, step: int) -> tuple[bool, float]:

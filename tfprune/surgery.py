@@ -48,7 +48,10 @@ def from_config(layer: keras.layers.Layer, config: dict) -> keras.layers.Layer:
 
 
 def clone_layer(
-    layer: keras.Operation, weights: list | None = None, deferred: list | None = None
+    layer: keras.Operation,
+    weights: list | None = None,
+    deferred: list | None = None,
+    config: dict | None = None,
 ) -> keras.Operation:
     """A new layer with `layer`'s config, built like it, holding `weights` (default: its own).
 
@@ -61,6 +64,7 @@ def clone_layer(
             blocks build from several inputs) is left unbuilt: `(new_layer, weights)` is
             appended, and the caller sets the weights once the model is rebuilt. `None`
             raises instead.
+        config: The config to build from, or `None` for `layer.get_config()`.
 
     Returns:
         The new layer; it shares no variables with `layer`.
@@ -71,7 +75,8 @@ def clone_layer(
     """
     if not isinstance(layer, keras.layers.Layer):
         return layer
-    new = from_config(layer, layer.get_config())
+    config = layer.get_config() if config is None else config
+    new = from_config(layer, config)
     if layer.built:
         values = layer.get_weights() if weights is None else weights
         try:
@@ -82,7 +87,7 @@ def clone_layer(
                     f"Layer '{layer.name}' ({type(layer).__name__}) cannot be built from its "
                     f"build config ({type(err).__name__}: {err})."
                 ) from err
-            new = from_config(layer, layer.get_config())
+            new = from_config(layer, config)
             deferred.append((new, values))
             return new
         new.set_weights(values)
@@ -154,6 +159,11 @@ def _selector(arg: LayerSelector, name: str, known: set[str]) -> Callable | None
         return arg
     if isinstance(arg, str):
         arg = [arg]
+    if not isinstance(arg, Iterable) or not all(isinstance(n, str) for n in arg):
+        raise TypeError(
+            f"Expected `{name}` to be a layer name, a list of layer names, or a predicate "
+            f"`layer -> bool`, e.g. {name}=['dense_1']. Received: {name}={arg!r}"
+        )
     names = list(arg)
     missing = sorted(set(names) - known)
     if missing:
@@ -276,8 +286,41 @@ def wrap(
     return _clone_model(model, clone)
 
 
+def _is_tfprune_object(value) -> bool:
+    """True for the serialized form of a tfprune object (regularizer, constraint, ...)."""
+    return isinstance(value, dict) and (
+        str(value.get("registered_name", "")).startswith("tfprune>")
+        or str(value.get("module", "")).split(".")[0] == "tfprune"
+    )
+
+
+def _without_tfprune(config):
+    """`config` with every serialized tfprune object replaced by `None` (recursively)."""
+    if isinstance(config, dict):
+        return {
+            k: None if _is_tfprune_object(v) else _without_tfprune(v) for k, v in config.items()
+        }
+    if isinstance(config, list):
+        return [None if _is_tfprune_object(v) else _without_tfprune(v) for v in config]
+    return config
+
+
+def _plain(
+    layer: keras.Operation, weights: list | None = None, deferred: list | None = None
+) -> keras.Operation:
+    """`clone_layer` without tfprune regularizers or constraints in the config."""
+    if not isinstance(layer, keras.layers.Layer):
+        return layer
+    return clone_layer(layer, weights, deferred, config=_without_tfprune(layer.get_config()))
+
+
 def strip(model: keras.layers.Layer) -> keras.layers.Layer:
     """Removes every `tfprune.Prunable` wrapper, baking its masks into the weights.
+
+    tfprune objects in the other layers' configs (e.g. a `tfprune.regularizers.Slimming`
+    `gamma_regularizer`) are removed too, so the result loads with plain Keras
+    (`keras.saving.load_model(path, safe_mode=True)`) in a process that never imports
+    tfprune.
 
     Args:
         model: A Sequential or functional model (nested models included), or a single
@@ -291,7 +334,7 @@ def strip(model: keras.layers.Layer) -> keras.layers.Layer:
         TypeError: If `model` is not a Keras model or layer, or is a subclassed model.
     """
     if isinstance(model, Prunable):
-        return clone_layer(model.layer, model.masked_weights())
+        return _plain(model.layer, model.masked_weights())
     if not isinstance(model, keras.Model):
         raise TypeError(
             "tfprune.strip expects a Keras model or a tfprune.Prunable layer. Received: "
@@ -301,7 +344,7 @@ def strip(model: keras.layers.Layer) -> keras.layers.Layer:
 
     def clone(layer: keras.layers.Layer, deferred: list) -> keras.layers.Layer:
         if isinstance(layer, Prunable):
-            return clone_layer(layer.layer, layer.masked_weights(), deferred)
-        return clone_layer(layer, deferred=deferred)
+            return _plain(layer.layer, layer.masked_weights(), deferred)
+        return _plain(layer, deferred=deferred)
 
     return _clone_model(model, clone)

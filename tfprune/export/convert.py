@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 
 import keras
 import numpy as np
 
-from tfprune.export import _runtime, _tf_process
-from tfprune.export._io import output_path, write_bytes
+from tfprune._validate import integer
+from tfprune.export import _precision, _runtime, _tf_process, tflm
+from tfprune.export._io import output_path, temp_dir, write_bytes
 from tfprune.export.info import describe
 from tfprune.export.rewrite import rewrite
-from tfprune.export import _runtime, tflm
 from tfprune.export.tflm import MicroRun
 from tfprune.export.verify import Verification, verify
 
@@ -43,6 +42,9 @@ class ExportResult:
         verification: The comparison with the Keras model, or `None` without
             `verify_data`.
         micro: The run in TFLite Micro (`verify_micro=True`), or `None`.
+        activations: The types of the tensors the file's ops compute, read from the file
+            (QUANTIZE/DEQUANTIZE at the edges excluded): `("int8",)` for a full-integer
+            file, `("float32",)` for float and dynamic-range files.
     """
 
     path: str
@@ -55,6 +57,7 @@ class ExportResult:
     sparse_size: int | None = None
     sparse_fallback: str | None = None
     verification: Verification | None = None
+    activations: tuple[str, ...] = ()
     micro: MicroRun | None = None
 
     @property
@@ -65,6 +68,8 @@ class ExportResult:
     def format(self) -> str:
         """A few lines for a terminal: file, sizes, ops and verification."""
         mode = self.quantize or "float32"
+        if self.activations:
+            mode += f" ({'/'.join(self.activations)} activations)"
         lines = [
             f"Wrote {self.path}: {self.size:,} bytes ({self.gzip_size:,} gzipped), {mode}"
             + (", sparse-encoded" if self.sparse else ""),
@@ -143,7 +148,14 @@ def _calibration_array(data, specs: list, limit: int | None) -> np.ndarray:
             break
     if not examples:
         raise ValueError("`representative_data` is empty. Pass 100-500 training examples.")
-    return np.stack(examples[:limit] if limit else examples)
+    stacked = np.stack(examples[:limit] if limit else examples)
+    if not np.isfinite(stacked).all():
+        raise ValueError(
+            "`representative_data` contains NaN or infinity, which makes int8 calibration "
+            "fail silently (a float file). Pass finite training examples. Received: "
+            f"{int((~np.isfinite(stacked)).sum())} non-finite values in {stacked.shape}"
+        )
+    return stacked
 
 
 def _saved_model(model: keras.Model, specs: list, folder: str) -> None:
@@ -197,7 +209,7 @@ def _convert_model(
     sparse: bool,
 ) -> tuple[bytes, bytes | None]:
     """The dense (and, with `sparse`, sparse-encoded) TFLite bytes; TensorFlow backend."""
-    with tempfile.TemporaryDirectory(prefix="tfprune-export-") as tmp:
+    with temp_dir("tfprune-export") as tmp:
         _saved_model(model, specs, tmp)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the converter's own deprecation chatter
@@ -268,6 +280,11 @@ def tflite(
     cannot run, `on_sparse_failure="dense"` writes the dense encoding instead (with a
     warning; `result.sparse_fallback` says why) and `"raise"` raises RuntimeError.
 
+    Mixed precision: a `mixed_float16` / `mixed_bfloat16` model (whose layers keep their
+    dtype policy when saved) is converted through a float32 copy with the same weights, so
+    the file is the one a float32 model gives. The result's `activations` is read from the
+    written file, so it says what the file computes.
+
     Args:
         model: A built functional or Sequential Keras model, pruned or not.
         path: Output .tflite path; its folder must exist.
@@ -280,9 +297,10 @@ def tflite(
         verify_data: `x` or `(x, y)` to compare the file with `model` in the LiteRT
             interpreter (see `tfprune.export.verify`).
         int8_io: For `"int8"`, int8 input and output tensors (default) or float32.
-        batch_size: Batch dimension of the file's input; 1 (default) gives a static graph
-            without shape ops, as TFLite Micro needs; `None` keeps it dynamic.
-        calibration_size: At most this many calibration examples are used (`None`: all).
+        batch_size: Batch dimension of the file's input, an integer >= 1; 1 (default) gives a
+            static graph without shape ops, as TFLite Micro needs; `None` keeps it dynamic.
+        calibration_size: At most this many calibration examples are used, an integer >= 1
+            (`None`: all).
         on_sparse_failure: `"dense"` or `"raise"`, see above.
         verify_micro: Also run `verify_data` in the TFLite Micro interpreter (needs
             `tflite-micro`): outputs compared with LiteRT's reference kernels and the arena
@@ -294,8 +312,11 @@ def tflite(
     Raises:
         ValueError: For an unknown `quantize`, int8/int16x8 without `representative_data`,
             or data that does not fit the model's input.
-        RuntimeError: If the converted file cannot run in the LiteRT interpreter.
-        FileNotFoundError: If the folder of `path` does not exist.
+        TypeError: For a `path`, `batch_size` or `calibration_size` of the wrong type.
+        RuntimeError: If the converted file cannot run in the LiteRT interpreter, or an
+            `"int8"` / `"int16x8"` file would not compute in that type.
+        OSError: If `path` cannot be written (`FileNotFoundError` for a missing folder,
+            `IsADirectoryError`, `PermissionError`), checked before any slow work.
 
     Example:
 
@@ -331,8 +352,11 @@ def tflite(
         raise TypeError(
             f"Expected `model` to be a keras.Model. Received: model of type {type(model).__name__}"
         )
+    batch_size = integer("batch_size", batch_size, allow_none=True)
+    calibration_size = integer("calibration_size", calibration_size, allow_none=True)
     path = output_path(path)
-    final = _prepare(model, shrink)
+    final = _precision.as_float32(_prepare(model, shrink))
+    _precision.check_finite(final)
     specs = _input_specs(final, batch_size)
     calibration = (
         _calibration_array(representative_data, specs, calibration_size)
@@ -373,11 +397,19 @@ def tflite(
             f"The converted file cannot run in the LiteRT interpreter ({problem}); nothing was "
             f"written to {path}. Try another `quantize` mode or report the model's layers."
         )
+    info = describe(data)
+    activations = _precision.activation_types(info)
+    if quantize in ("int8", "int16x8") and activations != (quantize[:5],):
+        raise RuntimeError(
+            f"quantize={quantize!r} was requested, but the converter produced a file whose ops "
+            f"compute {'/'.join(activations)} tensors; nothing was written to {path}. Some "
+            "layers could not be quantized: check `representative_data` (100-500 real "
+            "training examples) and the model's layers, or use quantize='dynamic'."
+        )
     verification = None
     if verify_data is not None:
         verification = verify(data, verify_data, reference=model)
     micro = tflm.run(data, verify_data) if verify_micro else None
-    info = describe(data)
     write_bytes(path, data)
     return ExportResult(
         path=path,
@@ -391,4 +423,5 @@ def tflite(
         sparse_fallback=fallback,
         verification=verification,
         micro=micro,
+        activations=activations,
     )

@@ -148,16 +148,21 @@ def describe(model: str | os.PathLike | bytes) -> TFLiteInfo:
         FileNotFoundError: If the path does not exist.
         ValueError: If the data is not a TFLite flatbuffer.
     """
-    from ai_edge_litert import schema_py_generated as schema
-
     data = read_model(model)
     try:
-        fb = schema.ModelT.InitFromPackedBuf(data, 0)
-    except Exception as e:  # a truncated or corrupt buffer raises from flatbuffers' decoder
+        return _parse(data)
+    except Exception as e:  # a truncated or corrupt buffer fails anywhere in the decoding
+        where = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the bytes given"
         raise ValueError(
             f"Could not parse the TFLite flatbuffer ({type(e).__name__}: {e}). The file is "
-            "damaged or truncated; export it again."
+            f"damaged or truncated; export it again. Received: model={where!r}"
         ) from e
+
+
+def _parse(data: bytes) -> TFLiteInfo:
+    from ai_edge_litert import schema_py_generated as schema
+
+    fb = schema.ModelT.InitFromPackedBuf(data, 0)
     graph = fb.subgraphs[0]
     codes = [_op_name(c, schema) for c in fb.operatorCodes]
     tensors = []

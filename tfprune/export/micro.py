@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
 
+from tfprune._validate import c_identifier
 from tfprune.export import tflm
-from tfprune.export._io import read_model, write_bytes
+from tfprune.export._io import output_dir, read_model, write_bytes
 from tfprune.export.info import TFLiteInfo, describe
 from tfprune.export.tflm import MicroRun
 
@@ -243,17 +243,18 @@ def micro(
         A `MicroResult` with the paths, ops, arena estimate and TFLite Micro run.
 
     Raises:
-        ValueError: If `name` is not a C identifier, the data is not a TFLite file, or the
-            model needs an op TFLite Micro does not have (sparse-encoded weights).
+        TypeError: If `name` is not a string or `out_dir` not a path.
+        ValueError: If `name` is not a C identifier or is a C/C++ keyword (`int`, `main`,
+            ...), the data is not a TFLite file, or the model needs an op TFLite Micro does
+            not have (sparse-encoded weights).
         FileNotFoundError: If a model path does not exist.
+        OSError: If `out_dir` is a file or cannot be written (`NotADirectoryError`,
+            `PermissionError`), checked before anything is written.
         ImportError: If `measure=True` or `verify_data` is given without `tflite-micro`.
         RuntimeError: If TFLite Micro fails or crashes on the file.
     """
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise ValueError(
-            "Expected `name` to be a C identifier (letters, digits, underscores, not starting "
-            f"with a digit), e.g. 'model' or 'digits_int8'. Received: name={name!r}"
-        )
+    c_identifier("name", name)
+    out_dir = output_dir(out_dir)
     data = read_model(model)
     info = describe(data)
     missing = sorted(set(info.ops) & _NOT_IN_MICRO)
@@ -318,9 +319,8 @@ alignas(16) const unsigned char {name}[] = {{
 }};
 const unsigned int {name}_len = {len(data)};
 """
-    os.makedirs(out_dir, exist_ok=True)
-    header_path = os.path.join(os.fspath(out_dir), f"{name}.h")
-    source_path = os.path.join(os.fspath(out_dir), f"{name}.cc")
+    header_path = os.path.join(out_dir, f"{name}.h")
+    source_path = os.path.join(out_dir, f"{name}.cc")
     write_bytes(header_path, header.encode())
     write_bytes(source_path, source.encode())
     return MicroResult(

@@ -86,12 +86,18 @@ def verify(
         A `Verification`.
 
     Raises:
-        ValueError: If the file does not have exactly one input and one output, or `x`
-            does not match the file's input shape.
+        ValueError: If the file does not have exactly one input and one output, `y` does
+            not hold one label per example, or `x` does not match the file's input shape.
         RuntimeError: If the interpreter cannot prepare or run the file.
     """
     data_bytes = read_model(model)
     x, y = _split(data)
+    if y is not None and y.reshape(-1).shape[0] != len(x):
+        raise ValueError(
+            f"`data` holds {len(x)} examples but {y.reshape(-1).shape[0]} labels; pass (x, y) "
+            "with one integer label per example. "
+            f"Received: x.shape={tuple(x.shape)}, y.shape={tuple(y.shape)}"
+        )
     try:
         interp = _runtime.interpreter(data_bytes)
     except (RuntimeError, ValueError) as e:

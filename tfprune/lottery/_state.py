@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import keras
 import numpy as np
 
 from tfprune import layers as registry
+from tfprune.export._io import atomic_path, write_bytes
 from tfprune.wrapper import Prunable, prunable_layers
 
 
@@ -63,16 +65,12 @@ def set_state(
 
 
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def save_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 def flatten_weights(weights: Mapping[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
@@ -88,5 +86,14 @@ def unflatten_weights(arrays: Mapping[str, np.ndarray]) -> dict[str, list[np.nda
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {k: np.array(data[k]) for k in data.files}
+    if not path.is_file():
+        raise FileNotFoundError(f"No such .npz file. Received: path={os.fspath(path)!r}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: np.array(data[k]) for k in data.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"Could not read {os.fspath(path)!r} as a NumPy .npz archive ({type(e).__name__}); "
+            "the file is damaged or not written by np.savez / Ticket.save. Write it again. "
+            f"Received: path={os.fspath(path)!r}"
+        ) from None
