@@ -23,16 +23,15 @@ integer id; merges (Add, Multiply, ...) unite ids with a union-find. A layer wit
 (a Lambda, a custom layer) freezes the channels that reach it: the groups they belong to
 are marked unprunable with the reason. The model's output channels are frozen too.
 
-Example:
-
->>> import keras, tfprune
->>> inputs = keras.Input((8, 8, 3))
->>> x = keras.layers.Conv2D(4, 3, name="c1")(inputs)
->>> x = keras.layers.BatchNormalization(name="bn")(x)
->>> outputs = keras.layers.Conv2D(2, 1, name="c2")(x)
->>> groups = tfprune.graph.channel_groups(keras.Model(inputs, outputs))
->>> [(g.channels, g.prunable) for g in groups]
-[(4, True), (2, False)]
+Examples:
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(4, 3, name="c1")(inputs)
+    >>> x = keras.layers.BatchNormalization(name="bn")(x)
+    >>> outputs = keras.layers.Conv2D(2, 1, name="c2")(x)
+    >>> groups = tfprune.graph.channel_groups(keras.Model(inputs, outputs))
+    >>> [(g.channels, g.prunable) for g in groups]
+    [(4, True), (2, False)]
 """
 
 from __future__ import annotations

@@ -1,0 +1,115 @@
+"""MkDocs hook: the API reference, one generated page per name in `tfprune.__all__`.
+
+The names are read from `tfprune/__init__.py` without importing tfprune (no TensorFlow at
+build time), so a name another engineer adds to `__all__` gets its page and its nav entry
+with no edit to the docs. Each page is a mkdocstrings directive (`::: tfprune.<name>`), so a
+name whose docstring cannot be rendered, or that does not resolve, fails `mkdocs build
+--strict`.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from mkdocs.structure.files import File, Files
+
+PACKAGE = "tfprune"
+API_DIR = "api"
+NAV_TITLE = "API reference"
+INIT = Path(__file__).resolve().parents[2] / PACKAGE / "__init__.py"
+
+
+def public_names(init: Path = INIT) -> list[str]:
+    """The names listed in a package's `__all__`, read statically from its `__init__.py`.
+
+    Args:
+        init: Path of the package's `__init__.py`.
+
+    Returns:
+        The names, in the order of `__all__`.
+
+    Raises:
+        ValueError: If `__all__` is missing or not a literal list or tuple of strings.
+    """
+    value = None
+    for node in ast.parse(init.read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            value = node.value
+    try:
+        names = ast.literal_eval(value) if value is not None else None
+    except ValueError:
+        names = None
+    if isinstance(names, list | tuple) and all(isinstance(n, str) for n in names):
+        return list(names)
+    received = ast.unparse(value) if value is not None else None
+    raise ValueError(
+        f"The API reference needs `__all__` in {init} as a literal list of strings, e.g. "
+        f'__all__ = ["wrap", "strip"]. Received: __all__={received}'
+    )
+
+
+def is_module(name: str, package_dir: Path = INIT.parent) -> bool:
+    """Whether `tfprune.<name>` is a module (a `.py` file or a package folder)."""
+    return (package_dir / f"{name}.py").is_file() or (package_dir / name / "__init__.py").is_file()
+
+
+def page_path(name: str) -> str:
+    """The docs path of a name's reference page, e.g. `api/wrap.md`."""
+    return f"{API_DIR}/{name}.md"
+
+
+def page(name: str) -> str:
+    """The markdown of a name's reference page: one mkdocstrings directive."""
+    return f"::: {PACKAGE}.{name}\n"
+
+
+def index_page(names: list[str]) -> str:
+    """The markdown of the reference's overview: modules, then classes and functions."""
+    modules = [n for n in names if is_module(n)]
+    objects = [n for n in names if not is_module(n)]
+    lines = [
+        "# API reference",
+        "",
+        f"Everything in `{PACKAGE}.__all__`, rendered from the docstrings.",
+        "",
+        "## Functions and classes",
+        "",
+        *(f"- [`{PACKAGE}.{n}`]({n}.md)" for n in objects),
+        "",
+        "## Modules",
+        "",
+        *(f"- [`{PACKAGE}.{n}`]({n}.md)" for n in modules),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def nav_entries(names: list[str]) -> list[dict[str, str]]:
+    """The nav children of the API reference: the overview, then one entry per name."""
+    objects = [n for n in names if not is_module(n)]
+    modules = [n for n in names if is_module(n)]
+    return [
+        {"Overview": f"{API_DIR}/index.md"},
+        *({f"{PACKAGE}.{n}": page_path(n)} for n in objects + modules),
+    ]
+
+
+def on_config(config):
+    """Expands the nav entry `API reference: api/index.md` into one entry per name."""
+    nav = config["nav"] or []
+    for i, entry in enumerate(nav):
+        if isinstance(entry, dict) and NAV_TITLE in entry:
+            nav[i] = {NAV_TITLE: nav_entries(public_names())}
+    return config
+
+
+def on_files(files: Files, config) -> Files:
+    """Adds the generated reference pages to the site's files."""
+    names = public_names()
+    files.append(File.generated(config, f"{API_DIR}/index.md", content=index_page(names)))
+    for name in names:
+        files.append(File.generated(config, page_path(name), content=page(name)))
+    return files
