@@ -213,3 +213,53 @@ def test_docstring_examples_run(name):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
     assert result.attempted > 0
+
+
+def _load_plots():
+    spec = importlib.util.spec_from_file_location("plots", ROOT / "benchmarks" / "plots.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plot_script_reads_the_nth_table_of_a_section():
+    table = _load_plots().table
+    text = "\n".join(
+        [
+            "# A",
+            "| x | y |",
+            "| --- | --- |",
+            "| 1 | 2 |",
+            "",
+            "| x | z |",
+            "| :-- | --: |",
+            "| 3 | 4 |",
+            "## A.1",
+            "| q |",
+            "| --- |",
+            "| 5 |",
+            "# B",
+            "| x |",
+            "| --- |",
+            "| 9 |",
+        ]
+    )
+    assert table(text, "A") == [{"x": "1", "y": "2"}]
+    assert table(text, "A", 1) == [{"x": "3", "z": "4"}]
+    assert table(text, "A", 2) == [{"q": "5"}]
+    assert table(text, "B") == [{"x": "9"}]
+    with pytest.raises(ValueError, match=r"has 3 tables\. Received: index=3"):
+        table(text, "A", 3)
+    with pytest.raises(ValueError, match=r"Received: heading='C'"):
+        table(text, "C")
+
+
+def test_plot_script_draws_every_figure_from_results_md(tmp_path):
+    plots = _load_plots()
+    names = [f"{name}.png" for name in plots.FIGURES]
+    paths = plots.main(["--out", str(tmp_path)])
+    assert [p.name for p in paths] == names
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # no temp files left
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all((DOCS / "img" / name).is_file() for name in names)  # committed for the site
