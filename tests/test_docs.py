@@ -29,7 +29,7 @@ DOCS = ROOT / "docs"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 ILLUSTRATIVE = "<!-- illustrative -->"
 FROM_RESULTS = "<!-- from benchmarks/RESULTS.md -->"
-FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})")
+FENCE = re.compile(r"^(\s*)(`{3,}(?=[^`]*$)|~{3,})")  # CommonMark: no ` after a ` fence
 SNIPPET = re.compile(r'^--8<-- "(examples/[\w-]+\.py)(?::([\w-]+))?"$')
 
 
@@ -151,6 +151,7 @@ def test_block_checker_flags_untested_blocks_and_honours_the_marker(tmp_path):
             "````",  # 15: not run by a test
             '--8<-- "examples/b.py"',
             "````",
+            "```` ```python ````: inline code, not a fence",
         ]
     )
     assert block_problems(text, {"examples/a.py"}, tmp_path) == [
