@@ -33,9 +33,9 @@ FENCE = re.compile(r"^(\s*)(`{3,}(?=[^`]*$)|~{3,})")  # CommonMark: no ` after a
 SNIPPET = re.compile(r'^--8<-- "(examples/[\w-]+\.py)(?::([\w-]+))?"$')
 
 
-def _load_hook():
-    path = DOCS / "hooks" / "api_reference.py"
-    spec = importlib.util.spec_from_file_location("api_reference", path)
+def _load_hook(name="api_reference"):
+    path = DOCS / "hooks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -190,6 +190,9 @@ def test_api_reference_has_one_page_per_public_name():
     )
     assert hook.page("wrap") == "::: tfprune.wrap\n"
     assert hook.is_module("export") and hook.is_module("callbacks") and not hook.is_module("wrap")
+    # `tfprune.shrink` is the function, though tfprune/shrink.py exists: its own path.
+    assert not hook.is_module("shrink")
+    assert hook.page("shrink") == "::: tfprune.shrink.shrink\n"
 
 
 def test_api_reference_hook_rejects_a_computed_all(tmp_path):
@@ -197,6 +200,29 @@ def test_api_reference_hook_rejects_a_computed_all(tmp_path):
     init.write_text("names = ['a']\n__all__ = names + ['b']\n")
     with pytest.raises(ValueError, match=r"Received: __all__=names \+ \['b'\]"):
         _load_hook().public_names(init)
+
+
+def test_pages_missing_from_nav_are_added_to_it(tmp_path):
+    for path, text in {
+        "index.md": "# Home\n",
+        "guides/a.md": "# A guide\n",
+        "guides/new.md": "intro\n# New guide\n",
+        "faq.md": "no heading\n",
+        "hooks/x.md": "# not a page\n",
+    }.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    nav = [
+        {"Home": "index.md"},
+        {"Guides": [{"A": "guides/a.md"}]},
+        {"API reference": "api/index.md"},
+    ]
+    assert _load_hook("nav_pages").add_missing(nav, tmp_path) == [
+        {"Home": "index.md"},
+        {"Guides": [{"A": "guides/a.md"}, {"New guide": "guides/new.md"}]},
+        {"faq": "faq.md"},
+        {"API reference": "api/index.md"},
+    ]
 
 
 def _documented_modules() -> list[str]:

@@ -51,9 +51,40 @@ def public_names(init: Path = INIT) -> list[str]:
     )
 
 
-def is_module(name: str, package_dir: Path = INIT.parent) -> bool:
-    """Whether `tfprune.<name>` is a module (a `.py` file or a package folder)."""
-    return (package_dir / f"{name}.py").is_file() or (package_dir / name / "__init__.py").is_file()
+def sources(init: Path = INIT) -> dict[str, str]:
+    """Where each name of the package is imported from, read from its `__init__.py`.
+
+    Args:
+        init: Path of the package's `__init__.py`.
+
+    Returns:
+        `{name: module}`: `"tfprune"` for a submodule (`from tfprune import callbacks`),
+        the defining module for an object (`from tfprune.surgery import wrap` gives
+        `{"wrap": "tfprune.surgery"}`). Names defined in `__init__.py` itself are absent.
+    """
+    found = {}
+    for node in ast.parse(init.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.update({a.asname or a.name: node.module for a in node.names})
+    return found
+
+
+def is_module(name: str, init: Path = INIT) -> bool:
+    """Whether `tfprune.<name>` is a submodule (imported as `from tfprune import <name>`)."""
+    return sources(init).get(name) == PACKAGE
+
+
+def target(name: str, init: Path = INIT) -> str:
+    """The mkdocstrings identifier of a public name.
+
+    `tfprune.<name>`, except for an object imported from a submodule of the same name
+    (`from tfprune.shrink import shrink`): read statically, `tfprune.shrink` is that module,
+    so the identifier is the object's own path, `tfprune.shrink.shrink`.
+    """
+    module = sources(init).get(name, PACKAGE)
+    if module != PACKAGE and module == f"{PACKAGE}.{name}":
+        return f"{module}.{name}"
+    return f"{PACKAGE}.{name}"
 
 
 def page_path(name: str) -> str:
@@ -61,9 +92,9 @@ def page_path(name: str) -> str:
     return f"{API_DIR}/{name}.md"
 
 
-def page(name: str) -> str:
+def page(name: str, init: Path = INIT) -> str:
     """The markdown of a name's reference page: one mkdocstrings directive."""
-    return f"::: {PACKAGE}.{name}\n"
+    return f"::: {target(name, init)}\n"
 
 
 def index_page(names: list[str]) -> str:
