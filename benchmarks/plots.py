@@ -24,7 +24,13 @@ import tfprune
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 OUT = HERE.parent / "docs" / "img"
-FIGURES = ("schedules", "accuracy_vs_sparsity", "shrink_size_latency", "lottery")
+FIGURES = (
+    "schedules",
+    "accuracy_vs_sparsity",
+    "shrink_size_latency",
+    "lottery",
+    "accuracy_vs_macs",
+)
 
 
 def table(text: str, heading: str, index: int = 0) -> list[dict[str, str]]:
@@ -175,6 +181,37 @@ def plot_lottery(text: str, path: Path) -> None:
     _save(fig, path)
 
 
+def plot_methods(text: str, path: Path) -> None:
+    """Accuracy change vs MACs removed: channel pruning, unstructured, and the learned methods."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    rows = table(text, "Structured vs unstructured pruning")
+    dense = float(rows[0]["test acc (Keras)"])
+    for marker, prefix in (("o", "channel"), ("x", "unstructured")):
+        picked = [r for r in rows if r["model"].startswith(prefix)]
+        xs = [100 * (1 - 1 / float(r["MAC ratio"].rstrip("x"))) for r in picked]
+        ys = [100 * (float(r["test acc (Keras)"]) - dense) for r in picked]
+        ax.scatter(xs, ys, marker=marker, label=f"{prefix} (VGG-style, structured.py)")
+    learned = (
+        (0, "L0 gates, shrunk + fine-tune", "L0 gates (LeNet-300-100)", "tab:green"),
+        (1, "group lasso, shrunk + fine-tune", "group lasso (LeNet-5)", "tab:purple"),
+        (2, "slimming", "slimming (VGG)", "tab:red"),
+    )
+    for index, prefix, label, color in learned:
+        rows = table(text, "Learned sparsity on Fashion-MNIST", index)
+        for name, marker, suffix in ((prefix, "s", ""), ("magnitude", "^", ": magnitude control")):
+            picked = [r for r in rows if r["model"].startswith(name)]
+            xs = [float(r["MACs removed"].rstrip("%")) for r in picked]
+            ys = [float(r["vs dense (pt)"]) for r in picked]
+            ax.scatter(xs, ys, marker=marker, color=color, label=label + suffix, alpha=0.7)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.axhline(-1, color="gray", lw=0.8, ls="--")
+    ax.set(xlabel="MACs removed (%)", ylabel="test accuracy vs dense (points)")
+    ax.set_title("Fashion-MNIST: what each method removed and what it cost", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
 def main(argv=None) -> list[Path]:
     """Writes the figures; returns their paths."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -187,6 +224,7 @@ def main(argv=None) -> list[Path]:
     plot_accuracy(text, paths[1])
     plot_shrink(text, paths[2])
     plot_lottery(text, paths[3])
+    plot_methods(text, paths[4])
     for p in paths:
         print(p)
     return paths
