@@ -290,3 +290,16 @@ def test_plot_script_draws_every_figure_from_results_md(tmp_path):
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all((DOCS / "img" / name).is_file() for name in names)  # committed for the site
+
+
+def test_readme_test_command_is_what_ci_runs_and_builds_the_docs():
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert f"```bash\n{ci}\n```" in (ROOT / "README.md").read_text()
+    assert "&& mkdocs build --strict && python -m pytest" in ci
+
+
+def test_readme_links_point_at_files_in_the_repository():
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    missing = [x for x in links if "://" not in x and not (ROOT / x).exists()]
+    assert missing == []
