@@ -195,6 +195,40 @@ def test_api_reference_has_one_page_per_public_name():
     assert hook.page("shrink") == "::: tfprune.shrink.shrink\n"
 
 
+def test_api_reference_index_lists_names_with_their_first_docstring_line(tmp_path):
+    pkg = tmp_path / "tfprune"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        "from tfprune import mod, sub\n"
+        "from tfprune.mod import run\n"
+        'def here():\n    """Defined here.\n\n    More."""\n'
+        '__all__ = ["run", "here", "mod", "sub"]\n'
+    )
+    (pkg / "mod.py").write_text('"""A module | with a bar."""\ndef run():\n    """Runs."""\n')
+    (pkg / "sub" / "__init__.py").write_text("x = 1\n")
+    hook = _load_hook()
+    init = pkg / "__init__.py"
+    assert [hook.summary(n, init) for n in hook.public_names(init)] == [
+        "Runs.",
+        "Defined here.",
+        "A module | with a bar.",
+        "",
+    ]
+    assert hook.index_page(hook.public_names(init), init).splitlines()[6:17] == [
+        "| name | what it does |",
+        "| --- | --- |",
+        "| [`tfprune.run`](run.md) | Runs. |",
+        "| [`tfprune.here`](here.md) | Defined here. |",
+        "",
+        "## Modules",
+        "",
+        "| name | what it holds |",
+        "| --- | --- |",
+        "| [`tfprune.mod`](mod.md) | A module &#124; with a bar. |",
+        "| [`tfprune.sub`](sub.md) |  |",
+    ]
+
+
 def test_api_reference_hook_rejects_a_computed_all(tmp_path):
     init = tmp_path / "__init__.py"
     init.write_text("names = ['a']\n__all__ = names + ['b']\n")

@@ -97,10 +97,35 @@ def page(name: str, init: Path = INIT) -> str:
     return f"::: {target(name, init)}\n"
 
 
-def index_page(names: list[str]) -> str:
-    """The markdown of the reference's overview: modules, then classes and functions."""
-    modules = [n for n in names if is_module(n)]
-    objects = [n for n in names if not is_module(n)]
+def _module_file(module: str, init: Path) -> Path:
+    """The source file of `tfprune.x.y`: `tfprune/x/y.py` or `tfprune/x/y/__init__.py`."""
+    relative = Path(*module.split(".")[1:])
+    path = init.parent / relative.with_suffix(".py")
+    return path if path.is_file() else init.parent / relative / "__init__.py"
+
+
+def summary(name: str, init: Path = INIT) -> str:
+    """The first line of a public name's docstring, read statically ("" if it has none)."""
+    source = sources(init).get(name)
+    if source == PACKAGE:  # a submodule: its module docstring
+        node = ast.parse(_module_file(f"{PACKAGE}.{name}", init).read_text())
+    else:  # a class or function, defined in a submodule or in __init__.py itself
+        path = init if source is None else _module_file(source, init)
+        defs = (ast.FunctionDef, ast.ClassDef)
+        body = ast.parse(path.read_text()).body
+        node = next((n for n in body if isinstance(n, defs) and n.name == name), None)
+    doc = ast.get_docstring(node) if node is not None else None
+    return doc.strip().splitlines()[0] if doc else ""
+
+
+def index_page(names: list[str], init: Path = INIT) -> str:
+    """The markdown of the reference's overview: classes and functions, then modules."""
+    modules = [n for n in names if is_module(n, init)]
+    objects = [n for n in names if not is_module(n, init)]
+
+    def entry(n):
+        return f"| [`{PACKAGE}.{n}`]({n}.md) | {summary(n, init).replace('|', '&#124;')} |"
+
     lines = [
         "# API reference",
         "",
@@ -108,11 +133,15 @@ def index_page(names: list[str]) -> str:
         "",
         "## Functions and classes",
         "",
-        *(f"- [`{PACKAGE}.{n}`]({n}.md)" for n in objects),
+        "| name | what it does |",
+        "| --- | --- |",
+        *(entry(n) for n in objects),
         "",
         "## Modules",
         "",
-        *(f"- [`{PACKAGE}.{n}`]({n}.md)" for n in modules),
+        "| name | what it holds |",
+        "| --- | --- |",
+        *(entry(n) for n in modules),
         "",
     ]
     return "\n".join(lines)
