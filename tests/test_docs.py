@@ -108,7 +108,7 @@ def tables(text: str, marker: str) -> list[tuple[int, list[str]]]:
     for i, line in enumerate(lines):
         if line.strip() != marker:
             continue
-        start = next(j for j in range(i + 1, len(lines)) if lines[j].strip())
+        start = next((j for j in range(i + 1, len(lines)) if lines[j].strip()), len(lines))
         end = start
         while end < len(lines) and lines[end].startswith("|"):
             end += 1
@@ -166,6 +166,9 @@ def test_table_checker_flags_rows_not_in_results():
     results = "| a | b |\n| --- | --- |\n| 1 | 2 |\n"
     text = f"{FROM_RESULTS}\n\n| a | b |\n| --- | --- |\n| 1 | 3 |\n\n| 9 | 9 |\n"
     assert table_problems(text, results) == ["line 5: not in RESULTS.md: | 1 | 3 |"]
+    assert table_problems(f"text\n{FROM_RESULTS}\n", results) == [
+        f"line 3: {FROM_RESULTS} is not followed by a table."
+    ]
 
 
 def test_every_code_block_runs_in_the_tests_or_is_marked_illustrative():
