@@ -30,7 +30,7 @@ RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 ILLUSTRATIVE = "<!-- illustrative -->"
 FROM_RESULTS = "<!-- from benchmarks/RESULTS.md -->"
 FENCE = re.compile(r"^(\s*)(`{3,}(?=[^`]*$)|~{3,})")  # CommonMark: no ` after a ` fence
-SNIPPET = re.compile(r'^--8<-- "(examples/[\w-]+\.py)(?::([\w-]+))?"$')
+SNIPPET = re.compile(r'^--8<-- "(examples/(?:output/)?[\w-]+\.(?:py|txt))(?::([\w-]+))?"$')
 
 
 def _load_hook(name="api_reference"):
@@ -69,11 +69,13 @@ def code_blocks(text: str) -> list[tuple[int, str, list[str]]]:
 
 
 def _tested_examples(tests_dir: pathlib.Path = ROOT / "tests") -> set[str]:
-    """Example scripts that some test loads: `_load("NAME")` or the path `examples/NAME.py`."""
+    """Example scripts that some test loads (`_load("NAME")` or the path `examples/NAME.py`),
+    and printed outputs that some test compares (`"output/NAME.txt"`)."""
     text = "\n".join(p.read_text() for p in tests_dir.glob("test_*.py"))
     names = set(re.findall(r'_load\(\s*"([\w-]+)"', text))
     names |= set(re.findall(r"examples/([\w-]+)\.py", text))
-    return {f"examples/{n}.py" for n in names}
+    outputs = set(re.findall(r'"output/([\w-]+\.txt)"', text))  # compared with printed output
+    return {f"examples/{n}.py" for n in names} | {f"examples/output/{n}" for n in outputs}
 
 
 def block_problems(text: str, tested: set[str], root: pathlib.Path = ROOT) -> list[str]:
@@ -152,14 +154,31 @@ def test_block_checker_flags_untested_blocks_and_honours_the_marker(tmp_path):
             '--8<-- "examples/b.py"',
             "````",
             "```` ```python ````: inline code, not a fence",
+            "```text",  # 19: a printed output that a test compares
+            '--8<-- "examples/output/a.txt"',
+            "```",
         ]
     )
-    assert block_problems(text, {"examples/a.py"}, tmp_path) == [
+    tested = {"examples/a.py", "examples/output/a.txt"}
+    assert block_problems(text, tested, tmp_path) == [
         "line 1: a code block that no test runs. Include a tested example "
         f'(--8<-- "examples/NAME.py:section") or put {ILLUSTRATIVE} on the line before.',
         "line 12: examples/a.py has no section 't'.",
         "line 15: examples/b.py is not run by any test in tests/.",
     ]
+
+
+def test_tested_examples_are_the_scripts_and_outputs_that_tests_name(tmp_path):
+    (tmp_path / "test_x.py").write_text(
+        '_load("quickstart")\nrun("examples/export_tflite.py")\n'
+        '(EXAMPLES / "output/quickstart.txt").read_text()\n'
+    )
+    (tmp_path / "helper.py").write_text('_load("ignored")\n')
+    assert _tested_examples(tmp_path) == {
+        "examples/quickstart.py",
+        "examples/export_tflite.py",
+        "examples/output/quickstart.txt",
+    }
 
 
 def test_table_checker_flags_rows_not_in_results():
