@@ -38,7 +38,9 @@ def test_structured_pruning_halves_every_group_and_shrinks(capsys):
     np.testing.assert_allclose(
         small.predict(x, verbose=0), models["pruned"].predict(x, verbose=0), rtol=1e-4, atol=1e-4
     )
-    assert "small test accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "small test accuracy" in out
+    assert (EXAMPLES / "output/structured_pruning.txt").read_text() in out  # shown in the docs
 
 
 def test_export_writes_a_verified_int8_file_and_micro_sources(tmp_path):
