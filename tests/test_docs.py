@@ -69,13 +69,19 @@ def code_blocks(text: str) -> list[tuple[int, str, list[str]]]:
 
 
 def _tested_examples(tests_dir: pathlib.Path = ROOT / "tests") -> set[str]:
-    """Example scripts that some test loads (`_load("NAME")` or the path `examples/NAME.py`),
-    and printed outputs that some test compares (`"output/NAME.txt"`)."""
+    """Example scripts and printed outputs that some test names in a string literal.
+
+    A test runs `examples/NAME.py` when it quotes `"NAME"`, `"NAME.py"` or
+    `"examples/NAME.py"` (whichever way it loads the script), and compares a printed output
+    when it quotes `"output/NAME.txt"`.
+    """
     text = "\n".join(p.read_text() for p in tests_dir.glob("test_*.py"))
-    names = set(re.findall(r'_load\(\s*"([\w-]+)"', text))
-    names |= set(re.findall(r"examples/([\w-]+)\.py", text))
-    outputs = set(re.findall(r'"output/([\w-]+\.txt)"', text))  # compared with printed output
-    return {f"examples/{n}.py" for n in names} | {f"examples/output/{n}" for n in outputs}
+    quoted = set(re.findall(r"[\"']([\w/.-]+)[\"']", text))
+    examples = tests_dir.parent / "examples"
+    stems = {q.removeprefix("examples/").removesuffix(".py") for q in quoted}
+    scripts = {f"examples/{n}.py" for n in stems if (examples / f"{n}.py").is_file()}
+    outputs = {f"examples/{q}" for q in quoted if re.fullmatch(r"output/[\w-]+\.txt", q)}
+    return scripts | outputs
 
 
 def block_problems(text: str, tested: set[str], root: pathlib.Path = ROOT) -> list[str]:
@@ -169,14 +175,21 @@ def test_block_checker_flags_untested_blocks_and_honours_the_marker(tmp_path):
 
 
 def test_tested_examples_are_the_scripts_and_outputs_that_tests_name(tmp_path):
-    (tmp_path / "test_x.py").write_text(
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "examples").mkdir()
+    for name in ("quickstart", "export_tflite", "jax_training", "untested"):
+        (tmp_path / "examples" / f"{name}.py").write_text("")
+    (tmp_path / "tests" / "test_x.py").write_text(
         '_load("quickstart")\nrun("examples/export_tflite.py")\n'
+        "_example('jax_training')\n"
         '(EXAMPLES / "output/quickstart.txt").read_text()\n'
+        'x = "not_an_example"\n'
     )
-    (tmp_path / "helper.py").write_text('_load("ignored")\n')
-    assert _tested_examples(tmp_path) == {
+    (tmp_path / "tests" / "helper.py").write_text('_load("untested")\n')
+    assert _tested_examples(tmp_path / "tests") == {
         "examples/quickstart.py",
         "examples/export_tflite.py",
+        "examples/jax_training.py",
         "examples/output/quickstart.txt",
     }
 
