@@ -26,6 +26,7 @@ def main(argv=None) -> keras.Model:
     dataset = tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(32)
     steps = epochs * len(dataset)
 
+    # --8<-- [start:loop]
     model = tfprune.wrap(
         demo.build_cnn(),
         sparsity=tfprune.schedules.PolynomialDecay(0.0, 0.8, 0, steps - 1, frequency=1),
@@ -50,6 +51,7 @@ def main(argv=None) -> keras.Model:
             train_step(x, y)
             step += 1
     controller.set_step(step)
+    # --8<-- [end:loop]
     accuracy = np.mean(np.argmax(model.predict(x_test, verbose=0), -1) == y_test)
     print(f"sparsity {controller.sparsities()['global']:.4f}, test accuracy {accuracy:.4f}")
     return model

@@ -99,6 +99,7 @@ def prune_with_tfmot(
     Returns:
         The stripped tf_keras model.
     """
+    # --8<-- [start:tfmot]
     model = build_cnn(tf_keras)
     model.set_weights(initial_weights)
 
@@ -112,6 +113,7 @@ def prune_with_tfmot(
     pruned = tf_keras.models.clone_model(model, clone_function=prune_hidden)
     _fit(pruned, tf_keras, train, epochs, [tfmot.sparsity.keras.UpdatePruningStep()])
     return tfmot.sparsity.keras.strip_pruning(pruned)
+    # --8<-- [end:tfmot]
 
 
 def prune_with_tfprune(
@@ -128,11 +130,13 @@ def prune_with_tfprune(
     Returns:
         The stripped Keras 3 model.
     """
+    # --8<-- [start:tfprune]
     model = build_cnn(keras)
     model.set_weights(initial_weights)
     pruned = tfprune.wrap(model, sparsity=schedule, exclude=["logits"])
     _fit(pruned, keras, train, epochs, [tfprune.callbacks.UpdateMasks()])
     return tfprune.strip(pruned)
+    # --8<-- [end:tfprune]
 
 
 def main(argv=None) -> dict:

@@ -27,6 +27,7 @@ def main(argv=None) -> keras.Model:
     model = demo.build_cnn()
     steps = epochs * int(np.ceil(len(x_train) / 32))
     end = max(10, steps // 2 // 10 * 10)  # a multiple of frequency: the last update hits 75 %
+    # --8<-- [start:prune]
     pruned = tfprune.wrap(
         model,
         sparsity=tfprune.schedules.PolynomialDecay(0.0, 0.75, 0, end, frequency=10),
@@ -47,6 +48,7 @@ def main(argv=None) -> keras.Model:
     )
     final = tfprune.strip(pruned)
     tfprune.summary(final)
+    # --8<-- [end:prune]
     accuracy = np.mean(np.argmax(final.predict(x_test, verbose=0), -1) == y_test)
     print(f"test accuracy {accuracy:.4f}")
     return final

@@ -26,7 +26,9 @@ def test_quickstart_returns_a_plain_model_at_75_percent(capsys):
     assert all("tfprune" not in type(x).__module__ for x in tfprune.layers.iter_layers(final))
     kernel = keras.ops.convert_to_numpy(final.get_layer("conv2").kernel)
     assert (kernel == 0).sum() == tfprune.allocation.count(0.75, kernel.size)
-    assert "test accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "test accuracy" in out
+    assert (EXAMPLES / "output/quickstart.txt").read_text() in out  # shown in the docs
 
 
 def test_custom_training_loop_reaches_80_percent():

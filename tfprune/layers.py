@@ -5,12 +5,12 @@ weights can be pruned, which axes of each weight are its input channels (the red
 and output channels, and how its multiply-accumulates (MACs) scale with the input or output.
 Every other module asks the registry; none tests `isinstance` against layer types.
 
-Example:
-
->>> import keras, tfprune
->>> spec = tfprune.layers.lookup(keras.layers.Dense(4))
->>> [w.path for w in spec.weights(keras.layers.Dense(4))]
-['kernel', 'bias']
+Examples:
+    >>> import keras, tfprune
+    >>> dense = keras.layers.Dense(4)
+    >>> dense.build((None, 3))
+    >>> [w.path for w in tfprune.layers.lookup(dense).weight_specs(dense)]
+    ['kernel', 'bias']
 """
 
 from __future__ import annotations

@@ -5,12 +5,12 @@ and returns `(should_prune, sparsity)`. So tfmot schedule objects work unchanged
 `get` converts tfmot's `ConstantSparsity` and `PolynomialDecay` into the equivalent tfprune
 schedules (which, unlike tfmot's, save inside `.keras` files).
 
-Example:
-
->>> import tfprune
->>> schedule = tfprune.schedules.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=1000)
->>> schedule(500)
-(True, 0.7)
+Examples:
+    >>> import tfprune
+    >>> schedule = tfprune.schedules.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=1000)
+    >>> should_prune, sparsity = schedule(500)  # 0.8 * (1 - (1 - 500 / 1000) ** 3)
+    >>> should_prune, round(sparsity, 4)
+    (True, 0.7)
 """
 
 from __future__ import annotations

@@ -127,13 +127,12 @@ class Prunable(keras.layers.Wrapper):
             argument is out of range, or a gate is combined with a granularity other than
             `"channel"` or `"weight"`.
 
-    Example:
-
-    >>> import keras, tfprune
-    >>> dense = tfprune.Prunable(keras.layers.Dense(8), sparsity=0.5)
-    >>> y = dense(keras.ops.ones((2, 4)))
-    >>> [t.name for t in dense.targets]
-    ['kernel']
+    Examples:
+        >>> import keras, tfprune
+        >>> dense = tfprune.Prunable(keras.layers.Dense(8), sparsity=0.5)
+        >>> y = dense(keras.ops.ones((2, 4)))
+        >>> [t.name for t in dense.targets]
+        ['kernel']
     """
 
     def __init__(

@@ -264,6 +264,7 @@ def tflite(
     half-written and nothing is left there on an error or KeyboardInterrupt.
 
     Quantization (`quantize`):
+
     - `None`: float32.
     - `"dynamic"`: int8 weights, float activations (no calibration).
     - `"float16"`: float16 weights.
