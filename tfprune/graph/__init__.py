@@ -40,16 +40,15 @@ def scale_rule(graph, call):  # MyScale multiplies each channel by a learned fac
 tfprune.graph.register(MyScale, scale_rule, kind="elementwise")
 ```
 
-Example:
-
->>> import keras, tfprune
->>> inputs = keras.Input((8, 8, 3))
->>> x = keras.layers.Conv2D(4, 3, name="c1")(inputs)
->>> x = keras.layers.BatchNormalization(name="bn")(x)
->>> outputs = keras.layers.Conv2D(2, 1, name="c2")(x)
->>> groups = tfprune.graph.channel_groups(keras.Model(inputs, outputs))
->>> [(g.channels, g.prunable) for g in groups]
-[(4, True), (2, False)]
+Examples:
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(4, 3, name="c1")(inputs)
+    >>> x = keras.layers.BatchNormalization(name="bn")(x)
+    >>> outputs = keras.layers.Conv2D(2, 1, name="c2")(x)
+    >>> groups = tfprune.graph.channel_groups(keras.Model(inputs, outputs))
+    >>> [(g.channels, g.prunable) for g in groups]
+    [(4, True), (2, False)]
 """
 
 from __future__ import annotations
