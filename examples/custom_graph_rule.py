@@ -15,6 +15,7 @@ import numpy as np
 import tfprune
 
 
+# --8<-- [start:rule]
 class ChannelScale(keras.layers.Layer):
     """`x * factor`, one learned factor per channel."""
 
@@ -29,6 +30,7 @@ def channel_scale_rule(graph, call):
     """Channel c of the output is channel c of the input; `factor` holds the channels."""
     graph.record(call.layer, "factor", 0, call.ids[0], "norm")
     return call.ids[0]
+# --8<-- [end:rule]
 
 
 def build_model() -> keras.Model:
@@ -46,10 +48,12 @@ def prunable(model: keras.Model) -> list[tuple[list[str], bool]]:
 
 def main() -> keras.Model:
     model = build_model()
+    # --8<-- [start:use]
     print("before:", prunable(model))
     tfprune.graph.register(ChannelScale, channel_scale_rule, kind="elementwise")
     print("after: ", prunable(model))
     small = tfprune.shrink(tfprune.prune_channels(model, ratio=0.5))
+    # --8<-- [end:use]
     print("conv1 filters:", small.get_layer("conv1").filters)
     print("parameters:", model.count_params(), "->", small.count_params())
     x = np.random.default_rng(0).normal(size=(1, 16, 16, 3)).astype("float32")
