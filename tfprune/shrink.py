@@ -220,8 +220,14 @@ class _Constants:
 
     def concat(self, node) -> None:
         v = [self.val(i) for i in node.inputs]
-        along = node.output.size == sum(x.size for x in v)
-        self.vals[id(node.output)] = np.concatenate(v) if along else v[0]
+        if node.output.size == sum(x.size for x in v):  # along the channels
+            self.vals[id(node.output)] = np.concatenate(v)
+            return
+        if any(not np.array_equal(v[0], x) for x in v[1:]):
+            # Different constants side by side along space: not one constant per channel.
+            for ids, x in zip(node.inputs, v):
+                self.keep_hot(ids, x)
+        self.vals[id(node.output)] = v[0]
 
     def flatten(self, node) -> None:
         v = self.val(node.inputs[0])
@@ -404,7 +410,7 @@ def shrink(model: keras.Model) -> keras.Model:
         for weight, axis, ids in slices:
             sliced[weight] = np.take(sliced[weight], _positions(ids, keep_id), axis=axis)
         for i, var in enumerate(new.weights):
-            name = _attr_path(new, var)
+            name = _attr_path(new, var, sliced)
             if name in sliced:
                 value = sliced[name]
             elif name in _NAMED:
@@ -457,9 +463,13 @@ _NAMED = (
 )
 
 
-def _attr_path(layer, var) -> str | None:
-    """The public attribute path of `var` on `layer` (`"kernel"`, `"moving_mean"`, ...)."""
-    for name in _NAMED:
+def _attr_path(layer, var, recorded) -> str | None:
+    """The public attribute path of `var` on `layer` (`"kernel"`, `"moving_mean"`, ...).
+
+    `recorded` adds the paths the graph recorded for the layer (a custom layer's rule
+    may name any weight).
+    """
+    for name in (*recorded, *_NAMED):
         if registry.resolve(layer, name) is var:
             return name
     return None

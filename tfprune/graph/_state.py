@@ -141,11 +141,6 @@ def width(shape: tuple) -> int:
     return int(shape[-1])
 
 
-def fixed(n: int) -> np.ndarray:
-    """Ids of `n` channels that belong to no group (model inputs, unknown outputs)."""
-    return np.full(n, -1, np.int64)
-
-
 def static_size(dims) -> int | None:
     """Product of dimensions, or None when one of them is unknown."""
     dims = list(dims)

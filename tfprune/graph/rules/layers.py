@@ -57,14 +57,16 @@ def source(g: Graph, call: Call):
     """
     layer = call.layer
     if reason := _channels_first(layer):
-        return reason
+        return _frozen_producer(g, call, reason)
     groups = getattr(layer, "groups", 1)
     if groups != 1:
         if groups == width(call.shapes[0]) == layer.filters:
             return _grouped_depthwise(g, call)
-        return (
+        return _frozen_producer(
+            g,
+            call,
             f"it is a grouped convolution (groups={groups}): removing channels would make "
-            "its groups unequal"
+            "its groups unequal",
         )
     ids = call.ids
     out = g.new(_out_channels(layer))
@@ -73,6 +75,24 @@ def source(g: Graph, call: Call):
             g.record(layer, spec.path, spec.in_axes[0], ids[0], "input")
         if spec.out_axes:
             g.record(layer, spec.path, spec.out_axes[0], out, "output")
+    return out
+
+
+def _frozen_producer(g: Graph, call: Call, reason: str):
+    """A producer whose channel mapping is not followed: its input and output are kept.
+
+    Its output channels still form a group (frozen, with the reason), so every producer
+    of the model appears in `channel_groups`.
+    """
+    layer = call.layer
+    reason = f"layer '{layer.name}' ({type(layer).__name__}): {reason}"
+    for ids in call.ids:
+        g.freeze(ids, reason)
+    out = g.new(_out_channels(layer))
+    for spec in registry.lookup(layer).weight_specs(layer):
+        if spec.out_axes:
+            g.record(layer, spec.path, spec.out_axes[0], out, "output")
+    g.freeze(out, reason)
     return out
 
 

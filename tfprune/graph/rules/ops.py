@@ -27,10 +27,6 @@ def _constants(call: Call) -> list:
     return [a for a in call.args if not isinstance(a, Tensor) and a is not None]
 
 
-def _rank(shape: tuple) -> int:
-    return len(shape)
-
-
 def elementwise_op(g: Graph, call: Call):
     """Arithmetic, comparisons and activations: output channel `c` reads input channel `c`.
 
@@ -67,7 +63,7 @@ def _axes(axis, rank: int) -> list[int] | None:
 
 def reduction(g: Graph, call: Call):
     """`mean`/`sum`/`max`/`min`/`prod` over non-channel axes: channels pass through."""
-    rank = _rank(call.shapes[0])
+    rank = len(call.shapes[0])
     axes = _axes(call.config().get("axis"), rank)
     if axes is None or rank - 1 in axes:
         return "it reduces over the channel (last) axis"
@@ -80,7 +76,7 @@ def _key_items(key) -> list:
 
 def get_item(g: Graph, call: Call):
     """`x[...]`: channels pass through when the last axis is not indexed."""
-    rank = _rank(call.shapes[0])
+    rank = len(call.shapes[0])
     items = _key_items(call.args[1])
     if any(isinstance(i, (Tensor, np.ndarray)) for i in items):
         return "it indexes with a tensor"
@@ -113,7 +109,7 @@ def reshape_op(g: Graph, call: Call):
 
 def transpose(g: Graph, call: Call):
     """`keras.ops.transpose`: channels pass through when the last axis stays last."""
-    rank = _rank(call.shapes[0])
+    rank = len(call.shapes[0])
     axes = call.config().get("axes")
     if axes is not None and int(axes[-1]) % rank == rank - 1:
         return call.ids[0]
@@ -123,7 +119,7 @@ def transpose(g: Graph, call: Call):
 def split(g: Graph, call: Call):
     """`keras.ops.split`: along channels, each output holds its slice of the ids."""
     config = call.config()
-    rank = _rank(call.shapes[0])
+    rank = len(call.shapes[0])
     n_out = len(call.out_shapes)
     if int(config.get("axis", 0)) % rank != rank - 1:
         return [call.ids[0]] * n_out
@@ -136,7 +132,7 @@ def split(g: Graph, call: Call):
 
 def stack(g: Graph, call: Call):
     """`keras.ops.stack` on a new axis before the channels: the inputs share channels."""
-    rank = _rank(call.out_shape)
+    rank = len(call.out_shape)
     if int(call.config().get("axis", 0)) % rank == rank - 1:
         return "it stacks along a new last axis, so the channels are no longer last"
     for other in call.ids[1:]:
@@ -146,7 +142,7 @@ def stack(g: Graph, call: Call):
 
 def expand_dims(g: Graph, call: Call):
     """`keras.ops.expand_dims` before the last axis: channels pass through."""
-    rank = _rank(call.out_shape)
+    rank = len(call.out_shape)
     axes = _axes(call.config().get("axis"), rank)
     if rank - 1 in axes:
         return "it adds an axis after the channel axis"
@@ -155,7 +151,7 @@ def expand_dims(g: Graph, call: Call):
 
 def squeeze(g: Graph, call: Call):
     """`keras.ops.squeeze` of axes other than the last: channels pass through."""
-    rank = _rank(call.shapes[0])
+    rank = len(call.shapes[0])
     axes = _axes(call.config().get("axis"), rank)
     if (axes is None and call.shapes[0][-1] == 1) or (axes and rank - 1 in axes):
         return "it removes the channel (last) axis"
@@ -164,7 +160,7 @@ def squeeze(g: Graph, call: Call):
 
 def matmul(g: Graph, call: Call):
     """`a @ b`: the output's last axis is `b`'s last axis; `a`'s last axis is contracted."""
-    if len(call.ids) != 2 or _rank(call.shapes[1]) < 2:
+    if len(call.ids) != 2 or len(call.shapes[1]) < 2:
         return "its second operand is not a tensor of rank 2 or more"
     a, b = call.ids
     g.freeze(a, f"{call.name} contracts it (the channel axis of its first operand)")

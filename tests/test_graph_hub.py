@@ -1,0 +1,142 @@
+"""keras-hub backbones (Functional subclasses) through the graph, wrap/strip and shrink."""
+
+from __future__ import annotations
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+import tfprune
+
+L = keras.layers
+
+
+def _bert():
+    return keras_hub.models.BertBackbone(
+        vocabulary_size=50,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=8,
+    )
+
+
+def _feed():
+    return {
+        "token_ids": np.array([[1, 2, 3, 0]]),
+        "segment_ids": np.zeros((1, 4), "int32"),
+        "padding_mask": np.array([[1, 1, 1, 0]]),
+    }
+
+
+def test_bert_backbone_is_read_as_a_functional_model():
+    # On main: TypeError "subclassed model ... Keras cannot see".
+    groups = tfprune.graph.channel_groups(_bert())
+    assert [(g.producers, g.channels, g.reason) for g in groups] == [
+        (["pooled_dense"], 8, "its channels are a model output")
+    ]
+
+
+def test_keras_hub_blocks_freeze_with_a_reason():
+    bert = _bert()
+    x = L.Dense(4, name="head_a")(bert.output["sequence_output"])
+    model = keras.Model(bert.input, L.Dense(2, name="head_b")(x))
+    assert _reason(model, "head_a") is None
+    seq = bert.get_layer("transformer_layer_0").output
+    hidden = L.Dense(8, name="pre")(seq)
+    rms = keras_hub.layers.RMSNormalization(input_dim=8)
+    norm = rms(hidden)
+    blocked = keras_hub.layers.TransformerEncoder(16, 2, name="enc")(L.Dense(8, name="pre2")(norm))
+    model2 = keras.Model(bert.input, [blocked, L.Dense(2, name="o")(norm)])
+    assert _reason(model2, "pre") == (
+        f"RMSNormalization '{rms.name}' computes statistics across channels, so removing "
+        "channels would change its output"
+    )
+    assert _reason(model2, "pre2").startswith(
+        "layer 'enc' (TransformerEncoder): it is a keras-hub block whose inner weights"
+    )
+
+
+def _reason(model, producer):
+    return next(g for g in tfprune.graph.channel_groups(model) if producer in g.producers).reason
+
+
+def test_bert_head_prunes_and_shrinks_through_the_backbone():
+    bert = _bert()
+    x = L.Dense(6, activation="relu", name="head_a")(bert.output["pooled_output"])
+    model = keras.Model(bert.input, L.Dense(2, name="head_b")(x))
+    with pytest.warns(UserWarning, match=r"transformer_layer_0 \(TransformerEncoder\)"):
+        wrapped = tfprune.wrap(model, 0.5, layers=["head_a", "head_b"])
+    plain = tfprune.strip(wrapped)
+    np.testing.assert_allclose(np.asarray(plain(_feed())), np.asarray(model(_feed())), atol=1e-6)
+    pruned = tfprune.prune_channels(model, 0.5)
+    small = tfprune.shrink(pruned)
+    assert small.get_layer("head_a").units == 3
+    np.testing.assert_allclose(np.asarray(small(_feed())), np.asarray(pruned(_feed())), atol=1e-5)
+
+
+def test_gpt2_backbone_wraps_although_its_blocks_build_only_from_a_call():
+    gpt2 = keras_hub.models.GPT2Backbone(
+        vocabulary_size=50,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=8,
+    )
+    feed = {"token_ids": np.array([[1, 2, 3]]), "padding_mask": np.ones((1, 3), "int32")}
+    with pytest.warns(UserWarning, match=r"transformer_layer_0 \(TransformerDecoder\)"):
+        plain = tfprune.strip(tfprune.wrap(gpt2, 0.5))
+    np.testing.assert_allclose(np.asarray(plain(feed)), np.asarray(gpt2(feed)), atol=1e-6)
+    assert tfprune.graph.channel_groups(gpt2) == []
+
+
+def test_layer_whose_config_does_not_round_trip_is_named():
+    vit = keras_hub.models.ViTBackbone(
+        image_shape=(8, 8, 3), patch_size=4, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16
+    )
+    with pytest.raises(TypeError) as err, pytest.warns(UserWarning, match="vit_encoder"):
+        tfprune.wrap(vit, 0.5)
+    assert str(err.value).startswith(
+        "Layer 'vit_patching_and_embedding' (ViTPatchingAndEmbedding) cannot be rebuilt from "
+        "its own config, so tfprune cannot clone the model"
+    )
+
+
+class _Sub(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.d = L.Dense(2)
+
+    def call(self, x):
+        return self.d(x)
+
+
+def test_subclassed_model_called_symbolically_is_still_refused():
+    sub = _Sub()
+    sub(keras.Input((3,)))
+    with pytest.raises(TypeError, match="is a subclassed model"):
+        tfprune.graph.channel_groups(sub)
+
+
+def test_gemma_internal_norm_is_known_by_its_bare_name():
+    gemma = keras_hub.models.GemmaBackbone(
+        vocabulary_size=50,
+        num_layers=1,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=8,
+        intermediate_dim=16,
+        head_dim=4,
+    )
+    norm = gemma.get_layer("final_normalization")
+    assert keras.saving.get_registered_name(type(norm)) == "RMSNormalization"
+    fresh = type(norm).from_config({**norm.get_config(), "name": "head_norm"})
+    x = L.Dense(8, name="pre")(gemma.output)
+    model = keras.Model(gemma.input, L.Dense(2, name="o")(fresh(x)))
+    assert _reason(model, "pre") == (
+        "RMSNormalization 'head_norm' computes statistics across channels, so removing "
+        "channels would change its output"
+    )
