@@ -549,10 +549,15 @@ def write_table(rows: dict) -> None:
         "",
         f"Machine: {machine()}. Last run: {max(r.get('date', '') for r in rows.values())}.",
         "",
-        f"Passed: {len(names)} models; "
+        f"Models: {len(names)}; passed per step: "
         + ", ".join(f"{k} {passed[k]}/{len(names)}" for k in STEPS)
-        + ".",
+        + ". A `-` is a step not run because an earlier one failed.",
         "",
+        *(
+            [f"Not run yet ({len(missing)}): " + ", ".join(missing) + ".", ""]
+            if (missing := [n for n in catalogue() if n not in rows])
+            else []
+        ),
         "| model | " + " | ".join(STEPS) + " |",
         "| --- |" + " --- |" * len(STEPS),
     ]
@@ -578,9 +583,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rerun", action="store_true", help="redo models already in the json")
     parser.add_argument("--timeout", type=float, default=900, help="CPU seconds per model")
     parser.add_argument("--list", action="store_true", help="print the model names")
+    parser.add_argument("--table", action="store_true", help="only rewrite COVERAGE.md")
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(catalogue()))
+        return
+    if args.table:
+        write_table(_load())
         return
     if args.only:
         print(json.dumps(run_model(args.only, args.row), indent=1))

@@ -1,6 +1,8 @@
 """Export rewrites: int8 latency with and without them, and candidates that were measured.
 
-Usage, from the repository root: `PYTHONPATH=. python benchmarks/rewrite.py [--size 64]`
+Usage, from the repository root: `PYTHONPATH=. python benchmarks/rewrite.py [--size 64]`;
+`--layers` times single depthwise layers instead (28x28x96, kernel 3, 5 and 7, as grouped
+`Conv2D` and as `DepthwiseConv2D`, int8 and float32).
 
 Every file is written by `tfprune.export.tflite(..., quantize="int8")` from the same model
 with random weights; "none" disables the rewrite step, the other rows add rewrites to
@@ -112,12 +114,61 @@ def _export(model, x, path, table) -> tuple[str, ...]:
     return result.ops, result.verification.max_abs_error / scale
 
 
+def _depthwise_layer(kernel: int) -> keras.Model:
+    i = keras.Input((28, 28, 96))
+    return keras.Model(i, keras.layers.Conv2D(96, kernel, padding="same", groups=96)(i))
+
+
+def layers_table(rounds: int, write: bool) -> None:
+    """Single depthwise layers: does LiteRT run the grouped form or the kernel size slowly?"""
+    x = np.random.default_rng(0).uniform(size=(16, 28, 28, 96)).astype("float32")
+    cases = [
+        (k, q, form)
+        for k in (3, 5, 7)
+        for q in ("int8", None)
+        for form in ("grouped Conv2D", "DepthwiseConv2D")
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for k, q, form in cases:
+            path = os.path.join(tmp, f"{k}{q}{form[0]}.tflite")
+            table = () if form == "grouped Conv2D" else REWRITES
+            with mock.patch("tfprune.export.rewrite.REWRITES", table):
+                tfprune.export.tflite(
+                    _depthwise_layer(k), path, quantize=q, representative_data=x, shrink=False
+                )
+            paths.append(path)
+        times = latencies(paths, threads=1, rounds=rounds, runs=20, warmup=3)
+    lines = ["| kernel | type | form | latency (ms) |", "| --- | --- | --- | --- |"]
+    for (k, q, form), t in zip(cases, times):
+        lines.append(f"| {k}x{k} | {q or 'float32'} | {form} | {t * 1e3:.3f} |")
+    publish(
+        [
+            "## Export rewrites: single depthwise layers (benchmarks/rewrite.py --layers)",
+            "",
+            "Command: `PYTHONPATH=. python benchmarks/rewrite.py --layers`. Machine: "
+            f"{machine()}. Date: {datetime.date.today().isoformat()}. One depthwise layer on a "
+            "28x28x96 input, written as `Conv2D(96, k, groups=96)` (grouped) or rewritten to "
+            f"`DepthwiseConv2D`; 1 thread, best of {rounds} interleaved rounds of the median "
+            "of 20 invokes.",
+            "",
+            *lines,
+            "",
+        ],
+        write=write,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="input size in pixels")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds")
     parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--layers", action="store_true", help="time single depthwise layers")
     args = parser.parse_args(argv)
+    if args.layers:
+        layers_table(args.rounds, write=not args.no_write)
+        return 0
     depthwise = REWRITES
     cases = [
         ("ConvNeXtTiny", "none", ()),

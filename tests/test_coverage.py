@@ -109,7 +109,12 @@ def test_table_has_one_row_per_model(monkeypatch, tmp_path):
     }
     cov.write_table(rows)
     lines = (tmp_path / "COVERAGE.md").read_text().splitlines()
-    assert "Passed: 2 models; build 1/2, wrap 0/2, groups 0/2, shrink 0/2, int8 0/2." in lines
+    assert lines[lines.index("| model | build | wrap | groups | shrink | int8 |") - 4] == (
+        "Models: 2; passed per step: build 1/2, wrap 0/2, groups 0/2, shrink 0/2, int8 0/2. "
+        "A `-` is a step not run because an earlier one failed."
+    )
+    missing = [n for n in cov.catalogue() if n not in rows]
+    assert f"Not run yet ({len(missing)}): {', '.join(missing)}." in lines
     assert lines[-2:] == [
         "| ResNet50 | pass: 32 px, 1 params | - | **FAIL**: a / b | - | - |",
         "| BERT | **FAIL**: x | - | - | - | - |",
