@@ -86,6 +86,10 @@ def batch_timer(k=keras):
         def on_train_batch_begin(self, batch, logs=None):
             self.times.append(time.perf_counter())
 
+        def on_train_batch_end(self, batch, logs=None):
+            if k is keras and keras.backend.backend() == "jax":  # JAX dispatches steps
+                keras.tree.map_structure(keras.ops.convert_to_numpy, logs)  # async: wait
+
     return BatchTimer()
 
 
