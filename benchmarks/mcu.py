@@ -48,8 +48,13 @@ L = keras.layers
 BATCH = 32
 
 
+def _bn(x):
+    # momentum 0.9: with a few hundred training steps, 0.99's moving statistics lag behind
+    return L.BatchNormalization(momentum=0.9)(x)
+
+
 def _bn_relu(x):
-    return L.ReLU()(L.BatchNormalization()(x))
+    return L.ReLU()(_bn(x))
 
 
 def ds_cnn() -> keras.Model:
@@ -67,7 +72,7 @@ def resnet8() -> keras.Model:
     x = _bn_relu(L.Conv2D(16, 3, padding="same")(inputs))
     for filters, stride in ((16, 1), (32, 2), (64, 2)):
         y = _bn_relu(L.Conv2D(filters, 3, strides=stride, padding="same")(x))
-        y = L.BatchNormalization()(L.Conv2D(filters, 3, padding="same")(y))
+        y = _bn(L.Conv2D(filters, 3, padding="same")(y))
         if stride != 1:
             x = L.Conv2D(filters, 1, strides=stride)(x)
         x = L.ReLU()(L.Add()([x, y]))
