@@ -119,3 +119,24 @@ def test_subclassed_model_called_symbolically_is_still_refused():
     sub(keras.Input((3,)))
     with pytest.raises(TypeError, match="is a subclassed model"):
         tfprune.graph.channel_groups(sub)
+
+
+def test_gemma_internal_norm_is_known_by_its_bare_name():
+    gemma = keras_hub.models.GemmaBackbone(
+        vocabulary_size=50,
+        num_layers=1,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=8,
+        intermediate_dim=16,
+        head_dim=4,
+    )
+    norm = gemma.get_layer("final_normalization")
+    assert keras.saving.get_registered_name(type(norm)) == "RMSNormalization"
+    fresh = type(norm).from_config({**norm.get_config(), "name": "head_norm"})
+    x = L.Dense(8, name="pre")(gemma.output)
+    model = keras.Model(gemma.input, L.Dense(2, name="o")(fresh(x)))
+    assert _reason(model, "pre") == (
+        "RMSNormalization 'head_norm' computes statistics across channels, so removing "
+        "channels would change its output"
+    )

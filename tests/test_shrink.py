@@ -311,7 +311,7 @@ def test_shrink_errors():
 
 
 def _block(draw, x, k, width):
-    kind = draw(st.sampled_from(["conv", "conv_bn", "add", "concat", "depthwise"]))
+    kind = draw(st.sampled_from(["conv", "conv_bn", "add", "concat", "depthwise", "grouped"]))
     if kind == "conv":
         return L.Conv2D(width, draw(st.sampled_from([1, 3])), padding="same", name=f"c{k}")(x)
     if kind == "conv_bn":
@@ -323,6 +323,10 @@ def _block(draw, x, k, width):
     if kind == "concat":
         y = L.Conv2D(width, 1, name=f"c{k}")(x)
         return L.Concatenate()([x, y])
+    if kind == "grouped":  # depthwise written as Conv2D(groups=C), as ConvNeXt does
+        c = int(x.shape[-1])
+        y = L.Conv2D(c, 3, groups=c, padding="valid", name=f"g{k}")(L.ZeroPadding2D()(x))
+        return L.BatchNormalization(name=f"bn{k}")(y)
     y = L.DepthwiseConv2D(3, padding="valid", name=f"dw{k}")(L.ZeroPadding2D()(x))
     return L.BatchNormalization(name=f"bn{k}")(y)
 

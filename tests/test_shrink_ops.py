@@ -197,13 +197,7 @@ def _raw_block(draw, x, k):
     return ops.concatenate([b, ops.relu(a)], axis=-1)
 
 
-@settings(
-    max_examples=8,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-@given(st.data())
-def test_random_models_with_raw_ops_shrink_to_equal_outputs(data):
+def _check_random_model(data):
     i = keras.Input((4, 4, 2))
     x = L.Conv2D(data.draw(st.integers(2, 6)), 1, name="stem")(i)
     for k in range(data.draw(st.integers(1, 4))):
@@ -221,6 +215,22 @@ def test_random_models_with_raw_ops_shrink_to_equal_outputs(data):
     ya, yb = np.asarray(model(x)), np.asarray(small(x))
     assert np.abs(ya - yb).max() <= 1e-5 * np.abs(ya).max() + 1e-6
     assert small.count_params() <= model.count_params()
+
+
+_HEALTH = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=_HEALTH)
+@given(st.data())
+def test_random_models_with_raw_ops_shrink_to_equal_outputs(data):
+    _check_random_model(data)
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None, suppress_health_check=_HEALTH)
+@given(st.data())
+def test_random_models_with_raw_ops_shrink_to_equal_outputs_many(data):
+    _check_random_model(data)
 
 
 def test_export_tflite_shrinks_a_raw_op_model(tmp_path):

@@ -14,8 +14,11 @@ from tfprune.graph._state import Call, Graph
 from tfprune.graph.rules.layers import across_channels
 from tfprune.graph.table import register
 
-_NORMS = ("RMSNormalization", "LayerNorm", "GemmaRMSNormalization")
+_NORMS = ("RMSNormalization",)
 _BLOCKS = (
+    "GemmaDecoderBlock",
+    "ViTEncoder",
+    "ViTPatchingAndEmbedding",
     "TransformerEncoder",
     "TransformerDecoder",
     "CachedMultiHeadAttention",
@@ -36,7 +39,11 @@ def opaque_block(g: Graph, call: Call) -> str:
     )
 
 
+# keras-hub registers its public layers as "keras_hub>Name"; the layers inside its models
+# (Gemma's RMSNormalization, GemmaDecoderBlock) carry their bare class name.
 for _name in _NORMS:
-    register(f"keras_hub>{_name}", across_channels, "mixed")
+    for _key in (f"keras_hub>{_name}", _name):
+        register(_key, across_channels, "mixed")
 for _name in _BLOCKS:
-    register(f"keras_hub>{_name}", opaque_block, "unknown")
+    for _key in (f"keras_hub>{_name}", _name):
+        register(_key, opaque_block, "unknown")
