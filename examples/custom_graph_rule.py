@@ -30,6 +30,8 @@ def channel_scale_rule(graph, call):
     """Channel c of the output is channel c of the input; `factor` holds the channels."""
     graph.record(call.layer, "factor", 0, call.ids[0], "norm")
     return call.ids[0]
+
+
 # --8<-- [end:rule]
 
 
