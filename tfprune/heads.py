@@ -429,7 +429,7 @@ def prune_heads(
     scores = head_scores(copy, criterion, data, loss, seed)
     chosen = [h for h in all_heads if not skip(h.layer)]
     units = [_units(h, scores[h.layer.name], unit) for h in chosen]
-    keeps = select_channels(units, [ratio] * len(units), scope, None, min_heads)
+    keeps = select_channels(units, [None] * len(units), scope, None, min_heads, ratio=ratio)
     for heads, keep_units in zip(chosen, keeps):
         zero_heads(heads, _keep_query_heads(heads, scores[heads.layer.name], unit, keep_units))
     return copy
