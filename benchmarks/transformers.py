@@ -255,9 +255,9 @@ def _command(args) -> str:
     if args.tiny:
         return "python benchmarks/transformers.py --tiny"
     return (
-        f"python benchmarks/transformers.py --vit-train {args.vit_train} --epochs "
-        f"{args.epochs} --tune {args.tune} --lm-bytes {args.lm_bytes} --lm-epochs "
-        f"{args.lm_epochs}"
+        f"python benchmarks/transformers.py --vit-train {args.vit_train} --vit-test "
+        f"{args.vit_test} --epochs {args.epochs} --tune {args.tune} --lm-bytes "
+        f"{args.lm_bytes} --lm-epochs {args.lm_epochs} --rounds {args.rounds}"
         + (" --skip-lm" if args.skip_lm else "")
         + (" --kd-informed-only" if args.kd_informed_only else "")
     )
