@@ -257,7 +257,9 @@ def _command(args) -> str:
     return (
         f"python benchmarks/transformers.py --vit-train {args.vit_train} --vit-test "
         f"{args.vit_test} --epochs {args.epochs} --tune {args.tune} --lm-bytes "
-        f"{args.lm_bytes} --lm-epochs {args.lm_epochs} --rounds {args.rounds}"
+        f"{args.lm_bytes} --lm-epochs {args.lm_epochs} --tune-lm {args.tune_lm} --rounds "
+        f"{args.rounds}"
+        + (" --skip-vit" if args.skip_vit else "")
         + (" --skip-lm" if args.skip_lm else "")
         + (" --kd-informed-only" if args.kd_informed_only else "")
     )
