@@ -255,9 +255,11 @@ def _command(args) -> str:
     if args.tiny:
         return "python benchmarks/transformers.py --tiny"
     return (
-        f"python benchmarks/transformers.py --vit-train {args.vit_train} --epochs "
-        f"{args.epochs} --tune {args.tune} --lm-bytes {args.lm_bytes} --lm-epochs "
-        f"{args.lm_epochs}"
+        f"python benchmarks/transformers.py --vit-train {args.vit_train} --vit-test "
+        f"{args.vit_test} --epochs {args.epochs} --tune {args.tune} --lm-bytes "
+        f"{args.lm_bytes} --lm-epochs {args.lm_epochs} --tune-lm {args.tune_lm} --rounds "
+        f"{args.rounds}"
+        + (" --skip-vit" if args.skip_vit else "")
         + (" --skip-lm" if args.skip_lm else "")
         + (" --kd-informed-only" if args.kd_informed_only else "")
     )
@@ -274,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-lm", type=int, default=1024, help="LM fine-tuning windows")
     parser.add_argument("--rounds", type=int, default=3, help="latency rounds")
     parser.add_argument("--skip-lm", action="store_true", help="ViT only")
+    parser.add_argument("--skip-vit", action="store_true", help="language model only")
     parser.add_argument(
         "--kd-informed-only", action="store_true", help="baselines fine-tuned without KD only"
     )
@@ -285,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         args.lm_bytes, args.lm_epochs, args.tune_lm, args.rounds = 40_000, 1, 128, 1
     keras.utils.set_random_seed(0)
     conditions = machine()
-    publish(_vit(args, conditions), write=not args.no_write)
+    if not args.skip_vit:
+        publish(_vit(args, conditions), write=not args.no_write)
     if not args.skip_lm:
         publish(_lm(args, conditions), write=not args.no_write)
     return 0
