@@ -547,7 +547,9 @@ def write_table(rows: dict) -> None:
         "  inputs (max error relative to the largest output); latency ratio shrunk / dense, 1",
         "  thread (models with one input only).",
         "",
-        f"Machine: {machine()}. Last run: {max(r.get('date', '') for r in rows.values())}.",
+        f"Machine: {machine()} (load when the table was written; runs are nice'd on a "
+        f"shared machine, so latencies are ratios from one process). Last run: "
+        f"{max(r.get('date', '') for r in rows.values())}.",
         "",
         f"Models: {len(names)}; passed per step: "
         + ", ".join(f"{k} {passed[k]}/{len(names)}" for k in STEPS)
