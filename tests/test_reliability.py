@@ -43,8 +43,17 @@ def _net(policy: str = "float32") -> keras.Model:
 _X = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype("float32")
 
 
-@pytest.mark.parametrize("quantize", [None, "int8"])
-def test_mixed_precision_exports_the_float32_file(tmp_path, quantize):
+@pytest.mark.parametrize(
+    ("quantize", "activations"),
+    [
+        (None, ("float32",)),
+        ("dynamic", ("float32",)),
+        ("float16", ("float32",)),
+        ("int8", ("int8",)),
+        ("int16x8", ("int16",)),
+    ],
+)
+def test_mixed_precision_exports_the_float32_file(tmp_path, quantize, activations):
     base = _net()
     expected = export.tflite(base, tmp_path / "f32.tflite", quantize, _X)
     for policy in ("mixed_float16", "mixed_bfloat16"):
@@ -55,7 +64,7 @@ def test_mixed_precision_exports_the_float32_file(tmp_path, quantize):
         assert (tmp_path / f"{policy}.tflite").read_bytes() == (
             tmp_path / "f32.tflite"
         ).read_bytes()
-        assert result.activations == expected.activations == (quantize or "float32",)
+        assert result.activations == expected.activations == activations
 
 
 def test_command_line_exports_a_mixed_precision_model(tmp_path, capsys):
