@@ -105,6 +105,35 @@ def test_layer_whose_config_does_not_round_trip_is_named():
     )
 
 
+@pytest.mark.parametrize(
+    "run",
+    [
+        tfprune.graph.channel_groups,
+        lambda m: tfprune.prune_channels(m, 0.5),
+        lambda m: tfprune.wrap(m, 0.5),
+    ],
+    ids=["channel_groups", "prune_channels", "wrap"],
+)
+def test_layer_whose_get_config_fails_is_named(run):
+    # keras-hub 0.32's LlamaTransformerDecoder.get_config reads an attribute it never sets.
+    llama = keras_hub.models.LlamaBackbone(
+        vocabulary_size=50,
+        num_layers=1,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=8,
+        intermediate_dim=16,
+    )
+    with pytest.raises(TypeError) as err:
+        run(llama)
+    message = str(err.value)
+    assert message.startswith(
+        "Layer 'transformer_layer_0' (LlamaTransformerDecoder) cannot serialize its config "
+        "(AttributeError: "
+    )
+    assert message.endswith("for keras-hub layers, report it upstream).")
+
+
 class _Sub(keras.Model):
     def __init__(self):
         super().__init__()

@@ -221,7 +221,7 @@ def prune_channels(
             "tfprune.prune_channels expects a Sequential or functional Keras model. "
             f"Received: model={model!r} of type {type(model).__name__}"
         )
-    surgery._check_rebuildable(model, "prune_channels")
+    surgery.check_rebuildable(model, "prune_channels")
     _check_ratio("ratio", ratio)
     for name, value in (ratios or {}).items():
         _check_ratio(f"ratios['{name}']", value)

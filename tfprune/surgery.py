@@ -75,7 +75,7 @@ def clone_layer(
     """
     if not isinstance(layer, keras.layers.Layer):
         return layer
-    config = layer.get_config() if config is None else config
+    config = layer_config(layer) if config is None else config
     new = from_config(layer, config)
     if layer.built:
         values = layer.get_weights() if weights is None else weights
@@ -140,7 +140,16 @@ def _is_graph_model(model: keras.Model) -> bool:
     return True
 
 
-def _check_rebuildable(model: keras.layers.Layer, fn: str) -> None:
+def check_rebuildable(model: keras.layers.Layer, fn: str) -> None:
+    """Raises unless tfprune can rebuild `model` (a graph model whose config serializes).
+
+    Args:
+        model: The model `fn` was given.
+        fn: The tfprune function, for the message.
+
+    Raises:
+        TypeError: If `model` is or holds a subclassed model.
+    """
     for layer in [model, *registry.iter_layers(model)]:
         if isinstance(layer, keras.Model) and not _is_graph_model(layer):
             raise TypeError(
@@ -150,6 +159,50 @@ def _check_rebuildable(model: keras.layers.Layer, fn: str) -> None:
                 "`self.dense = tfprune.Prunable(keras.layers.Dense(10), sparsity=0.5)`, and "
                 "train with tfprune.callbacks.UpdateMasks()."
             )
+
+
+def layer_config(layer: keras.Operation) -> dict:
+    """`layer.get_config()`, with an error naming the layer when it fails.
+
+    Args:
+        layer: A layer or raw operation.
+
+    Returns:
+        Its config.
+
+    Raises:
+        TypeError: If the layer's `get_config` raises (as some keras-hub layers do).
+    """
+    try:
+        return layer.get_config()
+    except Exception as err:
+        raise TypeError(
+            f"Layer '{layer.name}' ({type(layer).__name__}) cannot serialize its config "
+            f"({type(err).__name__}: {err}), so tfprune cannot read or rebuild the model: "
+            "Keras describes a model's graph with every layer's get_config(). This is a "
+            "limitation of the layer's class, not of tfprune: fix its get_config (for "
+            "keras-hub layers, report it upstream)."
+        ) from err
+
+
+def model_config(model: keras.Model) -> dict:
+    """`model.get_config()`, with an error naming the layer whose `get_config` fails.
+
+    Args:
+        model: A Sequential or functional model.
+
+    Returns:
+        The model's config.
+
+    Raises:
+        TypeError: If a layer's `get_config` raises (see `layer_config`).
+    """
+    try:
+        return model.get_config()
+    except Exception:
+        for layer in registry.iter_layers(model):
+            layer_config(layer)  # raises, naming the layer
+        raise
 
 
 def _selector(arg: LayerSelector, name: str, known: set[str]) -> Callable | None:
@@ -229,7 +282,7 @@ def wrap(
         )
     if not isinstance(model, keras.Model):
         return Prunable(model, gate=gate, **options)
-    _check_rebuildable(model, "wrap")
+    check_rebuildable(model, "wrap")
     all_layers = list(registry.iter_layers(model))
     wrapped = [layer.name for layer in all_layers if isinstance(layer, Prunable)]
     if wrapped:
@@ -311,7 +364,7 @@ def _plain(
     """`clone_layer` without tfprune regularizers or constraints in the config."""
     if not isinstance(layer, keras.layers.Layer):
         return layer
-    return clone_layer(layer, weights, deferred, config=_without_tfprune(layer.get_config()))
+    return clone_layer(layer, weights, deferred, config=_without_tfprune(layer_config(layer)))
 
 
 def strip(model: keras.layers.Layer) -> keras.layers.Layer:
@@ -340,7 +393,7 @@ def strip(model: keras.layers.Layer) -> keras.layers.Layer:
             "tfprune.strip expects a Keras model or a tfprune.Prunable layer. Received: "
             f"model={model!r} of type {type(model).__name__}"
         )
-    _check_rebuildable(model, "strip")
+    check_rebuildable(model, "strip")
 
     def clone(layer: keras.layers.Layer, deferred: list) -> keras.layers.Layer:
         if isinstance(layer, Prunable):

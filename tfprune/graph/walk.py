@@ -14,6 +14,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from tfprune import surgery
 from tfprune.graph._state import Call, ChannelGroup, Graph, Node, Slice, Tensor, width
 from tfprune.graph.table import lookup
 
@@ -127,7 +128,7 @@ def _walk(g: Graph, model: keras.Model, in_ids: list | None, in_shapes: list | N
     """Channel ids of a model's outputs given its inputs' ids (None: the model's inputs)."""
     if isinstance(model, keras.Sequential):
         return _walk_sequential(g, model, in_ids, in_shapes)
-    config = functional_view(model).get_config()
+    config = surgery.model_config(functional_view(model))
     tensors: dict[tuple, np.ndarray] = {}
     if in_ids is not None:
         for k, ref in enumerate(_history_refs(config["input_layers"])):
