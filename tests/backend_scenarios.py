@@ -149,6 +149,15 @@ def lottery():
     return ticket.apply(cnn())
 
 
+def taylor_channels():
+    """Channel pruning by first-order Taylor importance (each backend's own gradients)."""
+    x, y = data()
+    batches = [(x[:32], y[:32]), (x[32:], y[32:])]
+    return tfprune.prune_channels(
+        cnn(), 0.5, criterion="taylor", data=batches, loss=loss(), ignore=["out"]
+    )
+
+
 def saved_and_loaded():
     """Trained, saved to `.keras`, loaded (safe mode) and trained one more epoch."""
     model = weight_adamw()
@@ -169,6 +178,7 @@ SCENARIOS = {
         group_lasso_proximal,
         rewind,
         lottery,
+        taylor_channels,
         saved_and_loaded,
     )
 }

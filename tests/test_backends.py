@@ -60,6 +60,21 @@ def test_training_gives_what_tensorflow_gives(name, tensorflow_reference):
             np.testing.assert_allclose(value, theirs[key], rtol=1e-4, atol=2e-5, err_msg=key)
 
 
+def test_gradients_equal_the_closed_form_of_least_squares():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 3)).astype("float32")
+    y = rng.normal(size=(8, 2)).astype("float32")
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d")(inputs))
+    kernel, bias = model.get_layer("d").weights
+    w, b = keras.ops.convert_to_numpy(kernel), keras.ops.convert_to_numpy(bias)
+    grads = tfprune.backends.gradients(model, keras.losses.mean_squared_error, x, y)
+    r = x @ w + b - y  # loss = mean over examples and outputs of r ** 2
+    assert sorted(grads) == sorted([kernel.path, bias.path])
+    np.testing.assert_allclose(grads[kernel.path], 2 * x.T @ r / r.size, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grads[bias.path], 2 * r.sum(0) / r.size, rtol=1e-5, atol=1e-6)
+
+
 def _masked_copy(model: keras.Model, plain: keras.Model) -> None:
     """Loads `plain` (the stripped architecture) with `model`'s weights, masks applied."""
     wrapped = {layer.name: layer for layer in tfprune.controller.prunable_layers(model)}

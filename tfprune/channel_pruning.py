@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 import keras
 import numpy as np
 
-from tfprune import allocation, surgery
+from tfprune import allocation, backends, surgery
 from tfprune import criteria as criteria_lib
 from tfprune import gates as gates_lib
 from tfprune import graph as graph_lib
@@ -135,9 +135,7 @@ def _matches(selector, group: graph_lib.ChannelGroup) -> bool:
 
 
 def _taylor_terms(model: keras.Model, data, loss) -> dict[str, list[np.ndarray]]:
-    """Per batch, `w * dL/dw` of every trainable weight (TensorFlow's GradientTape)."""
-    import tensorflow as tf
-
+    """Per batch, `w * dL/dw` of every trainable weight (on any backend)."""
     if loss is None:
         loss = getattr(model, "loss", None)
     if loss is None:
@@ -154,17 +152,10 @@ def _taylor_terms(model: keras.Model, data, loss) -> dict[str, list[np.ndarray]]
                 f"{type(batch).__name__}; pass data=[(x, y), ...] or a tf.data.Dataset of "
                 "(x, y) pairs."
             )
-        x, y = batch[0], batch[1]
-        with tf.GradientTape() as tape:
-            value = keras.ops.mean(loss_fn(y, model(x, training=False)))
-        weights = [w for w in model.weights if w.dtype == "float32"]
-        grads = tape.gradient(value, [w.value for w in weights])
-        for w, gr in zip(weights, grads):
-            if gr is None:
-                continue
-            terms.setdefault(w.path, []).append(
-                keras.ops.convert_to_numpy(w) * keras.ops.convert_to_numpy(gr)
-            )
+        grads = backends.gradients(model, loss_fn, batch[0], batch[1])
+        for w in model.trainable_variables:
+            if w.path in grads:
+                terms.setdefault(w.path, []).append(keras.ops.convert_to_numpy(w) * grads[w.path])
     if not terms:
         raise ValueError("Criterion 'taylor' received empty `data`. Pass at least one batch.")
     return terms
