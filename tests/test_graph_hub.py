@@ -77,7 +77,7 @@ def test_bert_head_prunes_and_shrinks_through_the_backbone():
     np.testing.assert_allclose(np.asarray(small(_feed())), np.asarray(pruned(_feed())), atol=1e-5)
 
 
-def test_gpt2_backbone_wraps_although_its_blocks_build_only_from_a_call():
+def test_gpt2_backbone_clones_although_its_blocks_build_only_from_a_call():
     gpt2 = keras_hub.models.GPT2Backbone(
         vocabulary_size=50,
         num_layers=1,
@@ -87,8 +87,19 @@ def test_gpt2_backbone_wraps_although_its_blocks_build_only_from_a_call():
         max_sequence_length=8,
     )
     feed = {"token_ids": np.array([[1, 2, 3]]), "padding_mask": np.ones((1, 3), "int32")}
-    with pytest.warns(UserWarning, match=r"transformer_layer_0 \(TransformerDecoder\)"):
-        plain = tfprune.strip(tfprune.wrap(gpt2, 0.5))
+    # Every Dense of GPT-2 sits inside a TransformerDecoder: wrap has nothing to wrap.
+    with (
+        pytest.warns(UserWarning, match=r"transformer_layer_0 \(TransformerDecoder\)"),
+        pytest.raises(ValueError) as err,
+    ):
+        tfprune.wrap(gpt2, 0.5)
+    assert str(err.value).startswith(
+        "tfprune.wrap found no layer to prune in model 'gpt2_backbone': no layer of a "
+        "supported type (Conv1D, "
+    )
+    assert "Left dense: " in str(err.value)
+    assert "transformer_layer_0 (TransformerDecoder)" in str(err.value)
+    plain = tfprune.surgery.copy_model(gpt2)  # the same cloning, weights set after the call
     np.testing.assert_allclose(np.asarray(plain(feed)), np.asarray(gpt2(feed)), atol=1e-6)
     assert tfprune.graph.channel_groups(gpt2) == []
 

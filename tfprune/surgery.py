@@ -14,7 +14,7 @@ import keras
 from tfprune import layers as registry
 from tfprune.gates import Gate
 from tfprune.graph import walk as graph_lib
-from tfprune.wrapper import Prunable
+from tfprune.wrapper import Prunable, prunable_layers
 
 __all__ = ["clone_layer", "copy_model", "from_config", "strip", "wrap"]
 
@@ -266,7 +266,8 @@ def wrap(
     Raises:
         TypeError: If `model` is not a Keras layer or model, or is a subclassed model.
         ValueError: If `model` is already wrapped, `layers`/`exclude`/`gate` name missing
-            layers, `layers` names an unsupported layer, or an argument is out of range.
+            layers, `layers` names an unsupported layer, no layer is left to wrap, or an
+            argument is out of range.
     """
     options = dict(
         sparsity=sparsity,
@@ -336,7 +337,18 @@ def wrap(
             return Prunable(new, gate=layer_gate, **options)
         return new
 
-    return _clone_model(model, clone)
+    wrapped = _clone_model(model, clone)
+    if not prunable_layers(wrapped):
+        hidden = f" Left dense: {', '.join(unsupported)}." if unsupported else ""
+        raise ValueError(
+            f"tfprune.wrap found no layer to prune in model '{model.name}': no layer of a "
+            f"supported type ({', '.join(registry.supported())}) is reachable after "
+            f"`layers`/`exclude`.{hidden} Layers inside a custom block (keras-hub's "
+            "TransformerEncoder, for example) are not reachable: register the block's type "
+            "with tfprune.layers.register, or remove its channels and heads with "
+            "tfprune.prune_channels and tfprune.prune_heads."
+        )
+    return wrapped
 
 
 def _is_tfprune_object(value) -> bool:
