@@ -339,14 +339,14 @@ def wrap(
 
     wrapped = _clone_model(model, clone)
     if not prunable_layers(wrapped):
-        hidden = f" Left dense: {', '.join(unsupported)}." if unsupported else ""
+        hidden = f"left dense: {', '.join(unsupported)}; " if unsupported else ""
         raise ValueError(
-            f"tfprune.wrap found no layer to prune in model '{model.name}': no layer of a "
-            f"supported type ({', '.join(registry.supported())}) is reachable after "
-            f"`layers`/`exclude`.{hidden} Layers inside a custom block (keras-hub's "
-            "TransformerEncoder, for example) are not reachable: register the block's type "
-            "with tfprune.layers.register, or remove its channels and heads with "
-            "tfprune.prune_channels and tfprune.prune_heads."
+            f"tfprune.wrap found no layer to prune in model '{model.name}' ({hidden}no layer "
+            "of a supported type is reachable after `layers`/`exclude`). Layers inside a "
+            "custom block (keras-hub's TransformerEncoder, for example) are not reachable: "
+            "register the block's type with tfprune.layers.register, or remove its channels "
+            "and heads with tfprune.prune_channels and tfprune.prune_heads. Supported types: "
+            f"{', '.join(registry.supported())}."
         )
     return wrapped
 
