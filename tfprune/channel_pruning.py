@@ -33,7 +33,7 @@ __all__ = ["prune_channels", "select_channels", "zero_channels"]
 SCOPES = ("layer", "global")
 
 
-def _check_ratio(name: str, value: float) -> None:
+def check_ratio(name: str, value: float) -> None:
     fraction(name, value, what="a float in [0, 1) (the fraction of channels removed)")
 
 
@@ -134,7 +134,7 @@ def _matches(selector, group: graph_lib.ChannelGroup) -> bool:
     return bool(set(group.producers) & set(selector))
 
 
-def _taylor_terms(model: keras.Model, data, loss) -> dict[str, list[np.ndarray]]:
+def taylor_terms(model: keras.Model, data, loss) -> dict[str, list[np.ndarray]]:
     """Per batch, `w * dL/dw` of every trainable weight (on any backend)."""
     if loss is None:
         loss = getattr(model, "loss", None)
@@ -213,9 +213,9 @@ def prune_channels(
             f"Received: model={model!r} of type {type(model).__name__}"
         )
     surgery.check_rebuildable(model, "prune_channels")
-    _check_ratio("ratio", ratio)
+    check_ratio("ratio", ratio)
     for name, value in (ratios or {}).items():
-        _check_ratio(f"ratios['{name}']", value)
+        check_ratio(f"ratios['{name}']", value)
     if scope not in SCOPES:
         raise ValueError(f"Expected `scope` to be one of {SCOPES}. Received: scope={scope!r}")
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
@@ -246,7 +246,7 @@ def prune_channels(
     if criterion == "taylor":
         if data is None:
             raise ValueError("Criterion 'taylor' needs `data`: batches (x, y). Received: data=None")
-        context.gradients = _taylor_terms(copy, data, loss)
+        context.gradients = taylor_terms(copy, data, loss)
     scores = []
     for group in groups:
         s = np.asarray(fn(group, context), np.float64)

@@ -35,7 +35,7 @@ import numpy as np
 
 from tfprune import layers as registry
 from tfprune import surgery
-from tfprune.channel_pruning import _check_ratio, _taylor_terms, select_channels
+from tfprune.channel_pruning import check_ratio, select_channels, taylor_terms
 from tfprune.wrapper import prunable_layers
 
 __all__ = [
@@ -292,7 +292,7 @@ def head_scores(
             "Received: data=None"
         )
     all_heads = attention_heads(model)
-    terms = _taylor_terms(model, data, loss) if criterion == "taylor" else None
+    terms = taylor_terms(model, data, loss) if criterion == "taylor" else None
     rng = np.random.default_rng(seed)
     out = {}
     for heads in all_heads:
@@ -401,7 +401,7 @@ def prune_heads(
             "tfprune.prune_heads expects a Keras model. "
             f"Received: model={model!r} of type {type(model).__name__}"
         )
-    _check_ratio("ratio", ratio)
+    check_ratio("ratio", ratio)
     if unit not in UNITS:
         raise ValueError(f"Expected `unit` to be one of {UNITS}. Received: unit={unit!r}")
     if not isinstance(min_heads, int) or min_heads < 1:
