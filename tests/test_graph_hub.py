@@ -35,7 +35,8 @@ def test_bert_backbone_is_read_as_a_functional_model():
     # On main: TypeError "subclassed model ... Keras cannot see".
     groups = tfprune.graph.channel_groups(_bert())
     assert [(g.producers, g.channels, g.reason) for g in groups] == [
-        (["pooled_dense"], 8, "its channels are a model output")
+        (["transformer_layer_0"], 16, None),  # the block's MLP units (tests/test_hub_blocks.py)
+        (["pooled_dense"], 8, "its channels are a model output"),
     ]
 
 
@@ -54,8 +55,14 @@ def test_keras_hub_blocks_freeze_with_a_reason():
         f"RMSNormalization '{rms.name}' computes statistics across channels, so removing "
         "channels would change its output"
     )
-    assert _reason(model2, "pre2").startswith(
-        "layer 'enc' (TransformerEncoder): it is a keras-hub block whose inner weights"
+    assert _reason(model2, "pre2") == (
+        "TransformerEncoder 'enc' adds them to its residual stream (the hidden width of a "
+        "keras-hub block is kept; its MLP units and attention heads are pruned)"
+    )
+    pos = keras_hub.layers.PositionEmbedding(8, name="pos")
+    model3 = keras.Model(bert.input, pos(L.Dense(8, name="pre3")(seq)))
+    assert _reason(model3, "pre3").startswith(
+        "layer 'pos' (PositionEmbedding): it is a keras-hub block whose inner weights"
     )
 
 
@@ -67,7 +74,7 @@ def test_bert_head_prunes_and_shrinks_through_the_backbone():
     bert = _bert()
     x = L.Dense(6, activation="relu", name="head_a")(bert.output["pooled_output"])
     model = keras.Model(bert.input, L.Dense(2, name="head_b")(x))
-    with pytest.warns(UserWarning, match=r"transformer_layer_0 \(TransformerEncoder\)"):
+    with pytest.warns(UserWarning, match=r"token_embedding \(ReversibleEmbedding\)"):
         wrapped = tfprune.wrap(model, 0.5, layers=["head_a", "head_b"])
     plain = tfprune.strip(wrapped)
     np.testing.assert_allclose(np.asarray(plain(_feed())), np.asarray(model(_feed())), atol=1e-6)
@@ -87,20 +94,30 @@ def test_gpt2_backbone_clones_although_its_blocks_build_only_from_a_call():
         max_sequence_length=8,
     )
     feed = {"token_ids": np.array([[1, 2, 3]]), "padding_mask": np.ones((1, 3), "int32")}
-    # Every Dense of GPT-2 sits inside a TransformerDecoder: wrap has nothing to wrap.
-    with (
-        pytest.warns(UserWarning, match=r"transformer_layer_0 \(TransformerDecoder\)"),
-        pytest.raises(ValueError) as err,
-    ):
-        tfprune.wrap(gpt2, 0.5)
-    assert str(err.value).startswith(
-        "tfprune.wrap found no layer to prune in model 'gpt2_backbone' (left dense: "
-    )
-    assert "transformer_layer_0 (TransformerDecoder)" in str(err.value)
-    assert "register the block's type with tfprune.layers.register" in str(err.value)
+    # Every Dense of GPT-2 sits inside a TransformerDecoder, which tfprune.hub_blocks knows.
+    with pytest.warns(UserWarning, match=r"token_embedding \(ReversibleEmbedding\)"):
+        wrapped = tfprune.wrap(gpt2, 0.5)
+    assert [w.name for w in tfprune.wrapper.prunable_layers(wrapped)] == ["transformer_layer_0"]
+    np.testing.assert_allclose(np.asarray(wrapped(feed)), np.asarray(gpt2(feed)), atol=1e-6)
     plain = tfprune.surgery.copy_model(gpt2)  # the same cloning, weights set after the call
     np.testing.assert_allclose(np.asarray(plain(feed)), np.asarray(gpt2(feed)), atol=1e-6)
-    assert tfprune.graph.channel_groups(gpt2) == []
+    assert [g.producers for g in tfprune.graph.channel_groups(gpt2)] == [["transformer_layer_0"]]
+
+
+def test_model_with_nothing_to_wrap_names_the_layers_left_dense():
+    tokens = keras.Input((None,), dtype="int32", name="token_ids")
+    embedding = keras_hub.layers.ReversibleEmbedding(50, 8, name="tok")
+    model = keras.Model(tokens, embedding(tokens), name="only_embedding")
+    with (
+        pytest.warns(UserWarning, match=r"tok \(ReversibleEmbedding\)"),
+        pytest.raises(ValueError) as err,
+    ):
+        tfprune.wrap(model, 0.5)
+    assert str(err.value).startswith(
+        "tfprune.wrap found no layer to prune in model 'only_embedding' (left dense: "
+        "tok (ReversibleEmbedding); "
+    )
+    assert "register the block's type with tfprune.layers.register" in str(err.value)
 
 
 def test_layer_whose_config_does_not_round_trip_is_named():

@@ -14,6 +14,13 @@ heads. Grouped-query layers stay consistent: either every group loses the same n
 query heads (`unit="head"`) or whole groups go with all their query heads
 (`unit="group"`), never a mix.
 
+Attention layers inside keras-hub transformer blocks (`tfprune.hub_blocks`) are found and
+pruned too; they are named `"<block>/<attention>"`. `shrink` rebuilds a block whose config
+holds its head size (Gemma's `head_dim`) with fewer heads. A block that derives its head
+size from `hidden_dim // num_heads` (keras-hub's `TransformerEncoder` and
+`TransformerDecoder`: BERT, GPT-2) cannot keep its head size with fewer heads, so `shrink`
+keeps its zeroed heads: the result still predicts what the zeroed model predicts.
+
 ```python
 pruned = tfprune.prune_heads(model, ratio=0.5, criterion="activation", data=[x[:256]])
 small = tfprune.shrink(pruned)          # num_heads halved in every attention layer
@@ -33,8 +40,8 @@ from collections.abc import Callable, Iterable
 import keras
 import numpy as np
 
+from tfprune import hub_blocks, surgery
 from tfprune import layers as registry
-from tfprune import surgery
 from tfprune.channel_pruning import check_ratio, select_channels, taylor_terms
 from tfprune.wrapper import prunable_layers
 
@@ -55,6 +62,13 @@ _KINDS: dict[type, tuple[str, str | None]] = {
     keras.layers.MultiHeadAttention: ("num_heads", None),
     keras.layers.GroupQueryAttention: ("num_query_heads", "num_key_value_heads"),
 }
+# The same, by Keras registered name, for attention layers of packages tfprune does not import.
+_NAMED_KINDS: dict[str, tuple[str, str | None]] = {
+    "CachedGemmaAttention": ("num_query_heads", "num_key_value_heads"),
+}
+# Attention layers (by registered name) whose query/key/value kernels put the head axis
+# first, `(heads, input, head size)`, instead of `(input..., heads, head size)`.
+_HEADS_FIRST = ("CachedGemmaAttention",)
 # Sub-layer (projection) name -> which heads its head axis counts: query or key/value.
 _PROJECTIONS = {"query": "q", "gate": "q", "key": "kv", "value": "kv", "attention_output": "o"}
 
@@ -63,7 +77,7 @@ def _kind(layer) -> tuple[str, str | None] | None:
     for cls in type(layer).__mro__:
         if cls in _KINDS:
             return _KINDS[cls]
-    return None
+    return _NAMED_KINDS.get(keras.saving.get_registered_name(type(layer)))
 
 
 @dataclasses.dataclass
@@ -77,12 +91,15 @@ class AttentionHeads:
             `MultiHeadAttention`.
         slices: `(variable, head axis, "q" | "kv" | "o")` for every per-head weight: query,
             gate, key and value kernels and biases, and the output kernel (`"o"`).
+        name: The layer's name, or `"<block>/<attention>"` for the attention layer of a
+            keras-hub block.
     """
 
     layer: keras.layers.Layer
     query_heads: int
     kv_heads: int
     slices: list[tuple[keras.Variable, int, str]]
+    name: str = ""
 
     @property
     def ratio(self) -> int:
@@ -123,11 +140,13 @@ def _key(var) -> str:
     return "/".join(var.path.split("/")[-2:])
 
 
-def _heads_of(layer) -> AttentionHeads:
+def _heads_of(layer, name: str | None = None) -> AttentionHeads:
     q_key, kv_key = _kind(layer)
-    config = layer.get_config()
-    query_heads = int(config[q_key])
-    kv_heads = int(config[kv_key]) if kv_key else query_heads
+    heads_first = keras.saving.get_registered_name(type(layer)) in _HEADS_FIRST
+    # The counts are public attributes named as the config keys (Gemma's attention has
+    # no config of its own).
+    query_heads = int(getattr(layer, q_key))
+    kv_heads = int(getattr(layer, kv_key)) if kv_key else query_heads
     slices = []
     for var in layer.weights:
         var_kind = _PROJECTIONS.get(_projection(var))
@@ -139,8 +158,9 @@ def _heads_of(layer) -> AttentionHeads:
                 slices.append((var, 0, "o"))
             continue
         # Kernels are (input..., heads, head_dim), biases (heads, head_dim).
-        slices.append((var, len(var.shape) - 2, var_kind))
-    return AttentionHeads(layer, query_heads, kv_heads, slices)
+        axis = 0 if heads_first or weight != "kernel" else len(var.shape) - 2
+        slices.append((var, axis, var_kind))
+    return AttentionHeads(layer, query_heads, kv_heads, slices, name or layer.name)
 
 
 def attention_heads(model: keras.Model) -> list[AttentionHeads]:
@@ -151,13 +171,20 @@ def attention_heads(model: keras.Model) -> list[AttentionHeads]:
 
     Returns:
         One `AttentionHeads` per built `MultiHeadAttention` / `GroupQueryAttention`
-        (subclasses included).
+        (subclasses included), Gemma attention, and attention layer inside a keras-hub
+        transformer block.
     """
-    return [
-        _heads_of(layer)
-        for layer in registry.iter_layers(model)
-        if _kind(layer) is not None and layer.built
-    ]
+    out = []
+    for layer in registry.iter_layers(model):
+        if not layer.built:
+            continue
+        if _kind(layer) is not None:
+            out.append(_heads_of(layer))
+        block = hub_blocks.block_of(layer)
+        for _, sub in hub_blocks.attention_layers(layer, block) if block else ():
+            if _kind(sub) is not None and sub.built:
+                out.append(_heads_of(sub, f"{layer.name}/{sub.name}"))
+    return out
 
 
 # --- scores ---------------------------------------------------------------------------
@@ -277,7 +304,8 @@ def head_scores(
         seed: Seed for `"random"`.
 
     Returns:
-        `{layer name: scores}`, one score per query head (higher is more important).
+        `{layer name: scores}` (`"<block>/<attention>"` inside a keras-hub block), one
+        score per query head (higher is more important).
 
     Raises:
         ValueError: For an unknown criterion, or missing `data` for a data criterion.
@@ -304,7 +332,7 @@ def head_scores(
             s = _activation_scores(model, heads, data)
         else:
             s = rng.random(heads.query_heads)
-        out[heads.layer.name] = s
+        out[heads.name] = s
     return out
 
 
@@ -417,7 +445,7 @@ def prune_heads(
             f"Model '{model.name}' has no MultiHeadAttention or GroupQueryAttention layer, so "
             "there are no heads to prune. Use tfprune.prune_channels for other layers."
         )
-    names = {h.layer.name for h in all_heads}
+    names = {h.name for h in all_heads}
     if ignore is not None and not callable(ignore):
         missing = sorted(set(ignore) - names)
         if missing:
@@ -425,13 +453,16 @@ def prune_heads(
                 f"`ignore` names layers that are not attention layers of the model: {missing}. "
                 f"Attention layers: {sorted(names)}."
             )
-    skip = ignore if callable(ignore) else (lambda layer: layer.name in set(ignore or ()))
+
+    def skipped(heads: AttentionHeads) -> bool:
+        return ignore(heads.layer) if callable(ignore) else heads.name in set(ignore or ())
+
     scores = head_scores(copy, criterion, data, loss, seed)
-    chosen = [h for h in all_heads if not skip(h.layer)]
-    units = [_units(h, scores[h.layer.name], unit) for h in chosen]
+    chosen = [h for h in all_heads if not skipped(h)]
+    units = [_units(h, scores[h.name], unit) for h in chosen]
     keeps = select_channels(units, [None] * len(units), scope, None, min_heads, ratio=ratio)
     for heads, keep_units in zip(chosen, keeps):
-        zero_heads(heads, _keep_query_heads(heads, scores[heads.layer.name], unit, keep_units))
+        zero_heads(heads, _keep_query_heads(heads, scores[heads.name], unit, keep_units))
     return copy
 
 
@@ -445,17 +476,26 @@ def shrunk_heads(layer) -> tuple[dict, Callable] | None:
     attention keep the same number of query heads each (the largest number alive in any
     kept group, padded with dead heads, which add nothing), so the result is exact.
 
+    A keras-hub block whose config holds its head size (`tfprune.hub_blocks.Block.heads`)
+    is rebuilt the same way, with the head counts in the block's config.
+
     Args:
         layer: Any layer.
 
     Returns:
-        `None` for a layer that is not an attention layer (or has no dead head), else
-        `(config updates, assign)` where `assign(new_layer)` copies the kept slices into
-        the rebuilt layer.
+        `None` for a layer that is not an attention layer or such a block (or has no dead
+        head), else `(config updates, values)` where `values(new_layer)` returns the kept
+        slices for the rebuilt layer's per-head variables, `{id(variable): array}`.
     """
-    if _kind(layer) is None or not layer.built:
+    block = hub_blocks.block_of(layer)
+    if block is not None and block.heads is not None and layer.built:
+        attention = hub_blocks.attention_layers(layer, block)[0][1]
+        keys = block.heads
+    elif _kind(layer) is not None and layer.built:
+        attention, keys = layer, _kind(layer)
+    else:
         return None
-    heads = _heads_of(layer)
+    heads = _heads_of(attention)
     alive = ~heads.dead_heads()
     if alive.all():
         return None
@@ -470,19 +510,22 @@ def shrunk_heads(layer) -> tuple[dict, Callable] | None:
         order = np.argsort(~by_group[g], kind="stable")[:per_group]
         keep_q[g, np.sort(order)] = True
     keep_q = keep_q.reshape(-1)
-    q_key, kv_key = _kind(layer)
+    q_key, kv_key = keys
     config = {q_key: int(keep_q.sum())}
     if kv_key:
         config[kv_key] = int(groups.size)
 
-    def assign(new_layer) -> None:
-        values = {}
+    def values(new_layer) -> dict[int, np.ndarray]:
+        kept = {}
         for var, axis, var_kind in heads.slices:
             keep = heads.head_axis_values(var_kind, keep_q)
-            values[_key(var)] = np.take(
+            kept[_key(var)] = np.take(
                 keras.ops.convert_to_numpy(var), np.flatnonzero(keep), axis=axis
             )
-        for old, new in zip(layer.weights, new_layer.weights):
-            new.assign(values.get(_key(old), keras.ops.convert_to_numpy(old)))
+        return {
+            id(new): kept[_key(old)]
+            for old, new in zip(layer.weights, new_layer.weights)
+            if _key(old) in kept
+        }
 
-    return config, assign
+    return config, values

@@ -101,29 +101,32 @@ class LayerSpec:
         return tuple(s for s in self.weight_specs(layer) if s.prunable)
 
 
-_REGISTRY: dict[type, LayerSpec] = {}
+_REGISTRY: dict[type | str, LayerSpec] = {}
 
 _BIAS = WeightSpec("bias", in_axes=(), out_axes=(0,), prunable=False, positions="none")
 
 
-def register(layer_class: type, spec: LayerSpec) -> None:
+def register(layer_class: type | str, spec: LayerSpec) -> None:
     """Registers (or replaces) the entry for a Keras layer class.
 
     Use this to make tfprune prune a custom layer whose weights behave like one of the
     built-in layers.
 
     Args:
-        layer_class: A subclass of `keras.layers.Layer`.
+        layer_class: A subclass of `keras.layers.Layer`, or its Keras registered name
+            (`keras.saving.get_registered_name`, e.g. `"keras_hub>TransformerEncoder"`),
+            which describes a class without importing its package.
         spec: Its `LayerSpec`.
 
     Raises:
-        TypeError: If `layer_class` is not a Keras layer class or `spec` is not a
-            `LayerSpec`.
+        TypeError: If `layer_class` is not a Keras layer class or a name, or `spec` is
+            not a `LayerSpec`.
     """
-    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
+    is_layer = isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)
+    if not (is_layer or isinstance(layer_class, str)):
         raise TypeError(
-            "Expected `layer_class` to be a subclass of keras.layers.Layer. "
-            f"Received: layer_class={layer_class!r}"
+            "Expected `layer_class` to be a subclass of keras.layers.Layer or a registered "
+            f"name. Received: layer_class={layer_class!r}"
         )
     if not isinstance(spec, LayerSpec):
         raise TypeError(f"Expected `spec` to be a tfprune.layers.LayerSpec. Received: {spec!r}")
@@ -133,8 +136,9 @@ def register(layer_class: type, spec: LayerSpec) -> None:
 def lookup(layer: keras.layers.Layer) -> LayerSpec | None:
     """Returns the registry entry for the exact class of `layer`, or `None`.
 
-    Subclasses are not matched: a subclass may change what its weights mean, so it must be
-    registered explicitly with `tfprune.layers.register`.
+    The class is looked up first, then its Keras registered name. Subclasses are not
+    matched: a subclass may change what its weights mean, so it must be registered
+    explicitly with `tfprune.layers.register`.
 
     Args:
         layer: A Keras layer instance.
@@ -142,12 +146,19 @@ def lookup(layer: keras.layers.Layer) -> LayerSpec | None:
     Returns:
         Its `LayerSpec`, or `None` when the class is not registered.
     """
-    return _REGISTRY.get(type(layer))
+    cls = type(layer)
+    if cls in _REGISTRY:
+        return _REGISTRY[cls]
+    return _REGISTRY.get(keras.saving.get_registered_name(cls))
 
 
 def supported() -> list[str]:
     """Names of the registered layer classes that have prunable weights, sorted."""
-    return sorted(cls.__name__ for cls, spec in _REGISTRY.items() if spec.weights != ())
+    return sorted(
+        key.split(">")[-1] if isinstance(key, str) else key.__name__
+        for key, spec in _REGISTRY.items()
+        if spec.weights != ()
+    )
 
 
 def resolve(layer: keras.layers.Layer, path: str) -> keras.Variable | None:
@@ -324,6 +335,9 @@ register(
     LayerSpec((WeightSpec("embeddings", in_axes=(0,), out_axes=(1,), positions="none"),)),
 )
 register(_L.MultiHeadAttention, LayerSpec(_mha_specs, extra_macs=_mha_macs))
+# keras-hub's subclass with a key/value cache has the same weights (by registered name, so
+# keras-hub is not imported; its transformer blocks are in tfprune.hub_blocks).
+register("keras_hub>CachedMultiHeadAttention", LayerSpec(_mha_specs, extra_macs=_mha_macs))
 # Normalization layers carry weights but nothing to prune at weight level: the channel
 # graph (tfprune.graph) slices them with their producers.
 for _cls in (_L.BatchNormalization, _L.LayerNormalization, _L.GroupNormalization):

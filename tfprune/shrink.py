@@ -24,8 +24,8 @@ import numpy as np
 
 from tfprune import graph as graph_lib
 from tfprune import heads as heads_lib
+from tfprune import hub_blocks, surgery
 from tfprune import layers as registry
-from tfprune import surgery
 from tfprune.graph import walk
 from tfprune.wrapper import prunable_layers
 
@@ -357,7 +357,8 @@ def shrink(model: keras.Model) -> keras.Model:
     for layer, weight, axis, ids, _ in g.slices:
         by_layer.setdefault(id(layer), []).append((weight, axis, ids))
     outputs = {id(node.layer): node.output for node in g.nodes}
-    # Attention layers with dead heads come back with fewer heads (tfprune.heads).
+    # Attention layers (and keras-hub blocks) with dead heads come back with fewer heads
+    # (tfprune.heads); their per-head variables take the kept slices.
     attention = {id(layer): heads_lib.shrunk_heads(layer) for layer in registry.iter_layers(model)}
     attention = {key: value for key, value in attention.items() if value is not None}
     nodes = {id(node.layer): node for node in g.nodes}
@@ -386,6 +387,8 @@ def shrink(model: keras.Model) -> keras.Model:
             config["use_bias"] = True
         if id(layer) in attention:
             config.update(attention[id(layer)][0])
+        kept = {w: int(_positions(ids, keep_id).size) for w, _, ids in by_layer.get(id(layer), [])}
+        config.update(hub_blocks.shrunk_config(layer, kept))
         if type(layer) is _L.Reshape and id(layer) in outputs:
             target = list(layer.target_shape)
             width = int(_positions(outputs[id(layer)], keep_id).size)
@@ -406,9 +409,7 @@ def shrink(model: keras.Model) -> keras.Model:
     for old, new in zip(registry.iter_layers(model), registry.iter_layers(new_model)):
         if isinstance(old, keras.Model) or not new.weights:
             continue
-        if id(old) in attention:
-            attention[id(old)][1](new)
-            continue
+        overrides = attention[id(old)][1](new) if id(old) in attention else {}
         slices = by_layer.get(id(old), [])
         sliced = {w: _np(registry.resolve(old, w)) for w, _, _ in slices}
         if id(old) in plan.bias_delta:
@@ -420,7 +421,9 @@ def shrink(model: keras.Model) -> keras.Model:
             sliced[weight] = np.take(sliced[weight], _positions(ids, keep_id), axis=axis)
         for i, var in enumerate(new.weights):
             name = _attr_path(new, var, sliced)
-            if name in sliced:
+            if id(var) in overrides:
+                value = overrides[id(var)]
+            elif name in sliced:
                 value = sliced[name]
             elif name in _NAMED:
                 value = _np(registry.resolve(old, name))

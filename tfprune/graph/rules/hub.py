@@ -1,26 +1,30 @@
 """Channel rules of keras-hub layers, keyed by registered name (keras-hub is not imported).
 
 Normalizations over the hidden axis mix channels, so they freeze the channels that reach
-them. Transformer blocks, attention and embedding layers hold several weights whose
-channels are tied in ways the graph does not see from outside (heads, residual streams,
-tied embeddings), so their rules freeze the channels that reach them with a reason that
-says so; a model that prunes inside them registers a rule of its own with
-`tfprune.graph.register`.
+them. The transformer blocks of keras-hub's text backbones (`tfprune.hub_blocks`) expose
+their MLP width as a group of their own: the up (and gate) projections' output units with
+the down projection's input rows. Their hidden width is the residual stream, which passes
+through the block's norms and attention: it stays frozen, with a reason. Other blocks,
+attention and embedding layers hold several weights whose channels are tied in ways the
+graph does not see from outside (heads, residual streams, tied embeddings), so their
+rules freeze the channels that reach them with a reason that says so; a model that prunes
+inside them registers a rule of its own with `tfprune.graph.register`.
 """
 
 from __future__ import annotations
 
-from tfprune.graph._state import Call, Graph
+import numpy as np
+
+from tfprune import hub_blocks
+from tfprune import layers as registry
+from tfprune.graph._state import Call, Graph, width
 from tfprune.graph.rules.layers import across_channels
 from tfprune.graph.table import register
 
 _NORMS = ("RMSNormalization",)
 _BLOCKS = (
-    "GemmaDecoderBlock",
     "ViTEncoder",
     "ViTPatchingAndEmbedding",
-    "TransformerEncoder",
-    "TransformerDecoder",
     "CachedMultiHeadAttention",
     "PositionEmbedding",
     "ReversibleEmbedding",
@@ -39,11 +43,38 @@ def opaque_block(g: Graph, call: Call) -> str:
     )
 
 
+def transformer_block(g: Graph, call: Call) -> np.ndarray:
+    """A keras-hub transformer block: its MLP width is a group, its hidden width is kept."""
+    layer = call.layer
+    block = hub_blocks.block_of(layer)
+    reason = (
+        f"{call.name} adds them to its residual stream (the hidden width of a keras-hub "
+        "block is kept; its MLP units and attention heads are pruned)"
+    )
+    for ids in call.ids:
+        g.freeze(ids, reason)
+    units = registry.resolve(layer, f"{block.mlp_in[0]}.kernel").shape[-1]
+    mlp = g.new(units)
+    for name in block.mlp_in:
+        g.record(layer, f"{name}.kernel", -1, mlp, "output")
+        g.record(layer, f"{name}.bias", 0, mlp, "output")
+    g.record(layer, f"{block.mlp_out}.kernel", 0, mlp, "input")
+    if not hub_blocks.maps_zero_to_zero(layer, block):
+        g.freeze(
+            mlp,
+            f"the MLP activation of {call.name} does not map 0 to 0, so a removed unit "
+            "would still add a constant",
+        )
+    return g.fixed(width(call.out_shape), f"the residual stream of {call.name}")
+
+
 # keras-hub registers its public layers as "keras_hub>Name"; the layers inside its models
 # (Gemma's RMSNormalization, GemmaDecoderBlock) carry their bare class name.
 for _name in _NORMS:
     for _key in (f"keras_hub>{_name}", _name):
         register(_key, across_channels, "mixed")
+for _name in hub_blocks.BLOCKS:
+    register(_name, transformer_block, "unknown")
 for _name in _BLOCKS:
     for _key in (f"keras_hub>{_name}", _name):
         register(_key, opaque_block, "unknown")

@@ -1,0 +1,184 @@
+"""keras-hub transformer blocks: where their inner weights are and how they rebuild smaller.
+
+keras-hub's text backbones (BERT, DistilBERT, RoBERTa, GPT-2, Gemma, Mistral, Qwen, Llama)
+keep every Dense of a transformer layer inside one block layer (`TransformerEncoder`,
+`TransformerDecoder`, `GemmaDecoderBlock`, ...): its attention projections and its MLP.
+This table says, for each block, which attributes hold them, so that
+
+- `tfprune.layers` lists the block's kernels as nested weights of one prunable layer
+  (as for `keras.layers.MultiHeadAttention`), for `wrap`, `strip` and one-shot pruning;
+- `tfprune.graph` exposes the MLP width as a channel group of the block;
+- `tfprune.heads` finds the attention layer inside the block;
+- `tfprune.shrink` rebuilds the block from its config with a smaller `intermediate_dim`
+  (and fewer heads where the config can say so).
+
+Blocks are keyed by Keras registered name, so keras-hub is never imported. keras-hub
+names the sublayers of these blocks with a leading underscore (`_feedforward_output_dense`);
+those attribute paths are the only handle on them, and the weight paths use them as they
+are, so that `tfprune.layers.resolve(block, path)` finds the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+
+from tfprune import layers as registry
+
+__all__ = ["BLOCKS", "Block", "attention_layers", "block_of", "shrunk_config"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """Where a keras-hub block keeps its attention and MLP, and what its config means.
+
+    Attributes:
+        attention: Attribute names of its attention layers (a missing one, such as the
+            cross attention of a decoder-only `TransformerDecoder`, is skipped).
+        projections: Attribute names of the query, key, value and output projections
+            inside each attention layer.
+        mlp_in: Attribute names of the layers that produce the MLP's intermediate units
+            (the up projection, and the gate projection of a gated MLP).
+        mlp_out: Attribute name of the MLP's down projection.
+        width_scale: `intermediate_dim` divided by the number of intermediate units (2 for
+            Gemma, whose gate and up projections each have `intermediate_dim // 2` units).
+        heads: Config keys of the query heads and the key/value heads (`None` when they
+            are the same), or `None` when the block derives the head size from
+            `hidden_dim // num_heads`, so that a block with fewer heads cannot keep the
+            head size.
+        activation: Config key of the MLP's activation, or `None` when it is fixed and
+            maps 0 to 0 (GELU, SiLU).
+    """
+
+    attention: tuple[str, ...]
+    projections: tuple[str, str, str, str]
+    mlp_in: tuple[str, ...]
+    mlp_out: str
+    width_scale: int = 1
+    heads: tuple[str, str | None] | None = None
+    activation: str | None = None
+
+
+_MHA = ("query_dense", "key_dense", "value_dense", "output_dense")
+_PRIVATE = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
+_UP = "_feedforward_intermediate_dense"
+_DOWN = "_feedforward_output_dense"
+_GATED = (_UP, "_feedforward_gate_dense")
+
+BLOCKS: dict[str, Block] = {
+    "keras_hub>TransformerEncoder": Block(
+        ("_self_attention_layer",), _MHA, (_UP,), _DOWN, activation="activation"
+    ),
+    "keras_hub>TransformerDecoder": Block(
+        ("_self_attention_layer", "_cross_attention_layer"),
+        _MHA,
+        (_UP,),
+        _DOWN,
+        activation="activation",
+    ),
+    "GemmaDecoderBlock": Block(
+        ("attention",),
+        _MHA,
+        ("gating_ffw", "gating_ffw_2"),
+        "ffw_linear",
+        width_scale=2,
+        heads=("num_query_heads", "num_key_value_heads"),
+    ),
+    "MistralTransformerDecoder": Block(
+        ("_self_attention_layer",), _PRIVATE, _GATED, _DOWN, activation="activation"
+    ),
+    "QwenTransformerDecoder": Block(
+        ("_self_attention_layer",), _PRIVATE, _GATED, _DOWN, activation="activation"
+    ),
+    "LlamaTransformerDecoder": Block(
+        ("_self_attention_layer",), _PRIVATE, _GATED, _DOWN, activation="activation"
+    ),
+}
+
+
+def block_of(layer: keras.layers.Layer) -> Block | None:
+    """The table entry of a keras-hub block, by its registered name, or `None`."""
+    return BLOCKS.get(keras.saving.get_registered_name(type(layer)))
+
+
+def attention_layers(layer: keras.layers.Layer, block: Block) -> list[tuple[str, object]]:
+    """`(attribute, attention layer)` of each attention layer the block has."""
+    found = ((name, getattr(layer, name, None)) for name in block.attention)
+    return [(name, sub) for name, sub in found if sub is not None]
+
+
+def _sub_specs(sub: keras.layers.Layer, prefix: str) -> list[registry.WeightSpec]:
+    """A registered sublayer's weight specs with the path prefix, MACs counted by the block."""
+    return [
+        dataclasses.replace(s, path=prefix + s.path, positions="none", output=False)
+        for s in registry.lookup(sub).weight_specs(sub)
+    ]
+
+
+def _weight_specs(block: Block, layer: keras.layers.Layer) -> tuple[registry.WeightSpec, ...]:
+    specs: list[registry.WeightSpec] = []
+    for name, sub in attention_layers(layer, block):
+        for proj in block.projections:
+            specs += _sub_specs(getattr(sub, proj), f"{name}.{proj}.")
+    for name in (*block.mlp_in, block.mlp_out):
+        specs += _sub_specs(getattr(layer, name), f"{name}.")
+    return tuple(specs)
+
+
+def _macs(block: Block, layer, input_shapes: list, output_shape: tuple) -> int:
+    """Every kernel once per token, plus the attention scores and context products."""
+    hidden = input_shapes[0]
+    tokens = math.prod(int(d) for d in hidden[1:-1])
+    total = sum(
+        math.prod(registry.resolve(layer, s.path).shape) * tokens
+        for s in _weight_specs(block, layer)
+        if s.prunable
+    )
+    for _, sub in attention_layers(layer, block):
+        query = registry.resolve(sub, f"{block.projections[0]}.kernel")
+        inner = math.prod(query.shape) // int(hidden[-1])  # heads x head size
+        total += 2 * tokens * tokens * inner
+    return total
+
+
+def shrunk_config(layer: keras.layers.Layer, kept: dict[str, int]) -> dict:
+    """The config update that rebuilds a block with the MLP units `tfprune.shrink` keeps.
+
+    Args:
+        layer: Any layer.
+        kept: Number of positions kept on the channel axis of each weight path the
+            channel graph recorded for the layer.
+
+    Returns:
+        `{"intermediate_dim": ...}` (scaled as the block's config expects) for a block of
+        the table whose MLP kernel was recorded, else `{}`.
+    """
+    block = block_of(layer)
+    path = f"{block.mlp_in[0]}.kernel" if block is not None else None
+    if path not in kept:
+        return {}
+    return {"intermediate_dim": kept[path] * block.width_scale}
+
+
+def maps_zero_to_zero(layer: keras.layers.Layer, block: Block) -> bool:
+    """Whether the block's MLP activation maps 0 to 0 (a zeroed unit then adds nothing)."""
+    if block.activation is None:
+        return True
+    fn = keras.activations.get(layer.get_config()[block.activation])
+    return float(keras.ops.convert_to_numpy(fn(keras.ops.zeros((1,))))[0]) == 0.0
+
+
+def _register() -> None:
+    for name, block in BLOCKS.items():
+        registry.register(
+            name,
+            registry.LayerSpec(
+                lambda layer, block=block: _weight_specs(block, layer),
+                extra_macs=lambda layer, ins, out, block=block: _macs(block, layer, ins, out),
+            ),
+        )
+
+
+_register()
