@@ -98,3 +98,15 @@ def test_backend_example_prunes_to_80_percent_with_fit_and_with_its_loop(backend
             kernel = keras.ops.convert_to_numpy(layer.layer.kernel)
             assert np.all(kernel[~mask] == 0)
     assert capsys.readouterr().out.count("sparsity 0.") == 2
+
+
+def test_prune_hub_backbone_halves_gemma_heads_and_mlp(capsys):
+    backbone, _, small, diff = _load("prune_hub_backbone").main()
+    block = small.get_layer("decoder_block_1").get_config()
+    assert (block["num_query_heads"], block["num_key_value_heads"]) == (2, 1)
+    assert block["intermediate_dim"] == 16
+    # Per block: 2 query heads (query and output, 2 x 8 x 16 each) and 1 key/value group
+    # (key and value, 8 x 16 each): 6 x 8 x 16; 8 MLP units x 16 in gate, up and down.
+    assert small.count_params() == backbone.count_params() - 2 * (6 * 8 * 16 + 8 * 16 * 3)
+    assert diff < 1e-5
+    assert "heads: 2 query, 1 key/value" in capsys.readouterr().out

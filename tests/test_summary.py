@@ -93,7 +93,7 @@ def test_summary_of_a_keras_hub_backbone():
     assert result.params == model.count_params()
     rows = {r.name: r for r in result.rows}
     assert rows["transformer_layer_0"].type == "TransformerEncoder"
-    assert rows["transformer_layer_0"].macs is None  # matrices of a layer the registry lacks
+    assert rows["transformer_layer_0"].macs is None  # its token axis has no length (None)
     assert rows["pooled_dense"].macs == 8 * 8 and rows["token_embedding"].params == 50 * 8
     assert any(r.type == "ops.GetItem" for r in result.rows)
     assert lines[0].splitlines()[-1].split()[:2] == ["total", f"{model.count_params():,}"]

@@ -183,7 +183,9 @@ def test_wrapping_errors():
         Prunable(wrapped)
     with pytest.raises(TypeError, match=r"wraps a Keras layer.*type str"):
         Prunable("dense")
-    with pytest.raises(ValueError, match=r"LSTM is not supported.*Supported: Conv1D"):
+    with pytest.raises(
+        ValueError, match=r"LSTM is not supported.*Supported: CachedMultiHeadAttention, Conv1D"
+    ):
         Prunable(keras.layers.LSTM(2))
     with pytest.raises(ValueError, match="BatchNormalization is not supported"):
         Prunable(keras.layers.BatchNormalization())

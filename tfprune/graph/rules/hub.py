@@ -43,8 +43,37 @@ def opaque_block(g: Graph, call: Call) -> str:
     )
 
 
+def _attention_heads(g: Graph, call: Call, block: hub_blocks.Block) -> None:
+    """One group per attention layer of a block: its key/value heads, each a channel.
+
+    A channel is a key/value head with the query heads it serves (grouped-query attention
+    loses whole groups, never a mix); it holds the query, key and value projections' head
+    slices and the output projection's rows of its query heads.
+    """
+    q, k, v, o = block.projections
+    for attr, sub in hub_blocks.attention_layers(call.layer, block):
+        axes = {}
+        for name in block.projections:
+            dense = getattr(sub, name)
+            kernel, *_ = registry.lookup(dense).weight_specs(dense)
+            axes[name] = kernel.in_axes[0] if name == o else kernel.out_axes[0]
+        n_q = registry.resolve(sub, f"{q}.kernel").shape[axes[q]]
+        heads = g.new(registry.resolve(sub, f"{k}.kernel").shape[axes[k]])
+        per_query = heads[np.arange(n_q) * heads.size // n_q]
+        for name, ids in ((q, per_query), (k, heads), (v, heads)):
+            g.record(call.layer, f"{attr}.{name}.kernel", axes[name], ids, "output")
+            g.record(call.layer, f"{attr}.{name}.bias", 0, ids, "output")
+        g.record(call.layer, f"{attr}.{o}.kernel", axes[o], per_query, "input")
+        if block.heads is None:
+            g.freeze(
+                heads,
+                f"{call.name} computes its head size as hidden_dim // num_heads, so it "
+                "cannot be rebuilt with fewer heads of the same size",
+            )
+
+
 def transformer_block(g: Graph, call: Call) -> np.ndarray:
-    """A keras-hub transformer block: its MLP width is a group, its hidden width is kept."""
+    """A keras-hub transformer block: MLP width and heads are groups, hidden width is kept."""
     layer = call.layer
     block = hub_blocks.block_of(layer)
     reason = (
@@ -53,6 +82,7 @@ def transformer_block(g: Graph, call: Call) -> np.ndarray:
     )
     for ids in call.ids:
         g.freeze(ids, reason)
+    _attention_heads(g, call, block)
     units = registry.resolve(layer, f"{block.mlp_in[0]}.kernel").shape[-1]
     mlp = g.new(units)
     for name in block.mlp_in:
