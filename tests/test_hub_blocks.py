@@ -257,3 +257,27 @@ def test_heads_of_blocks_that_derive_their_head_size_stay_zeroed(name):
     assert [b.get_config()["num_heads"] for b in _blocks(small, name)] == [4, 4]
     assert np.abs(_out(pruned, feed) - _out(model, feed)).max() > 0.1
     np.testing.assert_allclose(_out(small, feed), _out(pruned, feed), atol=2e-5)
+
+
+def test_shrink_folds_what_zero_kernel_units_with_a_bias_still_carry():
+    model = _randomised(_bert())
+    feed = _feed(model)
+    block = model.get_layer("transformer_layer_0")
+    up = registry.resolve(block, "_feedforward_intermediate_dense.kernel")
+    kernel = keras.ops.convert_to_numpy(up).copy()
+    kernel[:, :8] = 0  # 8 units output gelu(bias) != 0 whatever the input
+    up.assign(kernel)
+    small = tfprune.shrink(model)
+    assert [b.get_config()["intermediate_dim"] for b in _blocks(small, "bert")] == [24, 32]
+    np.testing.assert_allclose(_out(small, feed), _out(model, feed), atol=2e-5)
+
+
+def test_channel_granularity_leaves_blocks_dense():
+    bert = M.BertBackbone(num_heads=2, max_sequence_length=8, **{**_TINY, "num_layers": 1})
+    with pytest.warns(UserWarning, match="ReversibleEmbedding"):
+        wrapped = tfprune.wrap(bert, 0.5, granularity="channel")
+    # The blocks' output is the residual stream: no channel of their own to mask.
+    assert [w.name for w in tfprune.wrapper.prunable_layers(wrapped)] == [
+        "segment_embedding",
+        "pooled_dense",
+    ]

@@ -24,10 +24,19 @@ import dataclasses
 import math
 
 import keras
+import numpy as np
 
 from tfprune import layers as registry
 
-__all__ = ["BLOCKS", "Block", "attention_layers", "block_of", "shrunk_config"]
+__all__ = [
+    "BLOCKS",
+    "Block",
+    "attention_layers",
+    "block_of",
+    "carried_bias",
+    "maps_zero_to_zero",
+    "shrunk_config",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +169,35 @@ def shrunk_config(layer: keras.layers.Layer, kept: dict[str, int]) -> dict:
     if path not in kept:
         return {}
     return {"intermediate_dim": kept[path] * block.width_scale}
+
+
+def carried_bias(layer: keras.layers.Layer, kept: dict[str, np.ndarray]) -> dict:
+    """The down projection's bias with what removed MLP units still carried folded in.
+
+    A unit whose kernel column is zero still outputs `activation(bias)`; removing it drops
+    `activation(bias) * row` of the down projection, which this adds to its bias.
+
+    Args:
+        layer: Any layer.
+        kept: Keep decisions along the channel axis of each weight path the channel graph
+            recorded for the layer.
+
+    Returns:
+        `{down projection bias path: new bias}` for a block of the table with a biased
+        MLP that loses units carrying a nonzero value, else `{}`.
+    """
+    block = block_of(layer)
+    path = f"{block.mlp_in[0]}.kernel" if block is not None else None
+    if path not in kept or len(block.mlp_in) != 1:
+        return {}
+    up, down = getattr(layer, block.mlp_in[0]), getattr(layer, block.mlp_out)
+    removed = ~kept[path]
+    if up.bias is None or down.bias is None or not removed.any():
+        return {}
+    carried = keras.ops.convert_to_numpy(up.activation(up.bias))[removed].astype(np.float64)
+    rows = keras.ops.convert_to_numpy(down.kernel)[removed].astype(np.float64)
+    bias = keras.ops.convert_to_numpy(down.bias) + carried @ rows
+    return {f"{block.mlp_out}.bias": bias.astype(np.float32)}
 
 
 def maps_zero_to_zero(layer: keras.layers.Layer, block: Block) -> bool:

@@ -417,6 +417,8 @@ def shrink(model: keras.Model) -> keras.Model:
             sliced["bias"] = (bias + plan.bias_delta[id(old)]).astype(np.float32)
             if not any(w == "bias" for w, _, _ in slices):
                 slices = [*slices, ("bias", 0, outputs[id(old)])]
+        kept = {w: _kept(ids, keep_id) for w, _, ids in slices}
+        sliced.update(hub_blocks.carried_bias(old, kept))
         for weight, axis, ids in slices:
             sliced[weight] = np.take(sliced[weight], _positions(ids, keep_id), axis=axis)
         for i, var in enumerate(new.weights):

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import keras
 
+from tfprune import granularity as granularity_lib
 from tfprune import layers as registry
 from tfprune.gates import Gate
 from tfprune.graph import walk as graph_lib
@@ -299,8 +300,14 @@ def wrap(
     if gate_of is not None:
         _selector(gate_of, "gate", known)
 
+    by_channel = isinstance(granularity_lib.get(granularity), granularity_lib.Channel)
+
     def prunable(layer: keras.layers.Layer) -> bool:
         spec = registry.lookup(layer)
+        if by_channel and spec is not None and layer.built:
+            # A layer whose weights hold no output channel of its own (a keras-hub block:
+            # its output is the residual stream) has nothing to mask per channel.
+            return any(s.output for s in spec.weight_specs(layer))
         return spec is not None and spec.weights != ()
 
     if include is not None:

@@ -89,6 +89,15 @@ def transformer_block(g: Graph, call: Call) -> np.ndarray:
         g.record(layer, f"{name}.kernel", -1, mlp, "output")
         g.record(layer, f"{name}.bias", 0, mlp, "output")
     g.record(layer, f"{block.mlp_out}.kernel", 0, mlp, "input")
+    biased = [n for n in block.mlp_in if registry.resolve(layer, f"{n}.bias") is not None]
+    down_bias = registry.resolve(layer, f"{block.mlp_out}.bias")
+    if biased and (len(block.mlp_in) > 1 or down_bias is None):
+        g.freeze(
+            mlp,
+            f"the MLP of {call.name} has biases whose value a removed unit would still "
+            "carry, and tfprune.shrink can fold it only into the bias of a plain MLP's "
+            "down projection",
+        )
     if not hub_blocks.maps_zero_to_zero(layer, block):
         g.freeze(
             mlp,
