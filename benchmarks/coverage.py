@@ -83,7 +83,7 @@ def _hub(cls_name: str, **config):
 
 
 _HEADS = dict(num_heads=2, max_sequence_length=16)
-_GQA = dict(num_query_heads=2, num_key_value_heads=1)
+_GQA = dict(num_query_heads=4, num_key_value_heads=2)
 HUB = {
     "BERT": _hub_text("BertBackbone", **_HEADS),
     "DistilBERT": _hub_text("DistilBertBackbone", **_HEADS),
