@@ -196,3 +196,61 @@ def test_micro_measures_the_arena_with_and_without_decompression_memory(cnn, tmp
         "TFLite Micro outputs of the compressed file on 8 examples: identical to the "
         "uncompressed file's"
     )
+
+
+def test_a_tensor_whose_tables_cost_more_is_kept_and_the_file_unchanged(tmp_path):
+    # The counter-example: a 64x16 kernel with 64 values per channel would need
+    # 6-bit indices (768 B) + 16 tables of 64 values (1,024 B) for 1,024 B of data.
+    inputs = keras.Input((64,))
+    model = set_clustered(keras.Model(inputs, keras.layers.Dense(16, name="fc")(inputs)), 64)
+    data = int8_file(model, tmp_path / "fc.tflite", (64,))
+    result = export.compress_tflite(data)
+    kernel = next(t for t in result.tensors if t.dtype == "int8")
+    assert (kernel.shape, kernel.unique, kernel.bits) == ((16, 64), 64, 6)
+    assert (kernel.bytes_before, kernel.bytes_after, kernel.compressed) == (1_024, 1_808, False)
+    assert result.data == data and result.size == result.size_before == len(data)
+    assert result.compressed == () and result.decompression_memory == 0
+    assert result.format().splitlines()[0] == (
+        f"LUT compression: {len(data):,} -> {len(data):,} bytes of flash "
+        "(0 saved, 0 of 2 constant tensors)"
+    )
+    # max_bits keeps tensors that need wider indices.
+    narrow = export.compress_tflite(data, max_bits=5)
+    assert next(t for t in narrow.tensors if t.dtype == "int8").reason == (
+        "64 values need 6 bits (max_bits=5)"
+    )
+
+
+@pytest.mark.parametrize("bits", [0, 8, 4.0, True, "4"])
+def test_bad_max_bits_is_refused(dense256, bits):
+    with pytest.raises(ValueError, match=rf"integer from 1 to 7 .* Received: max_bits={bits!r}"):
+        export.compress_tflite(dense256, max_bits=bits)
+
+
+def test_bad_inputs_are_refused_before_any_work(dense256, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"not a TFLite flatbuffer .* Received: model of 64 bytes"):
+        export.compress_tflite(b"not a flatbuffer" * 4)
+    with pytest.raises(FileNotFoundError):
+        export.compress_tflite(tmp_path / "missing.tflite")
+    with pytest.raises(IsADirectoryError):
+        export.compress_tflite(dense256, tmp_path)
+    with pytest.raises(ValueError, match=r"Received: decompression_memory=-1"):
+        tflm.run(dense256, decompression_memory=-1)
+    monkeypatch.setattr(tflm, "available", lambda: False)
+    with pytest.raises(ImportError, match=r"pip install 'tfprune\[micro\]'"):
+        export.micro(dense256, tmp_path, "m", compress=True, measure=False)
+
+
+def test_cli_micro_compress(dense256, tmp_path, capsys):
+    from tfprune import cli
+
+    (tmp_path / "d.tflite").write_bytes(dense256)
+    args = ["micro", str(tmp_path / "d.tflite"), "--out", str(tmp_path / "c"), "--compress"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    lut = export.compress_tflite(dense256)
+    assert out[0] == (
+        f"Wrote {tmp_path / 'c' / 'd.h'} and {tmp_path / 'c' / 'd.cc'}: {lut.size:,} bytes, 2 ops"
+    )
+    assert out[2:] == lut.format().splitlines()
+    assert "#define D_DECOMPRESSION_MEMORY_SIZE 65536" in (tmp_path / "c" / "d.h").read_text()
