@@ -254,3 +254,21 @@ def test_cli_micro_compress(dense256, tmp_path, capsys):
     )
     assert out[2:] == lut.format().splitlines()
     assert "#define D_DECOMPRESSION_MEMORY_SIZE 65536" in (tmp_path / "c" / "d.h").read_text()
+
+
+@pytest.mark.slow  # trains, converts and runs three files in TFLite Micro
+def test_lut_compression_example(tmp_path):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "lut_compression.py"
+    spec = importlib.util.spec_from_file_location("lut_compression", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--out", str(tmp_path), "--quick"])
+    lut, micro = out["lut"], out["micro"]
+    assert [t.shape for t in lut.compressed] == [(10, 256), (256, 256), (256, 64)]
+    assert {(t.unique, t.bits) for t in lut.compressed} == {(16, 4)}
+    assert (tmp_path / "mlp_lut.tflite").read_bytes() == lut.data == micro.compression.data
+    assert micro.lut.identical and micro.lut.decompression_memory == 65_536
+    assert micro.lut.with_decompression_memory.head == micro.lut.uncompressed.head

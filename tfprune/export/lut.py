@@ -128,7 +128,7 @@ class LutCompression:
         shown = [t for t in self.tensors if t.bits]
         if shown:
             w = max(len(_short(t.name)) for t in shown)
-            lines.append(f"  {'tensor':<{w}}  table        bits  {'before':>9}  {'after':>9}  ")
+            lines.append(f"  {'tensor':<{w}}  table        bits  {'before':>9}  {'after':>9}")
             for t in shown:
                 table = f"{t.unique}/{'channel' if t.per_channel else 'tensor'}"
                 lines.append(
