@@ -272,3 +272,31 @@ def test_lut_compression_example(tmp_path):
     assert (tmp_path / "mlp_lut.tflite").read_bytes() == lut.data == micro.compression.data
     assert micro.lut.identical and micro.lut.decompression_memory == 65_536
     assert micro.lut.with_decompression_memory.head == micro.lut.uncompressed.head
+
+
+@pytest.mark.slow  # converts MobileNetV2 (about a minute on two cores)
+def test_mobilenet_v2_shared_to_16_values_keeps_them_and_runs_identically(tmp_path):
+    from tfprune.budget_sharing import linear_share
+
+    model = keras.applications.MobileNetV2(
+        input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10
+    )
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # BatchNorm folds a per-channel factor into each kernel
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.gamma.shape
+            gamma, beta = rng.uniform(0.5, 1.5, shape), rng.normal(0, 0.1, shape)
+            mean, variance = rng.normal(0, 0.1, shape), rng.uniform(0.5, 2.0, shape)
+            layer.set_weights([gamma, beta, mean, variance])
+    linear_share(model, bits=4)
+    x = rng.normal(size=(16, 96, 96, 3)).astype(np.float32)
+    data = int8_file(model, tmp_path / "mnv2.tflite", (96, 96, 3))
+    lut = export.compress_tflite(data)
+    kernels = [t for t in lut.tensors if t.dtype == "int8" and len(t.shape) > 1]
+    # BatchNorm folding scales channels and int8 rounding only merges: <= 16 values each.
+    assert max(t.unique for t in kernels) == 16 and len(kernels) == 53
+    assert all(t.bits == 4 for t in lut.compressed) and len(lut.compressed) >= 10
+    assert lut.size < lut.size_before - 50_000
+    plain = tflm.run(data, x[:2], arena_size=1 << 20)
+    packed = tflm.run(lut.data, x[:2], arena_size=1 << 20, reference=data)
+    np.testing.assert_array_equal(packed.outputs, plain.outputs)

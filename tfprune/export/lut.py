@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import warnings
 
 import numpy as np
 
@@ -113,11 +112,6 @@ class LutCompression:
         """The tensors that were compressed."""
         return tuple(t for t in self.tensors if t.compressed)
 
-    @property
-    def decoded_bytes(self) -> int:
-        """Bytes of all decoded tensors together (each lives only during its consumer)."""
-        return sum(int(np.prod(t.shape)) * _itemsize(t.dtype) for t in self.compressed)
-
     def format(self) -> str:
         """A report: flash before/after and one line per tensor that could be compressed."""
         saved = self.size_before - self.size
@@ -157,10 +151,6 @@ def _reasons(tensors) -> str:
         if not t.bits:
             counts[t.reason] = counts.get(t.reason, 0) + 1
     return "; ".join(f"{n} {r}" for r, n in counts.items())
-
-
-def _itemsize(dtype: str) -> int:
-    return np.dtype(dtype).itemsize
 
 
 def _require() -> None:
@@ -348,9 +338,7 @@ def compress_tflite(
             )
             for d in chosen
         ]
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # an expansion warning would be a bug here
-            result = bytes(compress(data, specs))
+        result = bytes(compress(data, specs))
     else:
         result = data
     if out is not None:
