@@ -28,7 +28,7 @@ import numpy as np
 
 from tfprune import layers as registry
 from tfprune.export import tflm
-from tfprune.export.lut import compress_tflite, decompression_memory
+from tfprune.export.lut import check_bits, compress_tflite, decompression_memory
 from tfprune.export.micro import arena_estimate
 
 __all__ = ["WeightSharing", "linear_share"]
@@ -50,7 +50,7 @@ def linear_share(model: keras.Model, bits: int) -> None:
     Raises:
         ValueError: If `bits` is not an integer from 1 to 7.
     """
-    _check_bits(bits)
+    check_bits("bits", bits)
     for layer in registry.iter_layers(model):
         spec = registry.lookup(layer)
         if spec is None:
@@ -81,14 +81,6 @@ def _snap(values: np.ndarray, levels: int) -> np.ndarray:
     return np.where(nonzero, nearest, 0.0).astype(values.dtype)
 
 
-def _check_bits(bits) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 7:
-        raise ValueError(
-            "Expected `bits` to be an integer from 1 to 7 (TFLite Micro's LUT indices have at "
-            f"most 7 bits). Received: bits={bits!r}"
-        )
-
-
 @dataclasses.dataclass(frozen=True)
 class WeightSharing:
     """Weight sharing for `tfprune.fit_budget`: clustered kernels, LUT-compressed file.
@@ -107,7 +99,7 @@ class WeightSharing:
     decompression_memory: bool = False
 
     def __post_init__(self):
-        _check_bits(self.bits)
+        check_bits("bits", self.bits)
         if not callable(self.cluster):
             raise TypeError(
                 "Expected `cluster` to be a function (model, bits) that clusters the model in "

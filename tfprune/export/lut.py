@@ -153,6 +153,15 @@ def _reasons(tensors) -> str:
     return "; ".join(f"{n} {r}" for r, n in counts.items())
 
 
+def check_bits(name: str, value) -> None:
+    """Raises ValueError unless `value` is an index width TFLite Micro's LUT has (1 to 7)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_BITS:
+        raise ValueError(
+            f"Expected `{name}` to be an integer from 1 to 7 (TFLite Micro's LUT indices have "
+            f"at most 7 bits). Received: {name}={value!r}"
+        )
+
+
 def _require() -> None:
     if not tflm.available():
         raise ImportError(
@@ -287,11 +296,7 @@ def compress_tflite(
         TypeError: If `path` is not a path.
         FileNotFoundError: If a model path does not exist.
     """
-    if isinstance(max_bits, bool) or not isinstance(max_bits, int) or not 1 <= max_bits <= 7:
-        raise ValueError(
-            "Expected `max_bits` to be an integer from 1 to 7 (TFLite Micro's LUT indices have "
-            f"at most 7 bits). Received: max_bits={max_bits!r}"
-        )
+    check_bits("max_bits", max_bits)
     _require()
     out = output_path(path) if path is not None else None
     data = read_model(model)
