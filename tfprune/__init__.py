@@ -37,6 +37,7 @@ from tfprune import (
     schedules,
 )
 from tfprune.budget import Budget, fit_budget
+from tfprune.budget_sharing import WeightSharing
 from tfprune.channel_pruning import prune_channels
 from tfprune.controller import PruningController
 from tfprune.depth import prune_blocks
@@ -56,6 +57,7 @@ __all__ = [
     "Distiller",
     "Prunable",
     "PruningController",
+    "WeightSharing",
     "activation_scores",
     "allocation",
     "backends",
