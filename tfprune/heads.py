@@ -450,8 +450,9 @@ def shrunk_heads(layer) -> tuple[dict, Callable] | None:
 
     Returns:
         `None` for a layer that is not an attention layer (or has no dead head), else
-        `(config updates, assign)` where `assign(new_layer)` copies the kept slices into
-        the rebuilt layer.
+        `(config updates, assign)` where `assign(new_layer, cut=None)` copies the kept
+        slices into the rebuilt layer; `cut(key, value)`, when given, also cuts other axes
+        of each weight (keyed `"query/kernel"`, ...), e.g. removed hidden channels.
     """
     if _kind(layer) is None or not layer.built:
         return None
@@ -475,7 +476,7 @@ def shrunk_heads(layer) -> tuple[dict, Callable] | None:
     if kv_key:
         config[kv_key] = int(groups.size)
 
-    def assign(new_layer) -> None:
+    def assign(new_layer, cut: Callable | None = None) -> None:
         values = {}
         for var, axis, var_kind in heads.slices:
             keep = heads.head_axis_values(var_kind, keep_q)
@@ -483,6 +484,7 @@ def shrunk_heads(layer) -> tuple[dict, Callable] | None:
                 keras.ops.convert_to_numpy(var), np.flatnonzero(keep), axis=axis
             )
         for old, new in zip(layer.weights, new_layer.weights):
-            new.assign(values.get(_key(old), keras.ops.convert_to_numpy(old)))
+            value = values.get(_key(old), keras.ops.convert_to_numpy(old))
+            new.assign(value if cut is None else cut(_key(old), value))
 
     return config, assign

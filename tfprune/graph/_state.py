@@ -154,10 +154,12 @@ class Graph:
 
     Rules use `new` (fresh channels of a producer), `union` (channels that must be removed
     together), `freeze` (channels that must stay, with the reason) and `record` (a weight
-    axis that holds channels).
+    axis that holds channels). `through_norms` says whether normalization layers pass the
+    hidden width through (not exact; see `tfprune.graph.rules.hidden`).
     """
 
-    def __init__(self):
+    def __init__(self, through_norms: bool = False):
+        self.through_norms = through_norms
         self.parent: list[int] = []
         self.slices: list[tuple[keras.layers.Layer, str, int, np.ndarray, str]] = []
         self.frozen: dict[int, str] = {}

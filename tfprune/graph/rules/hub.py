@@ -1,7 +1,7 @@
 """Channel rules of keras-hub layers, keyed by registered name (keras-hub is not imported).
 
-Normalizations over the hidden axis mix channels, so they freeze the channels that reach
-them. Transformer blocks, attention and embedding layers hold several weights whose
+RMSNormalization and PositionEmbedding have rules in `hidden.py` (the hidden width of a
+transformer). Transformer blocks, attention and embedding layers hold several weights whose
 channels are tied in ways the graph does not see from outside (heads, residual streams,
 tied embeddings), so their rules freeze the channels that reach them with a reason that
 says so; a model that prunes inside them registers a rule of its own with
@@ -11,10 +11,8 @@ says so; a model that prunes inside them registers a rule of its own with
 from __future__ import annotations
 
 from tfprune.graph._state import Call, Graph
-from tfprune.graph.rules.layers import across_channels
 from tfprune.graph.table import register
 
-_NORMS = ("RMSNormalization",)
 _BLOCKS = (
     "GemmaDecoderBlock",
     "ViTEncoder",
@@ -22,7 +20,6 @@ _BLOCKS = (
     "TransformerEncoder",
     "TransformerDecoder",
     "CachedMultiHeadAttention",
-    "PositionEmbedding",
     "ReversibleEmbedding",
     "RotaryEmbedding",
     "TokenAndPositionEmbedding",
@@ -40,10 +37,7 @@ def opaque_block(g: Graph, call: Call) -> str:
 
 
 # keras-hub registers its public layers as "keras_hub>Name"; the layers inside its models
-# (Gemma's RMSNormalization, GemmaDecoderBlock) carry their bare class name.
-for _name in _NORMS:
-    for _key in (f"keras_hub>{_name}", _name):
-        register(_key, across_channels, "mixed")
+# (GemmaDecoderBlock) carry their bare class name.
 for _name in _BLOCKS:
     for _key in (f"keras_hub>{_name}", _name):
         register(_key, opaque_block, "unknown")
