@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
 import warnings
 
 import keras
@@ -268,3 +270,21 @@ def test_activation_score_of_a_hidden_channel_is_the_mean_norm_output():
 def test_through_norms_must_be_a_bool():
     with pytest.raises(TypeError, match=r"Received: through_norms='yes'"):
         tfprune.prune_channels(gpt(), 0.5, through_norms="yes")
+
+
+@pytest.mark.slow
+def test_prune_hidden_width_example_halves_the_stream_and_distillation_recovers():
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "prune_hidden_width.py"
+    spec = importlib.util.spec_from_file_location("prune_hidden_width", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--quick"])
+    assert result["hidden"] == (32, 16)
+    dense, small = result["params"]
+    # Per hidden channel: per block 4 x 32 attention and 2 x 64 MLP weights, 2 LayerNorms'
+    # gamma and beta, the attention output and MLP down biases; then the patch kernel (4)
+    # and bias, the final LayerNorm and the classifier row (10). Half of 32 channels go.
+    per_channel = 2 * (4 * 32 + 2 * 64 + 2 * 2 + 2) + 5 + 2 + 10
+    assert dense - small == 16 * per_channel
+    accuracy = result["accuracy"]
+    assert accuracy["distilled"] > accuracy["pruned"]

@@ -17,7 +17,9 @@ class Slice:
 
     Attributes:
         layer: The layer that owns the weight (the inner layer of a `Prunable`).
-        weight: Public attribute path of the weight (`"kernel"`, `"gamma"`, ...).
+        weight: Public attribute path of the weight (`"kernel"`, `"gamma"`, ...), or the
+            end of its variable path (`"query/kernel"`) for a sub-layer that is not a
+            public attribute (`tfprune.layers.resolve`).
         axis: The axis of the weight that holds the channels (non-negative).
         index: For each position along `axis`, the channel of the group it belongs to, or
             -1 when it belongs to another group or to no prunable channel.

@@ -38,7 +38,14 @@ import keras
 from tfprune.graph._state import Call, Graph, Tensor, width
 from tfprune.graph.table import lookup, register
 
-__all__ = ["attention", "embedding", "is_norm", "normalization", "position_embedding"]
+__all__ = [
+    "attention",
+    "embedding",
+    "is_norm",
+    "normalization",
+    "position_embedding",
+    "warn_inexact",
+]
 
 _L = keras.layers
 
