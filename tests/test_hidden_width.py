@@ -172,6 +172,32 @@ def test_hidden_width_and_heads_together_are_exact_with_identity_norms():
     np.testing.assert_allclose(_np(small(x)), _np(pruned(x)), atol=1e-5)
 
 
+def test_attention_with_its_own_output_width_is_a_group_of_its_own():
+    inputs = keras.Input((5, 8))
+    h = L.Dense(8, name="d1")(inputs)
+    y = L.MultiHeadAttention(2, 4, output_shape=12, name="attn")(h, h)
+    model = _randomize(keras.Model(inputs, L.Dense(3, name="d2")(y)))
+    groups = tfprune.graph.channel_groups(model, through_norms=True)
+    assert [(g.producers, g.channels, g.prunable) for g in groups] == [
+        (["d1"], 8, True),
+        (["attn"], 12, True),
+        (["d2"], 3, False),
+    ]
+    pruned = tfprune.prune_channels(model, 0.5, through_norms=True)
+    small = tfprune.shrink(pruned, through_norms=True)
+    assert small.get_layer("attn").get_config()["output_shape"] == (6,)
+    assert small.get_layer("attn").query_dense.kernel.shape == (4, 2, 4)
+    x = np.random.default_rng(2).normal(size=(3, 5, 8)).astype("float32")
+    np.testing.assert_allclose(_np(small(x)), _np(pruned(x)), atol=1e-5)
+    h = L.Dense(8, name="d1")(inputs)
+    y = L.MultiHeadAttention(2, 4, output_shape=(2, 6), name="attn")(h, h)
+    model = keras.Model(inputs, L.Dense(3, name="d2")(y))
+    groups = tfprune.graph.channel_groups(model, through_norms=True)
+    assert groups[0].producers == ["d1"] and groups[0].reason == (
+        "layer 'attn' (MultiHeadAttention): its output_shape=(2, 6) has more than one axis"
+    )
+
+
 def test_layer_norm_over_the_kept_channels_matches_a_reference_by_hand():
     inputs = keras.Input((5,))
     h = L.Dense(8, name="d1")(inputs)

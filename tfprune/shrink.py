@@ -40,7 +40,6 @@ _WIDTH_KEY: dict[type | str, str] = {
     **{cls: "filters" for cls in (*graph_lib.CONVOLUTIONS, _L.SeparableConv1D, _L.SeparableConv2D)},
     "LayerScale": "projection_dim",  # keras.applications' ConvNeXt, by registered name
     _L.Embedding: "output_dim",
-    _L.MultiHeadAttention: "output_shape",
 }
 
 
@@ -419,8 +418,10 @@ def shrink(model: keras.Model, through_norms: bool = False) -> keras.Model:
             config["groups"] = config[key]
         if id(layer) in plan.bias_delta:
             config["use_bias"] = True
-        if type(layer) is _L.MultiHeadAttention and isinstance(config.get("output_shape"), int):
-            config["output_shape"] = (config["output_shape"],)
+        if config.get("output_shape") is not None and any(
+            w.startswith("attention_output/") for w, _, _ in by_layer.get(id(layer), [])
+        ):  # MultiHeadAttention with an explicit output width (tfprune.graph.rules.hidden)
+            config["output_shape"] = (int(_positions(outputs[id(layer)], keep_id).size),)
         if id(layer) in attention:
             config.update(attention[id(layer)][0])
         if type(layer) is _L.Reshape and id(layer) in outputs:

@@ -123,9 +123,10 @@ def attention(g: Graph, call: Call):
         return "its query is not a tensor input of the call"
     inputs = {"query": query, "key": key, "value": value}
     shape = layer.get_config().get("output_shape")
+    shape = (shape,) if isinstance(shape, int) else shape
     if shape is None:
         out = query
-    elif len(tuple(shape)) == 1:
+    elif len(shape) == 1:
         out = g.new(width(call.out_shape))
     else:
         return f"its output_shape={tuple(shape)} has more than one axis"
