@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import tfprune
+from tfprune import cli
 
 L = keras.layers
 DIM, VOCAB, SEQ, MLP, BLOCKS = 16, 20, 6, 12, 1
@@ -291,6 +292,37 @@ def test_activation_score_of_a_hidden_channel_is_the_mean_norm_output():
     probe = keras.Model(model.input, [model.get_layer(n).output for n in norms])
     expected = sum(np.abs(_np(y)).reshape(-1, DIM).mean(axis=0) for y in probe(x))
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
+
+
+def test_keras_hub_rms_normalization_passes_channels_by_its_registered_name():
+    inputs = keras.Input((4, 6))
+    rms = keras_hub.layers.RMSNormalization(input_dim=8)
+    y = L.Dense(2, name="d2")(rms(L.Dense(8, name="d1")(inputs)))
+    model = keras.Model(inputs, y)
+    frozen = tfprune.graph.channel_groups(model)[0]
+    assert frozen.reason.startswith(f"RMSNormalization '{rms.name}' computes statistics")
+    group = tfprune.graph.channel_groups(model, through_norms=True)[0]
+    assert (group.producers, group.prunable) == (["d1"], True)
+    assert {(m.layer.name, m.weight, m.role) for m in group.members} == {
+        ("d1", "kernel", "output"),
+        ("d1", "bias", "output"),
+        (rms.name, "scale", "norm"),
+        ("d2", "kernel", "input"),
+    }
+
+
+def test_cli_shrink_through_norms(tmp_path, capsys):
+    inputs = keras.Input((5,))
+    h = L.LayerNormalization(name="ln")(L.Dense(8, name="d1")(inputs))
+    model = _randomize(keras.Model(inputs, L.Dense(3, name="d2")(h)))
+    with pytest.warns(UserWarning, match="not exact"):
+        pruned = tfprune.prune_channels(model, 0.5, through_norms=True)
+    pruned.save(tmp_path / "pruned.keras")
+    out = tmp_path / "small.keras"
+    for flags, units in (([], 8), (["--through-norms"], 4)):
+        assert cli.main(["shrink", str(tmp_path / "pruned.keras"), str(out), *flags]) == 0
+        assert keras.saving.load_model(out).get_layer("d1").units == units
+    assert capsys.readouterr().out.splitlines()[-1] == f"Wrote {out}: 47 parameters (was 91)"
 
 
 def test_through_norms_must_be_a_bool():
