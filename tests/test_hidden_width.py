@@ -162,13 +162,14 @@ def test_identity_norms_shrink_exactly_to_half_the_hidden_width(attention):
     np.testing.assert_allclose(_np(small(x)), _np(pruned(x)), atol=1e-5)
 
 
-def test_hidden_width_and_heads_together_are_exact_with_identity_norms():
-    model = tfprune.prune_heads(gpt("identity"), ratio=0.5)
+@pytest.mark.parametrize("attention", ["mha", "gqa"])
+def test_hidden_width_and_heads_together_are_exact_with_identity_norms(attention):
+    model = tfprune.prune_heads(gpt("identity", attention), ratio=0.5)
     pruned = tfprune.prune_channels(model, 0.5, through_norms=True)
     small = tfprune.shrink(pruned, through_norms=True)
-    attn = small.get_layer("attn0")
-    assert (attn.num_heads, tuple(attn.query_dense.kernel.shape)) == (1, (DIM // 2, 1, 4))
-    assert tuple(attn.output_dense.kernel.shape) == (1, 4, DIM // 2)
+    query, output = (small.get_layer("attn0").weights[i].shape for i in (0, -2))
+    heads = 2 if attention == "gqa" else 1  # 4 query heads in 2 groups, or 2 heads
+    assert (tuple(query), tuple(output)) == ((DIM // 2, heads, 4), (heads, 4, DIM // 2))
     x = _tokens()
     np.testing.assert_allclose(_np(small(x)), _np(pruned(x)), atol=1e-5)
 
@@ -319,9 +320,13 @@ def test_cli_shrink_through_norms(tmp_path, capsys):
         pruned = tfprune.prune_channels(model, 0.5, through_norms=True)
     pruned.save(tmp_path / "pruned.keras")
     out = tmp_path / "small.keras"
-    for flags, units in (([], 8), (["--through-norms"], 4)):
-        assert cli.main(["shrink", str(tmp_path / "pruned.keras"), str(out), *flags]) == 0
-        assert keras.saving.load_model(out).get_layer("d1").units == units
+    assert cli.main(["shrink", str(tmp_path / "pruned.keras"), str(out)]) == 0
+    assert keras.saving.load_model(out).get_layer("d1").units == 8
+    with pytest.warns(UserWarning, match="not exact"):
+        assert (
+            cli.main(["shrink", str(tmp_path / "pruned.keras"), str(out), "--through-norms"]) == 0
+        )
+    assert keras.saving.load_model(out).get_layer("d1").units == 4
     assert capsys.readouterr().out.splitlines()[-1] == f"Wrote {out}: 47 parameters (was 91)"
 
 
