@@ -1,7 +1,7 @@
 """Structured pruning of transformers: a ViT on Fashion-MNIST and a byte-level language model.
 
 Usage: `python benchmarks/transformers.py [--vit-train N] [--epochs N] [--tune N]
-[--lm-bytes N] [--lm-epochs N] [--tiny] [--no-write]`
+[--lm-bytes N] [--lm-epochs N] [--hidden] [--tiny] [--no-write]`
 
 ViT (`_transformers.vit`: 4 pre-LN blocks, width 64, 8 heads, MLP 128, 4x4 patches) is
 trained on a subset of Fashion-MNIST (the machine is a shared 2-core CPU, so the budget is
@@ -13,6 +13,9 @@ an informed criterion, a magnitude baseline and a random baseline:
 - both: heads then MLP, same criteria;
 - depth: a quarter of the transformer layers (1 of 4) with `tfprune.prune_blocks`
   (ShortGPT Block Influence; random; no magnitude baseline for depth);
+- with `--hidden`, also hidden width 50 %: `tfprune.prune_channels(through_norms=True)`
+  on the residual stream (activation = Minitron mean |LayerNorm output|; l1; random), not
+  exact before fine-tuning;
 then shrunk and fine-tuned for the same short budget with and without distillation
 (`tfprune.Distiller`, T=2, alpha=0.5, the unpruned model as teacher). Each structure's
 informed model is exported to int8 TFLite (verified in LiteRT) and timed (1 thread,
@@ -44,6 +47,7 @@ from _results import publish
 import tfprune
 
 BATCH = 128
+KINDS = ("heads", "mlp", "both", "depth")
 
 
 def _mlp_ignore(layer) -> bool:
@@ -64,6 +68,21 @@ def _prune(model, kind: str, criterion: str, calib, loss, layers: int):
         model = tfprune.prune_channels(
             model, 0.5, criterion=mlp_criterion, data=calib, loss=loss, ignore=_mlp_ignore
         )
+    if kind == "hidden":
+        hidden_criterion = criterion[1]
+        if hidden_criterion == "activation":
+            hidden_criterion = tfprune.activation_scores.activation_criterion(
+                model, [c[0] for c in calib]
+            )
+        model = tfprune.prune_channels(
+            model,
+            0.5,
+            criterion=hidden_criterion,
+            data=calib,
+            loss=loss,
+            ignore=lambda layer: not _mlp_ignore(layer),
+            through_norms=True,
+        )
     if kind == "depth":
         units = [[f"block{i}_attn_add", f"block{i}_mlp_add"] for i in range(layers)]
         n = max(1, layers // 4)
@@ -72,7 +91,7 @@ def _prune(model, kind: str, criterion: str, calib, loss, layers: int):
             keep = list(rng.permutation(layers)[:n])
             units = [units[i] for i in keep]
         model, _ = tfprune.prune_blocks(model, n=n, data=[c[0] for c in calib], units=units)
-    return tfprune.shrink(model)
+    return tfprune.shrink(model, through_norms=kind == "hidden")
 
 
 CRITERIA = {
@@ -123,7 +142,7 @@ def _vit(args, conditions: str) -> list[str]:
     calib = [(x_train[i : i + 128], y_train[i : i + 128]) for i in range(0, 512, 128)]
     base = _accuracy(dense, x_test, y_test)
     rows, exports = [], {"dense": dense}
-    for kind in ("heads", "mlp", "both", "depth"):
+    for kind in KINDS + (("hidden",) if args.hidden else ()):
         for name, criterion in CRITERIA.items():
             if kind == "depth" and name == "magnitude":
                 continue
@@ -162,7 +181,7 @@ def _vit(args, conditions: str) -> list[str]:
     ]
     for kind, name, criterion, oneshot, tuned, params, macs in rows:
         crit = criterion[0] if kind in ("heads", "depth") else "/".join(criterion)
-        if kind == "mlp":
+        if kind in ("mlp", "hidden"):
             crit = criterion[1]
         if kind == "depth" and name == "informed":
             crit = "ShortGPT"
@@ -225,7 +244,7 @@ def _lm(args, conditions: str) -> list[str]:
         f"| dense | {dense.count_params():,} | {_perplexity(dense, xv, yv):.3f} | - |",
     ]
     tune_x, tune_y = x[: args.tune_lm], y[: args.tune_lm]
-    for kind in ("heads", "mlp", "both", "depth"):
+    for kind in KINDS + (("hidden",) if args.hidden else ()):
         small = _prune(dense, kind, CRITERIA["informed"], calib, loss, 4)
         oneshot = _perplexity(small, xv, yv)
         _tune(small, dense, tune_x, tune_y, 1, True, loss, lr=1e-3)
@@ -262,6 +281,7 @@ def _command(args) -> str:
         + (" --skip-vit" if args.skip_vit else "")
         + (" --skip-lm" if args.skip_lm else "")
         + (" --kd-informed-only" if args.kd_informed_only else "")
+        + (" --hidden" if args.hidden else "")
     )
 
 
@@ -279,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-vit", action="store_true", help="language model only")
     parser.add_argument(
         "--kd-informed-only", action="store_true", help="baselines fine-tuned without KD only"
+    )
+    parser.add_argument(
+        "--hidden", action="store_true", help="also prune half the hidden width (not exact)"
     )
     parser.add_argument("--tiny", action="store_true", help="smoke run: minimal sizes")
     parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")

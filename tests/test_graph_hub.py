@@ -55,7 +55,8 @@ def test_keras_hub_blocks_freeze_with_a_reason():
     model2 = keras.Model(bert.input, [blocked, L.Dense(2, name="o")(norm)])
     assert _reason(model2, "pre") == (
         f"RMSNormalization '{rms.name}' computes statistics across channels, so removing "
-        "channels would change its output"
+        "channels would change its output; pass `through_norms=True` to prune the hidden "
+        "width through it anyway (not exact: fine-tune or distil afterwards)"
     )
     assert _reason(model2, "pre2") == (
         "TransformerEncoder 'enc' adds them to its residual stream (the hidden width of a "
@@ -200,5 +201,6 @@ def test_gemma_internal_norm_is_known_by_its_bare_name():
     model = keras.Model(gemma.input, L.Dense(2, name="o")(fresh(x)))
     assert _reason(model, "pre") == (
         "RMSNormalization 'head_norm' computes statistics across channels, so removing "
-        "channels would change its output"
+        "channels would change its output; pass `through_norms=True` to prune the hidden "
+        "width through it anyway (not exact: fine-tune or distil afterwards)"
     )

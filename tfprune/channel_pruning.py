@@ -26,6 +26,7 @@ from tfprune import gates as gates_lib
 from tfprune import graph as graph_lib
 from tfprune import layers as registry
 from tfprune._validate import fraction
+from tfprune.graph.rules import hidden
 from tfprune.wrapper import prunable_layers
 
 __all__ = ["prune_channels", "select_channels", "zero_channels"]
@@ -173,6 +174,7 @@ def prune_channels(
     ratios: Mapping[str, float] | None = None,
     loss=None,
     seed: int = 0,
+    through_norms: bool = False,
 ) -> keras.Model:
     """Removes the least important channel groups of a model in one shot (zeroed copy).
 
@@ -197,6 +199,13 @@ def prune_channels(
             drop `ratio` of their channels.
         loss: Loss for `"taylor"` (default: the compiled loss).
         seed: Seed for `"random"`.
+        through_norms: Opt in to pruning the hidden (embedding) width of transformers:
+            LayerNormalization and RMSNormalization pass channels through (their
+            gamma/beta are zeroed with the channels) instead of freezing them, so the
+            residual stream becomes one prunable group. Not exact: the norms compute their
+            statistics over all channels, so removing some changes the others (a
+            `UserWarning` says so); fine-tune or distil the result, and pass the same flag
+            to `tfprune.shrink`.
 
     Returns:
         A new plain model with the pruned channels zeroed.
@@ -205,7 +214,8 @@ def prune_channels(
         ValueError: For a ratio outside [0, 1), an unknown scope or criterion, a name in
             `ignore` that is not a layer, a name in `ratios` that is not the producer of a
             prunable group, or a criterion returning wrong shapes.
-        TypeError: If `model` is not a Sequential or functional Keras model.
+        TypeError: If `model` is not a Sequential or functional Keras model, or
+            `through_norms` is not a bool.
     """
     if not isinstance(model, keras.Model):
         raise TypeError(
@@ -240,7 +250,7 @@ def prune_channels(
                 f"`ignore` names layers that are not in the model: {missing}. Use the "
                 f"names of producer layers, e.g. {sorted(known)[:5]}."
             )
-    all_groups = graph_lib.channel_groups(copy)
+    all_groups = graph_lib.channel_groups(copy, through_norms=through_norms)
     groups = [g for g in all_groups if g.prunable and not _matches(ignore, g)]
     group_ratios = _group_ratios(all_groups, groups, ratios or {})
     if criterion == "taylor":
@@ -260,6 +270,16 @@ def prune_channels(
     keeps = select_channels(scores, group_ratios, scope, round_to, min_channels, ratio=ratio)
     for group, keep in zip(groups, keeps):
         zero_channels(group, keep)
+    hidden.warn_inexact(
+        "tfprune.prune_channels",
+        [
+            m.layer.name
+            for group, keep in zip(groups, keeps)
+            if not keep.all()
+            for m in group.members
+            if hidden.is_norm(m.layer)
+        ],
+    )
     return copy
 
 

@@ -105,6 +105,11 @@ def _run_summary(args: argparse.Namespace) -> int:
 def _add_shrink(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="pruned model (.keras)")
     parser.add_argument("output", help="where to write the smaller model (.keras)")
+    parser.add_argument(
+        "--through-norms",
+        action="store_true",
+        help="also remove hidden channels through LayerNormalization (not exact)",
+    )
 
 
 def _run_shrink(args: argparse.Namespace) -> int:
@@ -119,7 +124,7 @@ def _run_shrink(args: argparse.Namespace) -> int:
     from tfprune.export._io import atomic_path
 
     try:
-        small = shrink(model)
+        small = shrink(model, through_norms=args.through_norms)
         with atomic_path(args.output, suffix=".keras") as tmp:
             small.save(tmp)
     except (ValueError, TypeError, OSError) as e:

@@ -51,6 +51,7 @@ __all__ = [
     "head_scores",
     "prune_heads",
     "shrunk_heads",
+    "variable_key",
     "zero_heads",
 ]
 
@@ -135,7 +136,7 @@ def _projection(var) -> str:
     return var.path.split("/")[-2]
 
 
-def _key(var) -> str:
+def variable_key(var) -> str:
     """`"<projection>/<weight>"` of an attention layer's variable, e.g. `"query/kernel"`."""
     return "/".join(var.path.split("/")[-2:])
 
@@ -244,7 +245,7 @@ def _activation_scores(model: keras.Model, heads: AttentionHeads, data) -> np.nd
         ) from error
     kwargs = _call_kwargs(model, layer)
     causal = bool(kwargs.pop("use_causal_mask", False))
-    weights = {_key(v): v for v in layer.weights}
+    weights = {variable_key(v): v for v in layer.weights}
     if "gate/kernel" in weights:
         raise ValueError(
             f"Criterion 'activation' does not support the gated attention layer "
@@ -519,13 +520,13 @@ def shrunk_heads(layer) -> tuple[dict, Callable] | None:
         kept = {}
         for var, axis, var_kind in heads.slices:
             keep = heads.head_axis_values(var_kind, keep_q)
-            kept[_key(var)] = np.take(
+            kept[variable_key(var)] = np.take(
                 keras.ops.convert_to_numpy(var), np.flatnonzero(keep), axis=axis
             )
         return {
-            id(new): kept[_key(old)]
+            id(new): kept[variable_key(old)]
             for old, new in zip(layer.weights, new_layer.weights)
-            if _key(old) in kept
+            if variable_key(old) in kept
         }
 
     return config, values

@@ -164,13 +164,20 @@ def supported() -> list[str]:
 def resolve(layer: keras.layers.Layer, path: str) -> keras.Variable | None:
     """Returns the variable at a public attribute path such as `"query_dense.kernel"`.
 
+    A path with slashes (`"query/kernel"`) names the layer's variable whose `path` ends
+    with it, for weights of sub-layers that are not public attributes
+    (`GroupQueryAttention`'s projections).
+
     Args:
         layer: A Keras layer.
-        path: Dot-separated public attribute path.
+        path: Dot-separated public attribute path, or the end of a variable path.
 
     Returns:
         The variable, or `None` when the layer has no such weight (no bias, or not built).
     """
+    if "/" in path:
+        weights = getattr(layer, "weights", [])
+        return next((w for w in weights if w.path.endswith("/" + path)), None)
     obj = layer
     for part in path.split("."):
         obj = getattr(obj, part, None)

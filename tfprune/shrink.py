@@ -27,6 +27,7 @@ from tfprune import heads as heads_lib
 from tfprune import hub_blocks, surgery
 from tfprune import layers as registry
 from tfprune.graph import walk
+from tfprune.graph.rules import hidden
 from tfprune.wrapper import prunable_layers
 
 __all__ = ["shrink"]
@@ -38,6 +39,7 @@ _WIDTH_KEY: dict[type | str, str] = {
     _L.Dense: "units",
     **{cls: "filters" for cls in (*graph_lib.CONVOLUTIONS, _L.SeparableConv1D, _L.SeparableConv2D)},
     "LayerScale": "projection_dim",  # keras.applications' ConvNeXt, by registered name
+    _L.Embedding: "output_dim",
 }
 
 
@@ -235,7 +237,21 @@ class _Constants:
         self.vals[id(node.output)] = np.tile(v, node.output.size // max(v.size, 1))
 
     def nothing(self, node) -> None:
-        """Model inputs and layers of unknown semantics: no removed channel reaches them."""
+        """Model inputs and layers of unknown semantics: no removed channel reaches them.
+
+        Lookups (Embedding, PositionEmbedding) too: a removed channel's column is zero.
+        """
+
+    def attention(self, node) -> None:
+        """Attention: removed inputs must carry zero; a removed output carries its bias."""
+        self.strict(node)
+        bias = registry.resolve(node.layer, "attention_output/bias")
+        self.set(node.output, 0.0 if bias is None else _np(bias).astype(np.float64))
+
+    def hidden_norm(self, node) -> None:
+        """A norm passing channels (`through_norms=True`, not exact): a removed one is beta."""
+        beta = registry.resolve(node.layer, "beta")
+        self.set(node.output, 0.0 if beta is None else _np(beta).astype(np.float64))
 
 
 # Node kind (from tfprune.graph) -> constant rule.
@@ -257,6 +273,9 @@ _CONSTANT_RULES = {
     "strict": _Constants.strict,
     "split": _Constants.split,
     "input": _Constants.nothing,
+    "lookup": _Constants.nothing,
+    "attention": _Constants.attention,
+    "hidden_norm": _Constants.hidden_norm,
     "unknown": _Constants.nothing,
 }
 
@@ -269,9 +288,9 @@ def _propagate(g, keep_id: np.ndarray) -> _Plan:
     return constants.plan
 
 
-def _plan(model: keras.Model):
+def _plan(model: keras.Model, through_norms: bool = False):
     """Graph, groups and the final plan (channels kept where folding is not exact)."""
-    g = walk.analyse(model)
+    g = walk.analyse(model, through_norms)
     groups, group_no, local = walk.groups_of(g)
     keep = [
         ~_dead_channels(group) if group.prunable else np.ones(group.channels, bool)
@@ -317,7 +336,7 @@ def _kept(ids: np.ndarray, keep_id: np.ndarray) -> np.ndarray:
     return kept
 
 
-def shrink(model: keras.Model) -> keras.Model:
+def shrink(model: keras.Model, through_norms: bool = False) -> keras.Model:
     """Returns a new model with every pruned channel physically removed.
 
     A channel counts as pruned when all kernel slices that produce it are zero: the
@@ -329,12 +348,19 @@ def shrink(model: keras.Model) -> keras.Model:
 
     Args:
         model: A built Sequential or functional model, wrapped or plain.
+        through_norms: Also remove pruned channels that pass through LayerNormalization
+            or RMSNormalization (the hidden width of a transformer, pruned with
+            `tfprune.prune_channels(..., through_norms=True)`), slicing their gamma/beta.
+            Not exact: the norms then compute their statistics over fewer channels, so
+            the result differs from the pruned model (a `UserWarning` says so); fine-tune
+            or distil it.
 
     Returns:
         A plain Keras model with smaller `filters`/`units` and sliced weights.
 
     Raises:
-        TypeError: If `model` is not a Keras model or is (or contains) a subclassed model.
+        TypeError: If `model` is not a Keras model or is (or contains) a subclassed model,
+            or `through_norms` is not a bool.
         ValueError: If `model` is not built.
 
     Example:
@@ -351,8 +377,16 @@ def shrink(model: keras.Model) -> keras.Model:
         )
     if prunable_layers(model):
         model = surgery.strip(model)
-    g, plan = _plan(model)
+    g, plan = _plan(model, through_norms)
     keep_id = plan.keep_id
+    hidden.warn_inexact(
+        "tfprune.shrink",
+        [
+            layer.name
+            for layer, _, _, ids, _ in g.slices
+            if hidden.is_norm(layer) and not _kept(ids, keep_id).all()
+        ],
+    )
     by_layer: dict[int, list] = {}
     for layer, weight, axis, ids, _ in g.slices:
         by_layer.setdefault(id(layer), []).append((weight, axis, ids))
@@ -385,6 +419,10 @@ def shrink(model: keras.Model) -> keras.Model:
             config["groups"] = config[key]
         if id(layer) in plan.bias_delta:
             config["use_bias"] = True
+        if config.get("output_shape") is not None and any(
+            w.startswith("attention_output/") for w, _, _ in by_layer.get(id(layer), [])
+        ):  # MultiHeadAttention with an explicit output width (tfprune.graph.rules.hidden)
+            config["output_shape"] = (int(_positions(outputs[id(layer)], keep_id).size),)
         if id(layer) in attention:
             config.update(attention[id(layer)][0])
         kept = {w: int(_positions(ids, keep_id).size) for w, _, ids in by_layer.get(id(layer), [])}
@@ -409,8 +447,15 @@ def shrink(model: keras.Model) -> keras.Model:
     for old, new in zip(registry.iter_layers(model), registry.iter_layers(new_model)):
         if isinstance(old, keras.Model) or not new.weights:
             continue
-        overrides = attention[id(old)][1](new) if id(old) in attention else {}
         slices = by_layer.get(id(old), [])
+        cut = _slicer(slices, keep_id)
+        # Head slices of an attention layer; hidden channels (through_norms) cut on top.
+        overrides = attention[id(old)][1](new) if id(old) in attention else {}
+        overrides = {
+            id(var): cut(heads_lib.variable_key(var), overrides[id(var)])
+            for var in new.weights
+            if id(var) in overrides
+        }
         sliced = {w: _np(registry.resolve(old, w)) for w, _, _ in slices}
         if id(old) in plan.bias_delta:
             bias = sliced.get("bias", 0.0)
@@ -433,6 +478,19 @@ def shrink(model: keras.Model) -> keras.Model:
                 value = _np(old.weights[i])
             var.assign(value.astype(var.dtype))
     return new_model
+
+
+def _slicer(slices: list, keep_id: np.ndarray):
+    """`cut(weight, value)`: a weight's value with the removed channels of its slices cut."""
+    by_weight = {weight: (axis, ids) for weight, axis, ids in slices}
+
+    def cut(weight: str, value: np.ndarray) -> np.ndarray:
+        if weight not in by_weight:
+            return value
+        axis, ids = by_weight[weight]
+        return np.take(value, _positions(ids, keep_id), axis=axis)
+
+    return cut
 
 
 def _slice_constant(value, channels: int, keep: np.ndarray):

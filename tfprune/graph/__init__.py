@@ -24,10 +24,11 @@ Package layout:
 - `_state.py`: the data (`Graph`, `Call`, `Node`, `Slice`, `ChannelGroup`).
 - `table.py`: the rule table, `register` and `lookup`.
 - `walk.py`: the walker (node traversal) and group formation (`channel_groups`).
-- `rules/`: rule families (`layers.py`, `ops.py`, `hub.py`). To add a family, write a
-  module there whose rules take `(graph, call)` and return the output channel ids (or a
-  reason string), register them with `register(cls_or_name, rule, kind)`, and import the
-  module in `rules/__init__.py`. `kind` tells `tfprune.shrink` how the constants of
+- `rules/`: rule families (`layers.py`, `ops.py`, `hub.py`, `hidden.py`: the hidden width
+  of transformers, `through_norms=True`). To add a family, write a module there whose
+  rules take `(graph, call)` and return the output channel ids (or a reason string),
+  register them with `register(cls_or_name, rule, kind)`, and import the module in
+  `rules/__init__.py`. `kind` tells `tfprune.shrink` how the constants of
   removed channels flow through the call (`table.KINDS`).
 
 A user registers a rule for a custom layer the same way:

@@ -17,7 +17,9 @@ class Slice:
 
     Attributes:
         layer: The layer that owns the weight (the inner layer of a `Prunable`).
-        weight: Public attribute path of the weight (`"kernel"`, `"gamma"`, ...).
+        weight: Public attribute path of the weight (`"kernel"`, `"gamma"`, ...), or the
+            end of its variable path (`"query/kernel"`) for a sub-layer that is not a
+            public attribute (`tfprune.layers.resolve`).
         axis: The axis of the weight that holds the channels (non-negative).
         index: For each position along `axis`, the channel of the group it belongs to, or
             -1 when it belongs to another group or to no prunable channel.
@@ -154,10 +156,12 @@ class Graph:
 
     Rules use `new` (fresh channels of a producer), `union` (channels that must be removed
     together), `freeze` (channels that must stay, with the reason) and `record` (a weight
-    axis that holds channels).
+    axis that holds channels). `through_norms` says whether normalization layers pass the
+    hidden width through (not exact; see `tfprune.graph.rules.hidden`).
     """
 
-    def __init__(self):
+    def __init__(self, through_norms: bool = False):
+        self.through_norms = through_norms
         self.parent: list[int] = []
         self.slices: list[tuple[keras.layers.Layer, str, int, np.ndarray, str]] = []
         self.frozen: dict[int, str] = {}

@@ -43,6 +43,9 @@ KINDS = (
     "reduce",
     "strict",
     "split",
+    "lookup",
+    "attention",
+    "hidden_norm",
     "unknown",
 )
 

@@ -207,13 +207,22 @@ def _output_shapes(layer, args, kwargs, shapes: list, calls: int) -> list[tuple]
     return [tuple(t.shape) for t in flat if hasattr(t, "shape")]
 
 
-def analyse(model: keras.Model) -> Graph:
+def analyse(model: keras.Model, through_norms: bool = False) -> Graph:
     """Builds the graph of `model`, freezing the channels of its outputs.
 
+    `through_norms=True` lets LayerNormalization / RMSNormalization pass channels through
+    (not exact: `tfprune.graph.rules.hidden`).
+
     Raises:
-        TypeError: If `model` is not a Keras model, or is (or contains) a subclassed model.
+        TypeError: If `model` is not a Keras model, or is (or contains) a subclassed model,
+            or `through_norms` is not a bool.
         ValueError: If `model` is not built.
     """
+    if not isinstance(through_norms, bool):
+        raise TypeError(
+            "Expected `through_norms` to be True or False. "
+            f"Received: through_norms={through_norms!r}"
+        )
     if not isinstance(model, keras.Model):
         raise TypeError(
             "tfprune.graph.channel_groups expects a Sequential or functional Keras model. "
@@ -224,7 +233,7 @@ def analyse(model: keras.Model) -> Graph:
             f"Model '{model.name}' is not built, so its layer graph is unknown. Build it "
             "first, e.g. by calling it on a batch or passing `keras.Input` to Sequential."
         )
-    g = Graph()
+    g = Graph(through_norms)
     for out in _walk(g, model, None, None):
         g.freeze(out, "its channels are a model output")
     return g
@@ -290,13 +299,17 @@ def groups_of(g: Graph) -> tuple[list[ChannelGroup], np.ndarray, np.ndarray]:
     return groups, group_no, local
 
 
-def channel_groups(model: keras.Model) -> list[ChannelGroup]:
+def channel_groups(model: keras.Model, through_norms: bool = False) -> list[ChannelGroup]:
     """Groups of channels of a model that must be removed together.
 
     Args:
         model: A built Sequential or functional model (nested models, `Prunable`
             wrappers and subclasses of the functional API such as keras-hub backbones
             allowed; inputs and outputs of any structure).
+        through_norms: Let LayerNormalization and RMSNormalization pass channels through
+            instead of freezing them, so the residual stream of a transformer (its hidden
+            width) forms one prunable group. Not exact: removing channels changes the
+            statistics these layers compute, so fine-tune or distil the pruned model.
 
     Returns:
         The groups, in the order of their first producer. Groups whose channels reach a
@@ -304,7 +317,8 @@ def channel_groups(model: keras.Model) -> list[ChannelGroup]:
         `prunable=False` and a `reason`.
 
     Raises:
-        TypeError: If `model` is not a Keras model, or is (or contains) a subclassed model.
+        TypeError: If `model` is not a Keras model, or is (or contains) a subclassed model,
+            or `through_norms` is not a bool.
         ValueError: If `model` is not built.
     """
-    return groups_of(analyse(model))[0]
+    return groups_of(analyse(model, through_norms))[0]

@@ -4,11 +4,13 @@
 - `ops`: raw `keras.ops` operations in functional models (arithmetic, activations,
   reductions, slicing, reshape/transpose, concatenate/split/stack, matmul/einsum).
 - `hub`: keras-hub layers, keyed by registered name so keras-hub is not imported.
+- `hidden`: the hidden width of transformers (embeddings, attention, LayerNormalization
+  and RMSNormalization, which pass channels only with `through_norms=True`).
 
 A new family is a module here that calls `tfprune.graph.table.register` for each class or
 registered name it knows, imported below.
 """
 
-from tfprune.graph.rules import hub, layers, ops
+from tfprune.graph.rules import hidden, hub, layers, ops
 
-__all__ = ["hub", "layers", "ops"]
+__all__ = ["hidden", "hub", "layers", "ops"]

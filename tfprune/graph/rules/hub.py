@@ -1,14 +1,14 @@
 """Channel rules of keras-hub layers, keyed by registered name (keras-hub is not imported).
 
-Normalizations over the hidden axis mix channels, so they freeze the channels that reach
-them. The transformer blocks of keras-hub's text backbones (`tfprune.hub_blocks`) expose
-their MLP width as a group of their own: the up (and gate) projections' output units with
-the down projection's input rows. Their hidden width is the residual stream, which passes
-through the block's norms and attention: it stays frozen, with a reason. Other blocks,
-attention and embedding layers hold several weights whose channels are tied in ways the
-graph does not see from outside (heads, residual streams, tied embeddings), so their
-rules freeze the channels that reach them with a reason that says so; a model that prunes
-inside them registers a rule of its own with `tfprune.graph.register`.
+RMSNormalization and PositionEmbedding have rules in `hidden.py` (the hidden width of a
+transformer). The transformer blocks of keras-hub's text backbones (`tfprune.hub_blocks`)
+expose their MLP width as a group of their own: the up (and gate) projections' output units
+with the down projection's input rows, and their attention heads. Their hidden width is the
+residual stream, which passes through the block's norms and attention: it stays frozen, with
+a reason. Other blocks, attention and embedding layers hold several weights whose channels
+are tied in ways the graph does not see from outside (heads, residual streams, tied
+embeddings), so their rules freeze the channels that reach them with a reason that says so;
+a model that prunes inside them registers a rule of its own with `tfprune.graph.register`.
 """
 
 from __future__ import annotations
@@ -18,15 +18,12 @@ import numpy as np
 from tfprune import hub_blocks
 from tfprune import layers as registry
 from tfprune.graph._state import Call, Graph, width
-from tfprune.graph.rules.layers import across_channels
 from tfprune.graph.table import register
 
-_NORMS = ("RMSNormalization",)
 _BLOCKS = (
     "ViTEncoder",
     "ViTPatchingAndEmbedding",
     "CachedMultiHeadAttention",
-    "PositionEmbedding",
     "ReversibleEmbedding",
     "RotaryEmbedding",
     "TokenAndPositionEmbedding",
@@ -108,10 +105,7 @@ def transformer_block(g: Graph, call: Call) -> np.ndarray:
 
 
 # keras-hub registers its public layers as "keras_hub>Name"; the layers inside its models
-# (Gemma's RMSNormalization, GemmaDecoderBlock) carry their bare class name.
-for _name in _NORMS:
-    for _key in (f"keras_hub>{_name}", _name):
-        register(_key, across_channels, "mixed")
+# (GemmaDecoderBlock) carry their bare class name.
 for _name in hub_blocks.BLOCKS:
     register(_name, transformer_block, "unknown")
 for _name in _BLOCKS:

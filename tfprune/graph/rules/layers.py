@@ -147,7 +147,11 @@ def batch_norm(g: Graph, call: Call):
 
 
 def across_channels(g: Graph, call: Call):
-    """Layers that mix the channel axis (LayerNormalization, Softmax): shrinking changes them."""
+    """Layers that mix the channel axis (GroupNormalization, Softmax): shrinking changes them.
+
+    LayerNormalization and RMSNormalization have a rule of their own (`rules/hidden.py`),
+    which can pass the hidden width through them on request.
+    """
     g.freeze(
         call.ids[0],
         f"{type(call.layer).__name__} '{call.layer.name}' computes statistics across "
@@ -238,7 +242,6 @@ _register("norm", batch_norm, _L.BatchNormalization)
 _register(
     "mixed",
     across_channels,
-    _L.LayerNormalization,
     _L.GroupNormalization,
     _L.Softmax,
     _L.UnitNormalization,
