@@ -144,8 +144,9 @@ def _kernels(
     """The kernels of `layer` to prune, in the order their owners run, and those left dense.
 
     The owner of the kernel at path `"a.b.kernel"` is the sublayer at `"a.b"` (the wrapped
-    layer itself for `"kernel"`); its view comes from `tfprune.oneshot.views`. One batch
-    through `prefix` with every owner recorded gives the order of their first calls.
+    layer itself for `"kernel"`); its view comes from `tfprune.oneshot.views`. When some
+    owners are sublayers, one batch through `prefix` with every owner recorded gives the
+    order of their first calls (the wrapped layer alone runs, and keeps the views' order).
 
     Returns:
         `(mask name, owner, view)` triples, and the mask names without a view or whose
@@ -163,6 +164,8 @@ def _kernels(
         else:
             dense.append(target.name)
     owners = list({id(owner): owner for _, owner, _ in found}.values())
+    if all(owner is layer.layer for owner in owners):
+        return found, dense
     first: dict[int, int] = {}
     with _recording(owners, lambda i, _: first.setdefault(i, len(first))):
         prefix(batch, training=False)
