@@ -93,8 +93,8 @@ def _batches(data, batch_size: int) -> list:
 def _recording(sublayers: list[keras.layers.Layer], record) -> Iterator[None]:
     """Calls `record(i, x)` with the first input `x` of every call of `sublayers[i]`.
 
-    A temporary `call` attribute on each instance wraps the layer's own; the instance is
-    restored in `finally` (its attribute removed, or a `call` it already had put back).
+    A temporary `call` attribute on each instance wraps the class's method; it is removed in
+    `finally`. (The layers are those of `tfprune.wrap`'s clone, so none has its own `call`.)
     """
     hooked = []
     try:
@@ -104,15 +104,12 @@ def _recording(sublayers: list[keras.layers.Layer], record) -> Iterator[None]:
                 record(_i, args[0] if args else kwargs["inputs"])
                 return _call(*args, **kwargs)
 
-            hooked.append((sublayer, vars(sublayer).get("call")))
             sublayer.call = call
+            hooked.append(sublayer)
         yield
     finally:
-        for sublayer, own in hooked:
-            if own is None:
-                del sublayer.call
-            else:
-                sublayer.call = own
+        for sublayer in hooked:
+            del sublayer.call
 
 
 def _prefix(model: keras.Model, layer: Prunable) -> keras.Model:
