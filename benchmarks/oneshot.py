@@ -1,7 +1,7 @@
 """One-shot pruning without retraining: SparseGPT, Wanda, magnitude and LAMP.
 
-Usage: `python benchmarks/oneshot.py [--epochs N] [--models cnn,vit,lm] [--no-cost] [--tiny]
-[--no-write]`
+Usage: `python benchmarks/oneshot.py [--epochs N] [--lm-epochs N] [--lm-bytes N]
+[--models cnn,vit,lm] [--no-cost] [--tiny] [--no-write]`
 
 Two measurements, appended to benchmarks/RESULTS.md:
 
@@ -183,7 +183,6 @@ def prune_table(name: str, epochs: int, tiny: bool) -> list[str]:
     ]
 
 
-LM_BYTES = 300_000
 LM_TUNE = 2048
 
 
@@ -203,9 +202,9 @@ def _compile_lm(model: keras.Model, lr: float, steps: int) -> keras.Model:
     return model
 
 
-def lm_table(epochs: int, tiny: bool) -> list[str]:
+def lm_table(epochs: int, size: int, tiny: bool) -> list[str]:
     """Trains the byte-level LM dense, prunes it every way, fine-tunes; returns the section."""
-    size = 30_000 if tiny else LM_BYTES
+    size = 30_000 if tiny else size
     text = _transformers.stdlib_text(size + size // 8)
     x, y = _transformers.byte_windows(text[:size])
     x_val, y_val = _transformers.byte_windows(text[size:])
@@ -277,6 +276,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2, help="dense training epochs")
     parser.add_argument("--lm-epochs", type=int, default=3, help="LM dense training epochs")
+    parser.add_argument("--lm-bytes", type=int, default=300_000, help="LM training bytes")
     parser.add_argument(
         "--models", default="cnn,vit,lm", help="comma-separated: cnn, vit, lm (default: all)"
     )
@@ -296,7 +296,7 @@ def main() -> None:
         ]
     for name in args.models.split(","):
         if name == "lm":
-            lines += lm_table(args.lm_epochs, args.tiny)
+            lines += lm_table(args.lm_epochs, args.lm_bytes, args.tiny)
         else:
             lines += prune_table(name, args.epochs, args.tiny)
     today = datetime.date.today().isoformat()
