@@ -264,9 +264,8 @@ def plot_oneshot(text: str, path: Path) -> None:
                     y = float(picked["2:4"][column])
                     ax.plot(3, y, marker="s", color=color, markerfacecolor=fill)
         ax.set_xticks(range(len(targets)), targets)
-        ax.set(xlabel="sparsity of the pruned kernels", ylabel=metric, title=model)
-        if metric == "perplexity":
-            ax.set_yscale("log")
+        lower = " (lower is better)" if metric == "perplexity" else ""
+        ax.set(xlabel="sparsity of the pruned kernels", ylabel=metric + lower, title=model)
         ax.grid(alpha=0.3)
     axes[0][0].legend(
         fontsize=8, title="solid, filled: one shot\ndashed, hollow: + 1 epoch", title_fontsize=8
