@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 import matplotlib
@@ -30,6 +31,7 @@ FIGURES = (
     "shrink_size_latency",
     "lottery",
     "accuracy_vs_macs",
+    "oneshot",
 )
 
 
@@ -212,6 +214,66 @@ def plot_methods(text: str, path: Path) -> None:
     _save(fig, path)
 
 
+def oneshot_tables(text: str) -> dict[str, tuple[str, float, list[dict[str, str]]]]:
+    """The latest one-shot table of each model in the "One-shot pruning" sections.
+
+    `benchmarks/oneshot.py` writes each model's table after a one-line paragraph that starts
+    with the model's name (up to " (") and gives its dense "test accuracy 0.8712" or
+    "perplexity 2.345".
+
+    Args:
+        text: Markdown (the content of RESULTS.md).
+
+    Returns:
+        `{model: (metric, dense value, rows)}`, `metric` being "test accuracy" or
+        "perplexity"; a later section replaces an earlier table of the same model.
+    """
+    out = {}
+    for section in re.split(r"\n(?=## )", text):
+        if not section.startswith("## One-shot pruning"):
+            continue
+        heading = section.splitlines()[0].lstrip("#").strip()
+        captions = re.findall(r"^([^|\n].*)\n\n\|", section, flags=re.M)  # one per table
+        for index, caption in enumerate(captions):
+            rows = table(section, heading, index)
+            dense = re.search(r"(test accuracy|perplexity) ([\d.]+[\d])", caption)
+            if "method" in rows[0] and dense is not None:
+                out[caption.split(" (")[0]] = (dense.group(1), float(dense.group(2)), rows)
+    return out
+
+
+def plot_oneshot(text: str, path: Path) -> None:
+    """One-shot accuracy (perplexity) per method and target, without and with fine-tuning."""
+    tables = oneshot_tables(text)
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.8), squeeze=False)
+    targets = ["dense", "50 %", "70 %", "2:4"]
+    colors = {"magnitude": "tab:gray", "LAMP": "tab:green", "Wanda": "tab:orange"}
+    for ax, (model, (metric, dense, rows)) in zip(axes[0], tables.items()):
+        oneshot = next(c for c in rows[0] if c.startswith("one-shot"))
+        tuned = next(c for c in rows[0] if c.startswith("after"))
+        for method in dict.fromkeys(r["method"] for r in rows):
+            color = colors.get(method, "tab:blue")
+            picked = {r["target"]: r for r in rows if r["method"] == method}
+            for column, style, label in ((oneshot, "-", method), (tuned, "--", None)):
+                line = [t for t in ("50 %", "70 %") if t in picked]
+                xs = [0] + [targets.index(t) for t in line]
+                ys = [dense] + [float(picked[t][column]) for t in line]
+                ax.plot(xs, ys, style, marker="o", color=color, label=label)
+                if "2:4" in picked:
+                    fill = color if style == "-" else "none"
+                    y = float(picked["2:4"][column])
+                    ax.plot(3, y, marker="s", color=color, markerfacecolor=fill)
+        ax.set_xticks(range(len(targets)), targets)
+        lower = " (lower is better)" if metric == "perplexity" else ""
+        ax.set(xlabel="sparsity of the pruned kernels", ylabel=metric + lower, title=model)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(
+        fontsize=8, title="solid, filled: one shot\ndashed, hollow: + 1 epoch", title_fontsize=8
+    )
+    fig.suptitle("One-shot pruning from 256 calibration examples (benchmarks/oneshot.py)")
+    _save(fig, path)
+
+
 def main(argv=None) -> list[Path]:
     """Writes the figures; returns their paths."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -225,6 +287,7 @@ def main(argv=None) -> list[Path]:
     plot_shrink(text, paths[2])
     plot_lottery(text, paths[3])
     plot_methods(text, paths[4])
+    plot_oneshot(text, paths[5])
     for p in paths:
         print(p)
     return paths

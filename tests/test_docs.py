@@ -350,6 +350,57 @@ def test_plot_script_reads_the_nth_table_of_a_section():
         table(text, "C")
 
 
+def test_plot_script_reads_the_latest_one_shot_table_of_each_model():
+    tables = _load_plots().oneshot_tables
+    head = "| target | method | one-shot {} | calibration (s) | after 1 epoch of fine-tuning |"
+    text = "\n".join(
+        [
+            "## One-shot pruning: SparseGPT (2026-01-01)",
+            "",
+            "Cost (a d x d layer):",
+            "",
+            "| d | s |",
+            "| --- | --- |",
+            "| 8 | 1 |",
+            "",
+            "CNN (`cnn`), trained: test accuracy 0.87. Pruned.",
+            "",
+            head.format("accuracy"),
+            "| --- | --- | ---: | ---: | ---: |",
+            "| 50 % | Wanda | 0.80 | 1.0 | 0.86 |",
+            "",
+            "## Other (2026-01-01)",
+            "",
+            "LM (`lm`): held-out perplexity 9.0.",
+            "",
+            head.format("perplexity"),
+            "| 50 % | Wanda | 1.0 | 1.0 | 1.0 |",
+            "",
+            "## One-shot pruning: SparseGPT (2026-01-02)",
+            "",
+            "CNN (`cnn`), trained: test accuracy 0.88. Pruned.",
+            "",
+            head.format("accuracy"),
+            "| --- | --- | ---: | ---: | ---: |",
+            "| 2:4 | SparseGPT | 0.85 | 2.0 | 0.87 |",
+            "",
+            "LM (`lm`), 4 blocks: held-out perplexity 4.25 per byte.",
+            "",
+            head.format("perplexity"),
+            "| --- | --- | ---: | ---: | ---: |",
+            "| 70 % | LAMP | 6.5 | 3.0 | 5.0 |",
+        ]
+    )
+    row = {"target": "2:4", "method": "SparseGPT", "one-shot accuracy": "0.85"}
+    lm = {"target": "70 %", "method": "LAMP", "one-shot perplexity": "6.5"}
+    out = tables(text)
+    assert list(out) == ["CNN", "LM"]
+    assert out["CNN"][:2] == ("test accuracy", 0.88)
+    assert out["LM"][:2] == ("perplexity", 4.25)
+    assert [{k: r[k] for k in row} for r in out["CNN"][2]] == [row]
+    assert [{k: r[k] for k in lm} for r in out["LM"][2]] == [lm]
+
+
 def test_plot_script_draws_every_figure_from_results_md(tmp_path):
     plots = _load_plots()
     names = [f"{name}.png" for name in plots.FIGURES]

@@ -89,21 +89,87 @@ def _batches(data, batch_size: int) -> list:
     return out
 
 
-def _captures(
-    model: keras.Model, layer: Prunable, view: KernelView, batches: list
-) -> Iterator[list[np.ndarray]]:
-    """What `view` reads, for each batch, computed by the model as it is now.
+@contextlib.contextmanager
+def _recording(sublayers: list[keras.layers.Layer], record) -> Iterator[None]:
+    """Calls `record(i, x)` with the first input `x` of every call of `sublayers[i]`.
 
-    A sub-model `keras.Model(model.inputs, layer.input)` (or `layer.output` under the
-    view's probe) runs the layers before `layer`, so they already carry the masks and
-    updates of earlier steps. Only one batch's tensors are held at a time.
+    A temporary `call` attribute on each instance wraps the class's method; it is removed in
+    `finally`. (The layers are those of `tfprune.wrap`'s clone, so none has its own `call`.)
     """
+    hooked = []
+    try:
+        for i, sublayer in enumerate(sublayers):
+
+            def call(*args, _i=i, _call=sublayer.call, **kwargs):
+                record(_i, args[0] if args else kwargs["inputs"])
+                return _call(*args, **kwargs)
+
+            sublayer.call = call
+            hooked.append(sublayer)
+        yield
+    finally:
+        for sublayer in hooked:
+            del sublayer.call
+
+
+def _prefix(model: keras.Model, layer: Prunable) -> keras.Model:
+    """The model up to `layer`'s output (what runs `layer` and every layer before it)."""
     source = model.inputs[0] if len(model.inputs) == 1 else model.input
-    prefix = keras.Model(source, layer.input if view.probe is None else layer.output)
-    with view.probe() if view.probe is not None else contextlib.nullcontext():
-        for batch in batches:
-            out = keras.tree.flatten(prefix(batch, training=False))
-            yield [keras.ops.convert_to_numpy(t) for t in out]
+    return keras.Model(source, layer.output)
+
+
+def _captures(
+    prefix: keras.Model, owner: keras.layers.Layer, batches: list
+) -> Iterator[list[np.ndarray]]:
+    """The inputs of every call of `owner`, batch by batch, computed by the model as it is now.
+
+    `prefix` runs the layers before the wrapped layer that holds `owner` (so they already
+    carry the masks and updates of earlier steps) and that layer, while `owner`'s inputs are
+    recorded. Only one batch's inputs of `owner` are held at a time.
+    """
+    calls: list[np.ndarray] = []
+    for batch in batches:
+        with _recording([owner], lambda _, x: calls.append(keras.ops.convert_to_numpy(x))):
+            prefix(batch, training=False)
+        while calls:
+            yield [calls.pop(0)]
+
+
+def _kernels(
+    layer: Prunable, prefix: keras.Model, batch
+) -> tuple[list[tuple[str, keras.layers.Layer, KernelView]], list[str]]:
+    """The kernels of `layer` to prune, in the order their owners run, and those left dense.
+
+    The owner of the kernel at path `"a.b.kernel"` is the sublayer at `"a.b"` (the wrapped
+    layer itself for `"kernel"`); its view comes from `tfprune.oneshot.views`. When some
+    owners are sublayers, one batch through `prefix` with every owner recorded gives the
+    order of their first calls (the wrapped layer alone runs, and keeps the views' order).
+
+    Returns:
+        `(mask name, owner, view)` triples, and the mask names without a view or whose
+        owner does not run.
+    """
+    found, dense = [], []
+    for target in layer.targets:
+        owner_path, _, attr = target.spec.path.rpartition(".")
+        owner = layer.layer
+        for part in owner_path.split(".") if owner_path else ():
+            owner = getattr(owner, part)
+        matching = [view for view in views(owner) if view.path == attr]
+        if matching:
+            found.append((target.name, owner, matching[0]))
+        else:
+            dense.append(target.name)
+    owners = list({id(owner): owner for _, owner, _ in found}.values())
+    if all(owner is layer.layer for owner in owners):
+        return found, dense
+    first: dict[int, int] = {}
+    with _recording(owners, lambda i, _: first.setdefault(i, len(first))):
+        prefix(batch, training=False)
+    rank = {id(owner): first.get(i) for i, owner in enumerate(owners)}
+    dense += [name for name, owner, _ in found if rank[id(owner)] is None]
+    found = [k for k in found if rank[id(k[1])] is not None]
+    return sorted(found, key=lambda k: rank[id(k[1])]), dense
 
 
 def _input_statistic(
@@ -122,8 +188,8 @@ def _input_statistic(
     return total
 
 
-def _prune_kernel(layer, view, inputs, method, g, sparsity, block_size, damping) -> None:
-    target = layer.target(view.name)
+def _prune_kernel(layer, name, view, inputs, method, g, sparsity, block_size, damping) -> None:
+    target = layer.target(name)
     kernel = keras.ops.convert_to_numpy(target.variable)
     w = view.to_matrix(kernel)
     n_of_m = (g.m, g.n) if isinstance(g, granularity_lib.NofM) else None
@@ -165,9 +231,15 @@ def oneshot(
     - `"magnitude"`: the lowest `|w|`, per layer, globally or with LAMP scores
       (Lee et al. 2021, `tfprune.allocation.lamp`); `data` is not needed.
 
-    Inputs are captured with one sub-model `keras.Model(model.inputs, layer.input)` per
-    pruned layer. Layers of nested models and types without a matrix view
-    (`tfprune.oneshot.views`) are left dense with a warning listing them.
+    Each kernel is pruned on the inputs of the layer that owns it: the wrapped layer for
+    `"kernel"`, the sublayer at `"a.b"` for a registry path `"a.b.kernel"` (the projections
+    of a `MultiHeadAttention`, the Dense layers inside a block registered with
+    `tfprune.layers.register`). A sub-model `keras.Model(model.inputs, layer.output)` runs
+    the calibration batches while a temporary hook on the owner's `call` records its inputs
+    (all of its calls; removed in `finally`). The kernels of one layer are pruned in the
+    order their owners first run. Layers of nested models, owners without a matrix view
+    (`tfprune.oneshot.views`) and sublayers that do not run are left dense with a warning
+    listing them.
 
     Args:
         model: A trained Sequential or functional model.
@@ -226,24 +298,24 @@ def oneshot(
     top_level = {id(layer) for layer in wrapped.layers}
     dense = []
     for layer in targets:
-        kernel_views = ()
+        kernels, missing = [], [t.name for t in layer.targets]
         if id(layer) in top_level:
-            kernel_views = views(layer.layer, len(keras.tree.flatten(layer.input)))
-        for view in kernel_views:
-            inputs = _captures(wrapped, layer, view, batches)
-            _prune_kernel(layer, view, inputs, method, g, sparsity, block_size, damping)
-        covered = {view.name for view in kernel_views}
-        missing = [t.name for t in layer.targets if t.name not in covered]
+            prefix = _prefix(wrapped, layer)
+            kernels, missing = _kernels(layer, prefix, batches[0])
+        for name, owner, view in kernels:
+            inputs = _captures(prefix, owner, batches)
+            _prune_kernel(layer, name, view, inputs, method, g, sparsity, block_size, damping)
         if missing:
-            detail = f": {', '.join(missing)}" if covered else ""
+            detail = f": {', '.join(missing)}" if kernels else ""
             dense.append(f"{layer.name} ({type(layer.layer).__name__}{detail})")
     if dense:
         warnings.warn(
             f"tfprune.oneshot ({method}) left these layers dense: {', '.join(dense)}. It "
-            "prunes Dense, EinsumDense, Conv1D/2D/3D, DepthwiseConv1D/2D, "
-            "SeparableConv1D/2D and MultiHeadAttention (input projections only when called "
-            "as `(query, value)`) layers of the top-level model; exclude the others with "
-            "`exclude=[...]` to silence this warning.",
+            "prunes the kernels of Dense, EinsumDense, Conv1D/2D/3D, DepthwiseConv1D/2D and "
+            "SeparableConv1D/2D layers, also as sublayers that run inside a registered layer "
+            "of the top-level model (MultiHeadAttention, blocks registered with "
+            "tfprune.layers.register); exclude the others with `exclude=[...]` to silence "
+            "this warning.",
             stacklevel=2,
         )
     return wrapped

@@ -10,11 +10,11 @@ matrices (see `tfprune.oneshot.solvers`) and the calibration inputs as the match
 - `DepthwiseConv1D/2D`: the same patches, one group per input channel.
 - `SeparableConv1D/2D`: the depthwise half as above, then the pointwise half on the
   depthwise output (computed with the already-pruned depthwise kernel).
-- `MultiHeadAttention`: the query, key and value projections on the layer's inputs, then
-  the output projection on the attention output. That tensor is internal to the layer, so
-  it is read through the layer's own output: while it is captured, the output projection
-  holds a selection kernel (and a zero bias) that copies its input to the output
-  (`KernelView.probe`), so the layer runs exactly as in the model, masks included.
+
+The views are those of the layer that owns the kernel: the projections of a
+`MultiHeadAttention` (registry path `query_dense.kernel`) or the sublayers of a registered
+block are `EinsumDense` or `Dense` views on the inputs of that sublayer, which
+`tfprune.oneshot` records while the model runs.
 
 The table is keyed by exact layer class, like `tfprune.layers`; a class without an entry is
 left dense by `tfprune.oneshot`.
@@ -22,11 +22,10 @@ left dense by `tfprune.oneshot`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -41,15 +40,13 @@ class KernelView:
     """One prunable kernel of a layer as a stack of matrices.
 
     Args:
-        path: The kernel's registry path (`"kernel"`, `"pointwise_kernel"`).
+        path: The kernel's attribute on its layer (`"kernel"`, `"pointwise_kernel"`).
         group_axes: Kernel axes that index independent groups (depthwise input channels).
         out_axes: Kernel axes of the rows (output channels).
         in_axes: Kernel axes of the columns, in kernel order (window, then input channels).
-        columns: Function from the captured batch (a list of NumPy arrays: the layer's
-            inputs, or its output under `probe`) to the `(groups, samples, cols)` columns
-            it multiplies with the kernel.
-        probe: `None` to capture the layer's inputs, or a function returning a context
-            manager inside which the layer's output carries what `columns` needs.
+        columns: Function from the captured batch (a list holding the NumPy array of the
+            layer's input) to the `(groups, samples, cols)` columns it multiplies with the
+            kernel.
     """
 
     path: str
@@ -57,7 +54,6 @@ class KernelView:
     out_axes: tuple[int, ...]
     in_axes: tuple[int, ...]
     columns: Callable[[list[np.ndarray]], np.ndarray]
-    probe: Callable[[], contextlib.AbstractContextManager] | None = None
 
     @property
     def name(self) -> str:
@@ -184,8 +180,8 @@ def _separable_views(layer: keras.layers.Layer) -> tuple[KernelView, ...]:
     return (_depthwise_view(layer, "depthwise_kernel"), pointwise)
 
 
-def _einsum_views(layer: keras.layers.Layer, source: int = 0) -> tuple[KernelView, ...]:
-    """The kernel of an EinsumDense reading input `source` of the call; none if shared axes."""
+def _einsum_views(layer: keras.layers.Layer) -> tuple[KernelView, ...]:
+    """The kernel of an EinsumDense; none if it shares an axis with the input and output."""
     (spec,) = registry.lookup(layer).prunable_specs(layer)
     lhs, kernel, _ = re.split(r"\s*,\s*|\s*->\s*", layer.equation.strip())
     if len(spec.in_axes) + len(spec.out_axes) != len(kernel):
@@ -194,7 +190,7 @@ def _einsum_views(layer: keras.layers.Layer, source: int = 0) -> tuple[KernelVie
     contracted = [kernel[a] for a in spec.in_axes]
 
     def columns(xs):
-        x = xs[source]
+        x = xs[0]
         # The named axes of the input are its last ones when the equation has an ellipsis.
         offset = x.ndim - len(letters)
         in_pos = [offset + letters.index(c) for c in contracted]
@@ -205,74 +201,27 @@ def _einsum_views(layer: keras.layers.Layer, source: int = 0) -> tuple[KernelVie
     return (KernelView("kernel", (), spec.out_axes, spec.in_axes, columns),)
 
 
-@contextlib.contextmanager
-def _copy_through(dense: keras.layers.Layer) -> Iterator[None]:
-    """Makes an `(heads, dim, features)` EinsumDense copy its input to its first outputs."""
-    saved = [keras.ops.convert_to_numpy(w) for w in dense.weights]
-    heads, dim, features = dense.kernel.shape
-    selection = np.eye(heads * dim, features, dtype=saved[0].dtype).reshape(dense.kernel.shape)
-    try:
-        dense.kernel.assign(selection)
-        if dense.bias is not None:
-            dense.bias.assign(np.zeros(dense.bias.shape, saved[1].dtype))
-        yield
-    finally:
-        for w, value in zip(dense.weights, saved):
-            w.assign(value)
-
-
-def _attention_views(layer: keras.layers.Layer, num_inputs: int) -> tuple[KernelView, ...]:
-    """Query, key and value projections (when the inputs are known), then the output one.
-
-    The call's tensors are `(query, value)`: with a third tensor (a key or a mask) it is
-    not known which, so the three input projections are then left dense.
-    """
-    out = []
-    if num_inputs == 2:
-        for name, source in (("query_dense", 0), ("key_dense", 1), ("value_dense", 1)):
-            out += [
-                dataclasses.replace(view, path=f"{name}.kernel")
-                for view in _einsum_views(getattr(layer, name), source)
-            ]
-    dense = layer.output_dense
-    if dense.kernel.ndim == 3 and math.prod(dense.kernel.shape[:2]) <= dense.kernel.shape[2]:
-        width = math.prod(dense.kernel.shape[:2])
-        out.append(
-            KernelView(
-                "output_dense.kernel",
-                (),
-                (2,),
-                (0, 1),
-                lambda ys: ys[0][..., :width].reshape(1, -1, width),
-                probe=lambda: _copy_through(dense),
-            )
-        )
-    return tuple(out)
-
-
 _L = keras.layers
-_Views = Callable[[keras.layers.Layer, int], tuple[KernelView, ...]]
+_Views = Callable[[keras.layers.Layer], tuple[KernelView, ...]]
 _DENSE = KernelView("kernel", (), (1,), (0,), lambda xs: xs[0].reshape(1, -1, xs[0].shape[-1]))
 _VIEWS: dict[type, _Views] = {
-    _L.Dense: lambda layer, n: (_DENSE,),
-    _L.EinsumDense: lambda layer, n: _einsum_views(layer),
-    _L.Conv1D: lambda layer, n: _conv_views(layer),
-    _L.Conv2D: lambda layer, n: _conv_views(layer),
-    _L.Conv3D: lambda layer, n: _conv_views(layer),
-    _L.DepthwiseConv1D: lambda layer, n: (_depthwise_view(layer, "kernel"),),
-    _L.DepthwiseConv2D: lambda layer, n: (_depthwise_view(layer, "kernel"),),
-    _L.SeparableConv1D: lambda layer, n: _separable_views(layer),
-    _L.SeparableConv2D: lambda layer, n: _separable_views(layer),
-    _L.MultiHeadAttention: _attention_views,
+    _L.Dense: lambda layer: (_DENSE,),
+    _L.EinsumDense: _einsum_views,
+    _L.Conv1D: _conv_views,
+    _L.Conv2D: _conv_views,
+    _L.Conv3D: _conv_views,
+    _L.DepthwiseConv1D: lambda layer: (_depthwise_view(layer, "kernel"),),
+    _L.DepthwiseConv2D: lambda layer: (_depthwise_view(layer, "kernel"),),
+    _L.SeparableConv1D: _separable_views,
+    _L.SeparableConv2D: _separable_views,
 }
 
 
-def views(layer: keras.layers.Layer, num_inputs: int = 1) -> tuple[KernelView, ...]:
+def views(layer: keras.layers.Layer) -> tuple[KernelView, ...]:
     """The matrix views of `layer`'s prunable kernels, in the order to prune them.
 
     Args:
-        layer: A built Keras layer (not a wrapper).
-        num_inputs: How many tensors the layer is called with in the model.
+        layer: A built Keras layer (not a wrapper): the owner of the kernels.
 
     Returns:
         The views; empty when one-shot pruning has no rule for the layer (its type is not
@@ -280,4 +229,4 @@ def views(layer: keras.layers.Layer, num_inputs: int = 1) -> tuple[KernelView, .
         its input and output).
     """
     make = _VIEWS.get(type(layer))
-    return () if make is None else make(layer, num_inputs)
+    return () if make is None else make(layer)
