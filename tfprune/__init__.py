@@ -20,6 +20,7 @@ from tfprune import (
     backends,
     budget,
     callbacks,
+    clustering,
     controller,
     criteria,
     depth,
@@ -34,15 +35,18 @@ from tfprune import (
     lottery,
     regularizers,
     schedules,
+    sharing,
 )
 from tfprune.budget import Budget, fit_budget
 from tfprune.channel_pruning import prune_channels
+from tfprune.clustering import Clustered
 from tfprune.controller import PruningController
 from tfprune.depth import prune_blocks
 from tfprune.distill import Distiller
 from tfprune.heads import prune_heads
 from tfprune.oneshot import oneshot
 from tfprune.saving import load_model
+from tfprune.sharing import cluster
 from tfprune.shrink import shrink
 from tfprune.summary import summary
 from tfprune.surgery import strip, wrap
@@ -52,6 +56,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Budget",
+    "Clustered",
     "Distiller",
     "Prunable",
     "PruningController",
@@ -60,6 +65,8 @@ __all__ = [
     "backends",
     "budget",
     "callbacks",
+    "cluster",
+    "clustering",
     "controller",
     "criteria",
     "depth",
@@ -80,6 +87,7 @@ __all__ = [
     "prune_heads",
     "regularizers",
     "schedules",
+    "sharing",
     "shrink",
     "strip",
     "summary",
