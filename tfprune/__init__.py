@@ -23,6 +23,7 @@ from tfprune import (
     clustering,
     controller,
     criteria,
+    deep_compression,
     depth,
     distill,
     export,
@@ -30,6 +31,7 @@ from tfprune import (
     granularity,
     graph,
     heads,
+    huffman,
     latency_table,
     layers,
     lottery,
@@ -41,6 +43,7 @@ from tfprune.budget import Budget, fit_budget
 from tfprune.channel_pruning import prune_channels
 from tfprune.clustering import Clustered
 from tfprune.controller import PruningController
+from tfprune.deep_compression import SharingReport, sharing_report
 from tfprune.depth import prune_blocks
 from tfprune.distill import Distiller
 from tfprune.heads import prune_heads
@@ -60,6 +63,7 @@ __all__ = [
     "Distiller",
     "Prunable",
     "PruningController",
+    "SharingReport",
     "activation_scores",
     "allocation",
     "backends",
@@ -69,6 +73,7 @@ __all__ = [
     "clustering",
     "controller",
     "criteria",
+    "deep_compression",
     "depth",
     "distill",
     "export",
@@ -77,6 +82,7 @@ __all__ = [
     "granularity",
     "graph",
     "heads",
+    "huffman",
     "latency_table",
     "layers",
     "load_model",
@@ -88,6 +94,7 @@ __all__ = [
     "regularizers",
     "schedules",
     "sharing",
+    "sharing_report",
     "shrink",
     "strip",
     "summary",

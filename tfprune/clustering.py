@@ -6,7 +6,9 @@ one-dimensional k-means, and the layer computes with its cluster's centroid inst
 its own value. The centroids are trainable; the assignments are fixed.
 
 - Initialisation: linear. The centroids start evenly spaced between the smallest and the
-  largest value, then Lloyd's iterations (at most `KMEANS_ITERATIONS`) refine them. Deep
+  largest value, then Lloyd's iterations (at most `KMEANS_ITERATIONS`) refine them; a
+  centroid left without members (after pruning, the linear grid puts some in the empty
+  gap around zero) moves to the value farthest from its centroid. Deep
   Compression compared Forgy (random), density-based and linear initialisation and found
   linear best: the few large weights matter most, and only linear spacing gives them
   their own centroids (random and density-based ones crowd near zero, where most weights
@@ -106,7 +108,14 @@ def kmeans(values: np.ndarray, clusters: int) -> tuple[np.ndarray, np.ndarray]:
         assign = new
         counts = np.bincount(assign, minlength=k)
         sums = np.bincount(assign, weights=v, minlength=k)
-        centroids = np.sort(np.where(counts > 0, sums / np.maximum(counts, 1), centroids))
+        centroids = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+        # an empty cluster (a centroid in the gap that pruning leaves around zero) moves
+        # to the value farthest from its own centroid, so that no table entry is wasted
+        distance = np.abs(v - centroids[assign])
+        for empty in np.flatnonzero(counts == 0):
+            far = int(np.argmax(distance))
+            centroids[empty], distance[far] = v[far], 0.0
+        centroids = np.sort(centroids)
     else:
         assign = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, v)
     table[:k] = centroids
