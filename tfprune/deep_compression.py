@@ -11,8 +11,11 @@ weight is stored as its index into its table. Two encodings are counted:
   (zero, when present, is index 0 of every table, so pruned weights share one short
   code), plus the table and one byte per symbol for the code lengths of a canonical code.
 
-A tensor with more than 256 values in a table is not shared: it counts 32 bits per weight
-in both. Every other weight (biases, normalization) counts 32 bits.
+A tensor with more than 256 values in a table is not shared: it counts `codebook_bits` per
+weight in both (32: float32, 8: the int8 weights of a quantized file). Every other weight
+(biases, normalization) counts 32 bits. Sparsity alone (without sharing) is not counted:
+Huffman codes of an unshared tensor's zeros would need a sparse format, which this does not
+model; after sharing, zero is one of the table's symbols and its code is short.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class SharedTensor:
         table_entries: Entries of all its tables together.
         huffman_bits: Bits of the Huffman-coded indices (tables excluded), or `None`
             when the tensor is not shared (more than 256 values in a table).
-        codebook_bits: Bits per table entry.
+        codebook_bits: Bits of one stored value (table entry or unshared weight).
     """
 
     layer: str
@@ -77,16 +80,17 @@ class SharedTensor:
 
     @property
     def lut_bits(self) -> int:
-        """Indices and tables (or 32 bits per weight when not shared)."""
+        """Indices and tables (or `codebook_bits` per weight when not shared)."""
         if not self.shared:
-            return self.params * FLOAT_BITS
+            return self.params * self.codebook_bits
         return self.params * self.index_bits + self.table_entries * self.codebook_bits
 
     @property
     def entropy_bits(self) -> int:
-        """Huffman-coded indices, tables and code lengths (or 32 bits per weight)."""
+        """Huffman-coded indices, tables and code lengths (or `codebook_bits` per weight
+        when not shared)."""
         if not self.shared:
-            return self.params * FLOAT_BITS
+            return self.params * self.codebook_bits
         symbols = min(self.values, self.params)
         return (
             self.huffman_bits + self.table_entries * self.codebook_bits + symbols * CODE_LENGTH_BITS
@@ -217,8 +221,9 @@ def sharing_report(
         model: A Keras model (or a single layer).
         per_channel: One table per output channel (as `tfprune.cluster(per_channel=True)`
             and TFLite Micro's per-channel lookup tables) or one per tensor.
-        codebook_bits: Bits per table entry: 32 for float centroids (Deep Compression's
-            figure), 8 for the int8 values of a quantized file.
+        codebook_bits: Bits of one stored value (a table entry, or a weight of a tensor
+            that is not shared): 32 for float (Deep Compression's figure), 8 for the int8
+            values of a quantized file.
         files: `{label: path}` of exported files whose sizes to show beside the figures.
 
     Returns:
