@@ -232,3 +232,28 @@ def test_report_of_a_clustered_model_matches_its_tables(trained):
     plain = tfprune.sharing_report(small_cnn(), per_channel=False)
     assert [t.shared for t in plain.tensors] == [True, False, False, False]  # <= 256 values
     assert plain.lut_bytes > plain.float32_bytes * 0.9
+
+
+@pytest.mark.backend
+def test_clustered_training_on_this_backend():
+    model = keras.Sequential(
+        [
+            keras.Input((12,)),
+            keras.layers.Dense(16, activation="relu", name="a"),
+            keras.layers.Dense(3, name="b"),
+        ]
+    )
+    weights = model.get_weights()
+    weights[0][np.abs(weights[0]) < 0.1] = 0.0
+    model.set_weights(weights)
+    shared = tfprune.cluster(model, bits=2)
+    before = shared.get_layer("a").shared[0].centroids.numpy().copy()
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 12), dtype=np.float32), rng.integers(0, 3, 64)
+    compile_model(shared).fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert not np.array_equal(shared.get_layer("a").shared[0].centroids.numpy(), before)
+    final = tfprune.strip(shared)
+    np.testing.assert_allclose(final.predict(x, verbose=0), shared.predict(x, verbose=0), atol=1e-6)
+    kernel = keras.ops.convert_to_numpy(final.get_layer("a").kernel)
+    np.testing.assert_array_equal(kernel == 0, weights[0] == 0)
+    assert max(len(np.unique(kernel[:, j])) for j in range(16)) == 4
