@@ -257,3 +257,25 @@ def test_clustered_training_on_this_backend():
     kernel = keras.ops.convert_to_numpy(final.get_layer("a").kernel)
     np.testing.assert_array_equal(kernel == 0, weights[0] == 0)
     assert max(len(np.unique(kernel[:, j])) for j in range(16)) == 4
+
+
+@pytest.mark.slow
+def test_guide_example_prunes_shares_and_exports(capsys):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "weight_sharing.py"
+    spec = importlib.util.spec_from_file_location("weight_sharing", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--quick"])
+    assert max(out["int8_values"].values()) <= 16
+    assert len(out["int8_values"]) == 4  # conv1, conv2, fc, logits
+    final, pruned = out["final"], out["pruned"]
+    for name in ["conv1", "conv2", "fc", "logits"]:
+        np.testing.assert_array_equal(
+            final.get_layer(name).kernel.numpy() == 0, pruned.get_layer(name).kernel.numpy() == 0
+        )
+        assert max(_values_per_channel(final.get_layer(name))) <= 16
+    assert [t.index_bits for t in out["report"].tensors][1:] == [4, 4, 4]
+    assert "most int8 values in one channel" in capsys.readouterr().out
