@@ -147,9 +147,8 @@ def test_save_and_load_with_safe_mode(trained, tmp_path):
 def test_int8_export_keeps_at_most_8_values_per_channel(trained, tmp_path):
     shared, _, _ = trained
     x, _ = toy_data()
-    final = tfprune.strip(shared)
-    path = tmp_path / "shared.tflite"
-    tfprune.export.tflite(final, path, quantize="int8", representative_data=x, shrink=False)
+    path = tmp_path / "shared.tflite"  # exported as it is: strip and shrink inside
+    tfprune.export.tflite(shared, path, quantize="int8", representative_data=x)
     found = int8_values_per_channel(path)
     assert len(found) == 4, found  # the four kernels (c1 with bn1 folded in)
     assert max(found.values()) <= 8, found
@@ -279,3 +278,11 @@ def test_guide_example_prunes_shares_and_exports(capsys):
         assert max(_values_per_channel(final.get_layer(name))) <= 16
     assert [t.index_bits for t in out["report"].tensors][1:] == [4, 4, 4]
     assert "most int8 values in one channel" in capsys.readouterr().out
+
+
+def test_shrink_strips_a_clustered_model_first():
+    shared = tfprune.cluster(small_cnn(), bits=2)
+    small = tfprune.shrink(shared)
+    assert not any(type(layer).__module__.startswith("tfprune") for layer in small.layers)
+    x, _ = toy_data(8)
+    np.testing.assert_allclose(small.predict(x, verbose=0), shared.predict(x, verbose=0), atol=1e-5)

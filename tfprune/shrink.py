@@ -27,6 +27,7 @@ from tfprune import heads as heads_lib
 from tfprune import layers as registry
 from tfprune import surgery
 from tfprune.graph import walk
+from tfprune.sharing import clustered_layers
 from tfprune.wrapper import prunable_layers
 
 __all__ = ["shrink"]
@@ -349,7 +350,7 @@ def shrink(model: keras.Model) -> keras.Model:
             "tfprune.shrink expects a Sequential or functional Keras model. Received: "
             f"model={model!r} of type {type(model).__name__}"
         )
-    if prunable_layers(model):
+    if prunable_layers(model) or clustered_layers(model):
         model = surgery.strip(model)
     g, plan = _plan(model)
     keep_id = plan.keep_id
