@@ -286,3 +286,24 @@ def test_shrink_strips_a_clustered_model_first():
     assert not any(type(layer).__module__.startswith("tfprune") for layer in small.layers)
     x, _ = toy_data(8)
     np.testing.assert_allclose(small.predict(x, verbose=0), shared.predict(x, verbose=0), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_clustered_and_stripped_computes_the_same():
+    model = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10
+    )
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # BatchNorm statistics that are not the identity
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+    shared = tfprune.cluster(model, bits=3)
+    final = tfprune.strip(shared)
+    x = rng.random((2, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(final.predict(x, verbose=0), shared.predict(x, verbose=0), atol=1e-5)
+    clustered = [layer.name for layer in tfprune.sharing.clustered_layers(shared)]
+    assert len(clustered) == 53  # every Conv2D, DepthwiseConv2D and the Dense
+    for name in clustered:
+        assert max(_values_per_channel(final.get_layer(name))) <= 8, name
