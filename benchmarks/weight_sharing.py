@@ -2,7 +2,8 @@
 int8 TFLite files measured in TensorFlow Lite Micro.
 
 Usage: `python benchmarks/weight_sharing.py [--train N] [--test N] [--micro-test N]
-[--epochs N] [--tune-epochs N] [--sparsity F] [--models lenet,cnn] [--tiny] [--no-write]`
+[--epochs N] [--tune-epochs N] [--sparsity F] [--models lenet,cnn] [--keep DIR] [--tiny]
+[--no-write]`
 
 For LeNet-300-100 and the Fashion-MNIST CNN (Conv32-Conv64-Dense128), trained on a
 Fashion-MNIST subset (`--epochs`, Adam + cosine decay):
@@ -59,8 +60,8 @@ def _accuracy(model, x, y) -> float:
     return float(np.mean(np.argmax(model.predict(x, batch_size=512, verbose=0), -1) == y))
 
 
-def _row(label, model, files, x_cal, x_test, y_test, micro_n, float_bytes) -> str:
-    path = os.path.join(files, f"{label.replace(' ', '_')}.tflite")
+def _row(key, label, model, files, x_cal, x_test, y_test, micro_n, float_bytes) -> str:
+    path = os.path.join(files, f"{key}_{label.replace(' ', '_').replace('%', '')}.tflite")
     tfprune.export.tflite(model, path, quantize="int8", representative_data=x_cal, shrink=False)
     flash = os.path.getsize(path)
     arena = tflm.run(path).arena
@@ -89,7 +90,7 @@ def run_model(key, args, data, files) -> list[str]:
     float_bytes = os.path.getsize(float_path)
     rows = [f"| **{name}** (float32 file {float_bytes:,} B) | | | | | | | | | |"]
     row = lambda label, model: _row(  # noqa: E731
-        label, model, files, x_cal, x_test, y_test, args.micro_test, float_bytes
+        key, label, model, files, x_cal, x_test, y_test, args.micro_test, float_bytes
     )
     rows.append(row("dense int8", dense))
     print(rows[-1], flush=True)
@@ -117,6 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--models", default="lenet,cnn")
     parser.add_argument("--tiny", action="store_true", help="smoke run: 1,000 images, 1 epoch")
+    parser.add_argument("--keep", help="write the .tflite files to this folder (kept)")
     parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -126,7 +128,9 @@ def main(argv=None) -> int:
     train = x_train[: args.train], y_train[: args.train]
     data = train, (x_test[: args.test], y_test[: args.test])
     rows = []
-    with tempfile.TemporaryDirectory(prefix="weight-sharing-") as files:
+    with tempfile.TemporaryDirectory(prefix="weight-sharing-") as tmp:
+        files = args.keep or tmp
+        os.makedirs(files, exist_ok=True)
         for key in args.models.split(","):
             rows += run_model(key, args, data, files)
     lines = [
