@@ -10,7 +10,8 @@ Fashion-MNIST subset (`--epochs`, Adam + cosine decay):
 
 - dense int8;
 - pruned int8: magnitude pruning to `--sparsity` of every layer but the logits
-  (polynomial schedule over the first fine-tuning epoch), `--tune-epochs` of fine-tuning;
+  (polynomial schedule, ten updates over the first half of the `--tune-epochs` of
+  fine-tuning);
 - pruned + b-bit sharing (b = 4, 3, 2): `tfprune.cluster(pruned, bits=b)` (per output
   channel; pruned zeros kept as their own value), then the same `--tune-epochs` of
   fine-tuning of the centroids, from the pruned model.
@@ -94,8 +95,11 @@ def run_model(key, args, data, files) -> list[str]:
     )
     rows.append(row("dense int8", dense))
     print(rows[-1], flush=True)
-    steps = len(x_train) // BATCH
-    schedule = tfprune.schedules.PolynomialDecay(0.0, args.sparsity, 0, steps)
+    # ten mask updates over the first half of the fine-tuning, so the target is reached
+    frequency = max(1, args.tune_epochs * (len(x_train) // BATCH) // 20)
+    schedule = tfprune.schedules.PolynomialDecay(
+        0.0, args.sparsity, 0, 10 * frequency, frequency=frequency
+    )
     pruned = tfprune.wrap(dense, sparsity=schedule, exclude=[OUTPUT])
     _fit(pruned, x_train, y_train, args.tune_epochs, 1e-3, [tfprune.callbacks.UpdateMasks()])
     rows.append(row(f"pruned {args.sparsity:.0%} int8", tfprune.strip(pruned)))
