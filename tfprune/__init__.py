@@ -40,6 +40,7 @@ from tfprune import (
     sharing,
 )
 from tfprune.budget import Budget, fit_budget
+from tfprune.budget_sharing import WeightSharing
 from tfprune.channel_pruning import prune_channels
 from tfprune.clustering import Clustered
 from tfprune.controller import PruningController
@@ -64,6 +65,7 @@ __all__ = [
     "Prunable",
     "PruningController",
     "SharingReport",
+    "WeightSharing",
     "activation_scores",
     "allocation",
     "backends",

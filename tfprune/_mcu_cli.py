@@ -69,6 +69,12 @@ def add_micro(parser: argparse.ArgumentParser) -> None:
         help="run in the TFLite Micro interpreter (arena measured); with DATA.npz also compare "
         "outputs with LiteRT's reference kernels",
     )
+    parser.add_argument(
+        "--compress",
+        action="store_true",
+        help="write the LUT-compressed model (tensors with few distinct values as b-bit indices "
+        "where that saves flash); with --verify, checked against the uncompressed one",
+    )
 
 
 def run_micro(args: argparse.Namespace) -> int:
@@ -86,7 +92,12 @@ def run_micro(args: argparse.Namespace) -> int:
         raise CliError("--verify needs tflite-micro: pip install 'tfprune[micro]'")
     try:
         result = micro(
-            args.model, args.out, name, verify_data=data, measure=args.verify is not None
+            args.model,
+            args.out,
+            name,
+            verify_data=data,
+            measure=args.verify is not None,
+            compress=args.compress,
         )
     except (ValueError, RuntimeError, ImportError, FileNotFoundError) as e:
         raise CliError(" ".join(str(e).split())) from e
@@ -94,6 +105,10 @@ def run_micro(args: argparse.Namespace) -> int:
         f"Wrote {result.header} and {result.source}: {result.size:,} bytes, {len(result.ops)} ops"
     )
     print(f"Arena: {result.arena_size:,} bytes ({result.arena_source})")
-    if result.measured is not None:
+    if result.compression is not None:
+        print(result.compression.format())
+    if result.lut is not None:
+        print(result.lut.format())
+    elif result.measured is not None:
         print(result.measured.format())
     return 0

@@ -28,6 +28,7 @@ from tfprune import criteria as criteria_lib
 from tfprune import export
 from tfprune import graph as graph_lib
 from tfprune import layers as registry
+from tfprune.budget_sharing import WeightSharing
 from tfprune.channel_pruning import prune_channels, zero_channels
 from tfprune.latency_table import LatencyTable
 from tfprune.shrink import shrink
@@ -159,7 +160,11 @@ def _calibration(data) -> np.ndarray:
 
 
 def measure(
-    model: keras.Model, data, latency: bool | LatencyTable = False, arena: str = "auto"
+    model: keras.Model,
+    data,
+    latency: bool | LatencyTable = False,
+    arena: str = "auto",
+    sharing: WeightSharing | None = None,
 ) -> Resources:
     """Converts a (pruned) model to int8 and measures what it costs on the device.
 
@@ -171,6 +176,8 @@ def measure(
             (NetAdapt); `False`: no latency.
         arena: `"auto"` (TFLite Micro when installed, else the estimate), `"tflm"` or
             `"estimate"`.
+        sharing: Cluster a copy of the model and count the LUT-compressed file's flash and
+            arena (`tfprune.WeightSharing`; needs `tflite-micro`).
 
     Returns:
         `Resources` of the int8 file.
@@ -184,13 +191,17 @@ def measure(
             f"Expected `arena` to be 'auto', 'tflm' or 'estimate'. Received: arena={arena!r}"
         )
     x = _calibration(data)
+    model = model if sharing is None else sharing.shared(model)
     with tempfile.TemporaryDirectory(prefix="tfprune-budget-") as tmp:
         path = os.path.join(tmp, "m.tflite")
         result = export.tflite(model, path, quantize="int8", representative_data=x, shrink=True)
         with open(path, "rb") as f:
             file = f.read()
     use_tflm = arena == "tflm" or (arena == "auto" and export.tflm.available())
-    if use_tflm:
+    flash = result.size
+    if sharing is not None:
+        flash, arena_bytes, source = sharing.measure(file, use_tflm)
+    elif use_tflm:
         arena_bytes, source = export.tflm.run(file).arena, "measured by TFLite Micro"
     else:
         arena_bytes, source = export.arena_estimate(file).total, "estimate"
@@ -201,7 +212,7 @@ def measure(
         seconds, how = latency.predict(small), "lookup table"
     elif latency:
         seconds, how = export.latency(file, runs=50, warmup=5).median, "file"
-    return Resources(result.size, arena_bytes, macs, seconds, source, how)
+    return Resources(flash, arena_bytes, macs, seconds, source, how)
 
 
 def _costs(model: keras.Model, groups: list) -> dict[str, np.ndarray]:
@@ -285,6 +296,7 @@ def fit_budget(
     arena: str = "auto",
     latency_table: LatencyTable | None = None,
     verbose: bool = True,
+    sharing: WeightSharing | None = None,
 ) -> tuple[keras.Model, BudgetReport]:
     """Removes channels until the int8 model meets every limit of `budget`.
 
@@ -313,6 +325,10 @@ def fit_budget(
             machine, measured once per layer configuration and cached on disk, as NetAdapt
             does); default `LatencyTable()`.
         verbose: Print a progress bar over the steps.
+        sharing: Weight sharing as one more flash lever (`tfprune.WeightSharing`): every
+            measured model is clustered and its file LUT-compressed, so flash counts the
+            compressed file and the arena the decoded tensors. The returned model is not
+            clustered: apply `sharing.shared(small)` (or train with clustering) before export.
 
     Returns:
         `(small, report)`: the shrunk model that meets the budget and a `BudgetReport`.
@@ -337,9 +353,9 @@ def fit_budget(
     keeps = [np.ones(g.channels, bool) for g in groups]
     costs = _costs(copy, groups)
     want_latency = (latency_table or LatencyTable()) if budget.latency is not None else False
-    before = measure(copy, data, want_latency, arena)
+    before = measure(copy, data, want_latency, arena, sharing)
     try:  # every group at one channel: if that does not fit, nothing will
-        lowest = measure(prune_channels(model, ratio=0.999999), data, want_latency, arena)
+        lowest = measure(prune_channels(model, ratio=0.999999), data, want_latency, arena, sharing)
     except RuntimeError:  # LiteRT cannot run so thin a file (XNNPACK); found in the loop
         lowest = None
     if lowest is not None and _excess(lowest, budget):
@@ -347,7 +363,7 @@ def fit_budget(
     # With arena="auto", steps are measured with the estimate (fast) and the result is
     # confirmed in TFLite Micro; if TFLite Micro says it does not fit, the search goes on there.
     mode = "estimate" if arena == "auto" else arena
-    current = measure(copy, data, want_latency, mode)
+    current = measure(copy, data, want_latency, mode, sharing)
     start = max(_excess(current, budget).values(), default=0.0)
     bar = keras.utils.Progbar(100, verbose=1 if verbose else 0, unit_name="% of the way")
     iteration = 0
@@ -356,7 +372,7 @@ def fit_budget(
             if current.arena_source == before.arena_source:
                 break
             mode = arena
-            current = measure(copy, data, want_latency, mode)
+            current = measure(copy, data, want_latency, mode, sharing)
             continue
         if iteration >= max_iterations:
             raise ValueError(
@@ -372,7 +388,7 @@ def fit_budget(
             fine_tune(copy, iteration)
             for group, keep in zip(groups, keeps):
                 zero_channels(group, keep)
-        current = measure(copy, data, want_latency, mode)
+        current = measure(copy, data, want_latency, mode, sharing)
         left = max(_excess(current, budget).values(), default=0.0)
         bar.update(int(100 * (1 - left / start)) if start else 100)
     if verbose:

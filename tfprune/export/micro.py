@@ -1,7 +1,8 @@
 """TFLite Micro export: the model as a 16-byte-aligned C array, its ops and its arena.
 
 The arena is measured in the real TFLite Micro interpreter when `tflite-micro` is installed
-(`tfprune.export.tflm`), and estimated otherwise (`arena_estimate`).
+(`tfprune.export.tflm`), and estimated otherwise (`arena_estimate`). With `compress=True`
+the array holds the LUT-compressed file (`tfprune.export.lut`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from tfprune._validate import c_identifier
 from tfprune.export import tflm
 from tfprune.export._io import output_dir, read_model, write_bytes
 from tfprune.export.info import TFLiteInfo, describe
+from tfprune.export.lut import LutCompression, LutVerification, compress_tflite, verify_lut
 from tfprune.export.tflm import MicroRun
 
 __all__ = ["ArenaEstimate", "MicroResult", "arena_estimate", "micro"]
@@ -29,6 +31,7 @@ _FIXED, _PER_TENSOR, _PER_OP, _PER_WEIGHTED_OP, _PER_CHANNEL = 760, 53, 54, 50, 
 _PER_CHANNEL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
 # TFLite Micro has no kernel for these (sparse-encoded weights need DENSIFY).
 _NOT_IN_MICRO = {"DENSIFY"}
+_CUSTOM_CALLS = {"CUSTOM:TFLM_DECODE": "AddDecode"}  # custom ops MicroMutableOpResolver has
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +67,12 @@ class MicroResult:
         resolver_calls: The `MicroMutableOpResolver` method for each op, e.g. `"AddConv2D"`.
         arena: The arena estimate (always computed).
         measured: The run in TFLite Micro (`tfprune.export.tflm.run`), or `None` when
-            `tflite-micro` is not installed or `measure=False`.
+            `tflite-micro` is not installed or `measure=False`. For a compressed model, the
+            compressed file's run with the decoded tensors in the arena.
+        compression: With `compress=True`, the `LutCompression` (flash before/after, the
+            decision for each tensor), else `None`.
+        lut: With `compress=True`, when a tensor was compressed and the run measured: both
+            files in TFLite Micro (`tfprune.export.verify_lut`), else `None`.
     """
 
     header: str
@@ -74,6 +82,8 @@ class MicroResult:
     resolver_calls: tuple[str, ...]
     arena: ArenaEstimate
     measured: MicroRun | None = None
+    compression: LutCompression | None = None
+    lut: LutVerification | None = None
 
     @property
     def arena_size(self) -> int:
@@ -166,6 +176,8 @@ def arena_estimate(model: str | os.PathLike | bytes | TFLiteInfo) -> ArenaEstima
 
 def _resolver_call(op: str) -> str:
     """`CONV_2D` -> `AddConv2D`, `MAX_POOL_2D` -> `AddMaxPool2D` (MicroMutableOpResolver)."""
+    if op in _CUSTOM_CALLS:
+        return _CUSTOM_CALLS[op]
     return "Add" + "".join(
         part.upper() if part[:1].isdigit() else part.capitalize() for part in op.split("_")
     )
@@ -189,6 +201,36 @@ def _arena_comment(arena: ArenaEstimate, measured: MicroRun | None) -> str:
     )
 
 
+def _compression_comment(macro: str, compression: LutCompression, lut: LutVerification | None):
+    """The header lines for a LUT-compressed model: flash, tensors, decode memory, C++ lines."""
+    lines = [f"// {line}" for line in compression.format().splitlines()]
+    if not compression.compressed:
+        return "\n".join(lines) + "\n"
+    lines += [
+        "// The DECODE operator writes each decoded tensor just before the operator that reads",
+        f"// it. By default into the arena ({macro}_ARENA_SIZE includes them). The application",
+        "// can give separate decompression memory instead (TFLite Micro's",
+        "// MicroInterpreter::SetDecompressionMemory, before AllocateTensors()):",
+        f"//   alignas(16) static uint8_t decompression_memory[{macro}_DECOMPRESSION_MEMORY_SIZE];",
+        "//   static const tflite::MicroContext::AlternateMemoryRegion regions[] = {",
+        "//       {decompression_memory, sizeof(decompression_memory)}};",
+        "//   interpreter.SetDecompressionMemory(regions, 1);",
+    ]
+    if lut is not None:
+        lines.append(
+            f"// Then the arena needs {macro}_ARENA_SIZE_WITH_DECOMPRESSION_MEMORY bytes "
+            "(measured; outputs"
+        )
+        lines.append("// identical to the uncompressed model's in TFLite Micro).")
+    lines.append(f"#define {macro}_DECOMPRESSION_MEMORY_SIZE {compression.decompression_memory}")
+    if lut is not None:
+        lines.append(
+            f"#define {macro}_ARENA_SIZE_WITH_DECOMPRESSION_MEMORY "
+            f"{lut.with_decompression_memory.arena}"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _c_array(data: bytes, per_line: int = 12) -> str:
     rows = (
         "  " + ", ".join(f"0x{b:02x}" for b in data[i : i + per_line])
@@ -203,6 +245,7 @@ def micro(
     name: str = "model",
     verify_data=None,
     measure: bool | None = None,
+    compress: bool = False,
 ) -> MicroResult:
     """Writes a .tflite file as C++ source for TFLite Micro: `name.h` and `name.cc`.
 
@@ -215,6 +258,17 @@ def micro(
       (`tfprune.export.tflm.run`: recorded allocations, confirmed by a run with that size)
       when `tflite-micro` is installed, else an estimate (see `arena_estimate`); the comment
       says which. Also a comment listing ops and tensors.
+
+    With `compress=True` the array holds the LUT-compressed file
+    (`tfprune.export.compress_tflite`: tensors with few distinct values, e.g. clustered
+    weights, stored as b-bit indices into value tables where that saves flash, decoded by
+    TFLite Micro's DECODE operator, registered by `NAME_ADD_OPS` as `AddDecode()`). The
+    header then also reports flash before/after and each tensor's decision, and defines
+    `NAME_DECOMPRESSION_MEMORY_SIZE` with the C++ lines that give TFLite Micro separate
+    decompression memory; when measured, the compressed file runs in TFLite Micro against
+    the uncompressed one on `verify_data` (or 8 random inputs), and must give identical
+    outputs, and `NAME_ARENA_SIZE_WITH_DECOMPRESSION_MEMORY` is the arena measured with
+    that memory given.
 
     Usage on the device:
 
@@ -238,6 +292,7 @@ def micro(
             for bit). Needs `tflite-micro`.
         measure: Measure the arena in TFLite Micro: `None` (default) when `tflite-micro`
             is installed, `True` always (ImportError without it), `False` never.
+        compress: Write the LUT-compressed model (needs `tflite-micro`).
 
     Returns:
         A `MicroResult` with the paths, ops, arena estimate and TFLite Micro run.
@@ -250,8 +305,10 @@ def micro(
         FileNotFoundError: If a model path does not exist.
         OSError: If `out_dir` is a file or cannot be written (`NotADirectoryError`,
             `PermissionError`), checked before anything is written.
-        ImportError: If `measure=True` or `verify_data` is given without `tflite-micro`.
-        RuntimeError: If TFLite Micro fails or crashes on the file.
+        ImportError: If `measure=True`, `compress=True` or `verify_data` is given without
+            `tflite-micro`.
+        RuntimeError: If TFLite Micro fails or crashes on the file, or the compressed file's
+            outputs differ from the uncompressed file's.
     """
     c_identifier("name", name)
     out_dir = output_dir(out_dir)
@@ -264,12 +321,28 @@ def micro(
             "with sparse=True. Export it with sparse=False for microcontrollers. "
             f"Received: a file with ops {sorted(set(info.ops))}"
         )
+    if measure is None:
+        measure = tflm.available() or verify_data is not None
+    compression, lut = None, None
+    if compress:
+        compression = compress_tflite(data)
+        if compression.compressed and measure:
+            lut = verify_lut(data, compression, verify_data)
+            if not lut.identical:
+                raise RuntimeError(
+                    "The LUT-compressed model gives different outputs than the uncompressed "
+                    f"one in TFLite Micro ({lut.format()}). Please report this; export with "
+                    "compress=False meanwhile."
+                )
+        data = compression.data
+        info = describe(data)
     ops = tuple(dict.fromkeys(info.ops))
     calls = tuple(_resolver_call(op) for op in ops)
     arena = arena_estimate(info)
-    if measure is None:
-        measure = tflm.available() or verify_data is not None
-    measured = tflm.run(data, verify_data) if measure else None
+    if lut is not None:
+        measured = lut.compressed
+    else:
+        measured = tflm.run(data, verify_data) if measure else None
     arena_size = measured.arena if measured is not None else arena.total
     macro = name.upper()
     guard = f"TFPRUNE_{macro}_H_"
@@ -306,7 +379,7 @@ extern const unsigned int {name}_len;
 
 {_arena_comment(arena, measured)}
 #define {macro}_ARENA_SIZE {arena_size}
-
+{"" if compression is None else chr(10) + _compression_comment(macro, compression, lut)}
 #endif  // {guard}
 """
     source = f"""\
@@ -331,4 +404,6 @@ const unsigned int {name}_len = {len(data)};
         resolver_calls=calls,
         arena=arena,
         measured=measured,
+        compression=compression,
+        lut=lut,
     )

@@ -90,11 +90,13 @@ def _require() -> None:
         )
 
 
-def _invoke(data: bytes, x: np.ndarray, arena_size: int, timeout: float) -> tuple[dict, np.ndarray]:
+def _invoke(
+    data: bytes, x: np.ndarray, arena_size: int, timeout: float, alt: int = 0
+) -> tuple[dict, np.ndarray]:
     """One TFLite Micro run in a fresh process: (recorded allocations, raw outputs)."""
     with tempfile.TemporaryDirectory(prefix="tfprune-tflm-") as tmp:
         src, dst = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npy")
-        np.savez(src, model=np.frombuffer(data, np.uint8), arena_size=arena_size, x=x)
+        np.savez(src, model=np.frombuffer(data, np.uint8), arena_size=arena_size, x=x, alt=alt)
         try:
             proc = subprocess.run(
                 [sys.executable, _WORKER, src, dst],
@@ -128,9 +130,9 @@ def _invoke(data: bytes, x: np.ndarray, arena_size: int, timeout: float) -> tupl
         return record, np.load(dst, allow_pickle=False)
 
 
-def _fits(data: bytes, x: np.ndarray, size: int, timeout: float) -> bool:
+def _fits(data: bytes, x: np.ndarray, size: int, timeout: float, alt: int) -> bool:
     try:
-        _invoke(data, x, size, timeout)
+        _invoke(data, x, size, timeout, alt)
     except RuntimeError as e:
         if "arena_size=" not in str(e):  # a timeout or a missing record: not about size
             raise
@@ -138,22 +140,24 @@ def _fits(data: bytes, x: np.ndarray, size: int, timeout: float) -> bool:
     return True
 
 
-def _smallest_arena(data: bytes, x: np.ndarray, recorded: int, generous: int, timeout) -> int:
+def _smallest_arena(
+    data: bytes, x: np.ndarray, recorded: int, generous: int, timeout, alt: int
+) -> int:
     """The smallest 16-byte multiple >= `recorded` with which the file allocates and runs.
 
     TFLite Micro's planner needs a little scratch space in the arena while it plans, which
     the final record does not include, so the recorded total is sometimes short (by up to
     22 % on small MLPs, whose activations are tiny). Found by doubling, then bisection.
     """
-    if _fits(data, x, recorded, timeout):
+    if _fits(data, x, recorded, timeout, alt):
         return recorded
     low, step = recorded, 16  # low fails
-    while recorded + step < generous and not _fits(data, x, recorded + step, timeout):
+    while recorded + step < generous and not _fits(data, x, recorded + step, timeout, alt):
         low, step = recorded + step, step * 2
     high = min(recorded + step, generous)  # fits
     while high - low > 16:
         mid = low + (high - low) // 32 * 16
-        if _fits(data, x, mid, timeout):
+        if _fits(data, x, mid, timeout, alt):
             high = mid
         else:
             low = mid
@@ -165,6 +169,8 @@ def run(
     data=None,
     arena_size: int | None = None,
     timeout: float = 300.0,
+    reference: str | os.PathLike | bytes | None = None,
+    decompression_memory: int = 0,
 ) -> MicroRun:
     """Runs a .tflite file in TFLite Micro and measures the tensor arena it needs.
 
@@ -185,13 +191,20 @@ def run(
             or `None` (one all-zero input, no comparison).
         arena_size: Run with this arena instead of measuring it.
         timeout: Seconds one run may take.
+        reference: The file LiteRT runs to quantize the inputs and to compare the outputs
+            with (default: `model`). Give the uncompressed file for a LUT-compressed one,
+            which LiteRT cannot load (`tfprune.export.compress_tflite`).
+        decompression_memory: Bytes of alternate decompression memory given to TFLite Micro
+            (`MicroInterpreter::SetDecompressionMemory`) for the decoded tensors of a
+            LUT-compressed file, which then leave the arena. 0: none.
 
     Returns:
         A `MicroRun`.
 
     Raises:
         ImportError: If `tflite-micro` is not installed.
-        ValueError: If `arena_size` is not a positive integer or `x` does not fit the file.
+        ValueError: If `arena_size` is not a positive integer, `decompression_memory` not a
+            non-negative integer, or `x` does not fit the file.
         RuntimeError: If the interpreter fails or crashes, or the confirming run differs.
     """
     _require()
@@ -200,8 +213,14 @@ def run(
             f"Expected `arena_size` to be a positive integer (bytes) or None. "
             f"Received: arena_size={arena_size!r}"
         )
+    if not isinstance(decompression_memory, int) or decompression_memory < 0:
+        raise ValueError(
+            "Expected `decompression_memory` to be a non-negative integer (bytes). "
+            f"Received: decompression_memory={decompression_memory!r}"
+        )
     data_bytes = read_model(model)
-    reference = _runtime.interpreter(data_bytes, reference=True)
+    reference_bytes = data_bytes if reference is None else read_model(reference)
+    reference = _runtime.interpreter(reference_bytes, reference=True)
     inp = reference.get_input_details()[0]
     shape = tuple(int(d) for d in inp["shape"][1:])
     if data is None:
@@ -218,9 +237,10 @@ def run(
         from tfprune.export.micro import arena_estimate
 
         generous = max(8 * arena_estimate(data_bytes).total, 1 << 18)
-        record, outputs = _invoke(data_bytes, x[:1], generous, timeout)
-        arena = _smallest_arena(data_bytes, x[:1], record["total"], generous, timeout)
-        record, again = _invoke(data_bytes, x, arena, timeout)
+        alt = decompression_memory
+        record, outputs = _invoke(data_bytes, x[:1], generous, timeout, alt)
+        arena = _smallest_arena(data_bytes, x[:1], record["total"], generous, timeout, alt)
+        record, again = _invoke(data_bytes, x, arena, timeout, alt)
         if not np.array_equal(outputs[:1], again[:1]):
             raise RuntimeError(
                 f"TFLite Micro gave different outputs with an arena of {arena:,} bytes than "
@@ -229,7 +249,7 @@ def run(
         outputs = again
     else:
         arena = arena_size
-        record, outputs = _invoke(data_bytes, x, arena_size, timeout)
+        record, outputs = _invoke(data_bytes, x, arena_size, timeout, decompression_memory)
     max_diff = None
     if data is not None:
         out = reference.get_output_details()[0]
