@@ -20,8 +20,10 @@ from tfprune import (
     backends,
     budget,
     callbacks,
+    clustering,
     controller,
     criteria,
+    deep_compression,
     depth,
     distill,
     export,
@@ -30,21 +32,26 @@ from tfprune import (
     graph,
     heads,
     hub_blocks,
+    huffman,
     latency_table,
     layers,
     lottery,
     regularizers,
     schedules,
+    sharing,
 )
 from tfprune.budget import Budget, fit_budget
 from tfprune.budget_sharing import WeightSharing
 from tfprune.channel_pruning import prune_channels
+from tfprune.clustering import Clustered
 from tfprune.controller import PruningController
+from tfprune.deep_compression import SharingReport, sharing_report
 from tfprune.depth import prune_blocks
 from tfprune.distill import Distiller
 from tfprune.heads import prune_heads
 from tfprune.oneshot import oneshot
 from tfprune.saving import load_model
+from tfprune.sharing import cluster
 from tfprune.shrink import shrink
 from tfprune.summary import summary
 from tfprune.surgery import strip, wrap
@@ -54,17 +61,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Budget",
+    "Clustered",
     "Distiller",
     "Prunable",
     "PruningController",
+    "SharingReport",
     "WeightSharing",
     "activation_scores",
     "allocation",
     "backends",
     "budget",
     "callbacks",
+    "cluster",
+    "clustering",
     "controller",
     "criteria",
+    "deep_compression",
     "depth",
     "distill",
     "export",
@@ -74,6 +86,7 @@ __all__ = [
     "graph",
     "heads",
     "hub_blocks",
+    "huffman",
     "latency_table",
     "layers",
     "load_model",
@@ -84,6 +97,8 @@ __all__ = [
     "prune_heads",
     "regularizers",
     "schedules",
+    "sharing",
+    "sharing_report",
     "shrink",
     "strip",
     "summary",

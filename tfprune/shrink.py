@@ -28,6 +28,7 @@ from tfprune import hub_blocks, surgery
 from tfprune import layers as registry
 from tfprune.graph import walk
 from tfprune.graph.rules import hidden
+from tfprune.sharing import clustered_layers
 from tfprune.wrapper import prunable_layers
 
 __all__ = ["shrink"]
@@ -375,7 +376,7 @@ def shrink(model: keras.Model, through_norms: bool = False) -> keras.Model:
             "tfprune.shrink expects a Sequential or functional Keras model. Received: "
             f"model={model!r} of type {type(model).__name__}"
         )
-    if prunable_layers(model):
+    if prunable_layers(model) or clustered_layers(model):
         model = surgery.strip(model)
     g, plan = _plan(model, through_norms)
     keep_id = plan.keep_id

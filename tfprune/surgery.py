@@ -13,11 +13,20 @@ import keras
 
 from tfprune import granularity as granularity_lib
 from tfprune import layers as registry
+from tfprune.clustering import Clustered
 from tfprune.gates import Gate
 from tfprune.graph import walk as graph_lib
 from tfprune.wrapper import Prunable, prunable_layers
 
-__all__ = ["clone_layer", "copy_model", "from_config", "strip", "wrap"]
+__all__ = [
+    "clone_layer",
+    "clone_model",
+    "copy_model",
+    "from_config",
+    "layer_selector",
+    "strip",
+    "wrap",
+]
 
 LayerSelector = Iterable[str] | Callable[[keras.layers.Layer], bool] | None
 
@@ -95,8 +104,17 @@ def clone_layer(
     return new
 
 
-def _clone_model(model: keras.Model, clone: Callable) -> keras.Model:
-    """`keras.models.clone_model` with `clone(layer, deferred)`; sets deferred weights."""
+def clone_model(model: keras.Model, clone: Callable) -> keras.Model:
+    """`keras.models.clone_model` with `clone(layer, deferred)`; sets deferred weights.
+
+    Args:
+        model: A Sequential or functional model (nested models are cloned too).
+        clone: `(layer, deferred) -> new layer`, e.g. built with `clone_layer(layer,
+            deferred=deferred)`.
+
+    Returns:
+        The new model.
+    """
     deferred: list = []
     new_model = keras.models.clone_model(
         model, clone_function=lambda layer: clone(layer, deferred), recursive=True
@@ -127,7 +145,7 @@ def copy_model(model: keras.Model) -> keras.Model:
             return clone_layer(layer, deferred=deferred)
         return layer
 
-    return _clone_model(model, clone)
+    return clone_model(model, clone)
 
 
 def _is_graph_model(model: keras.Model) -> bool:
@@ -206,7 +224,21 @@ def model_config(model: keras.Model) -> dict:
         raise
 
 
-def _selector(arg: LayerSelector, name: str, known: set[str]) -> Callable | None:
+def layer_selector(arg: LayerSelector, name: str, known: set[str]) -> Callable | None:
+    """`arg` (layer names or a predicate) as a predicate, checking that the names exist.
+
+    Args:
+        arg: A layer name, a list of names, a predicate `layer -> bool`, or `None`.
+        name: The argument's name, for messages.
+        known: The names of the model's layers.
+
+    Returns:
+        A predicate `layer -> bool`, or `None` when `arg` is `None`.
+
+    Raises:
+        TypeError: If `arg` is of another type.
+        ValueError: If it names layers that are not in the model.
+    """
     if arg is None:
         return None
     if callable(arg):
@@ -294,11 +326,11 @@ def wrap(
             "or tfprune.strip(model) first."
         )
     known = {layer.name for layer in all_layers}
-    include = _selector(layers, "layers", known)
-    skip = _selector(exclude, "exclude", known)
+    include = layer_selector(layers, "layers", known)
+    skip = layer_selector(exclude, "exclude", known)
     gate_of = dict(gate) if isinstance(gate, Mapping) else None
     if gate_of is not None:
-        _selector(gate_of, "gate", known)
+        layer_selector(gate_of, "gate", known)
 
     by_channel = isinstance(granularity_lib.get(granularity), granularity_lib.Channel)
 
@@ -344,7 +376,7 @@ def wrap(
             return Prunable(new, gate=layer_gate, **options)
         return new
 
-    wrapped = _clone_model(model, clone)
+    wrapped = clone_model(model, clone)
     if not prunable_layers(wrapped):
         hidden = f"left dense: {', '.join(unsupported)}; " if unsupported else ""
         raise ValueError(
@@ -389,6 +421,9 @@ def _plain(
 def strip(model: keras.layers.Layer) -> keras.layers.Layer:
     """Removes every `tfprune.Prunable` wrapper, baking its masks into the weights.
 
+    `tfprune.Clustered` wrappers are removed too, their shared values written into the
+    weights.
+
     tfprune objects in the other layers' configs (e.g. a `tfprune.regularizers.Slimming`
     `gamma_regularizer`) are removed too, so the result loads with plain Keras
     (`keras.saving.load_model(path, safe_mode=True)`) in a process that never imports
@@ -407,6 +442,8 @@ def strip(model: keras.layers.Layer) -> keras.layers.Layer:
     """
     if isinstance(model, Prunable):
         return _plain(model.layer, model.masked_weights())
+    if isinstance(model, Clustered):
+        return _plain(model.layer, model.shared_weights())
     if not isinstance(model, keras.Model):
         raise TypeError(
             "tfprune.strip expects a Keras model or a tfprune.Prunable layer. Received: "
@@ -417,6 +454,8 @@ def strip(model: keras.layers.Layer) -> keras.layers.Layer:
     def clone(layer: keras.layers.Layer, deferred: list) -> keras.layers.Layer:
         if isinstance(layer, Prunable):
             return _plain(layer.layer, layer.masked_weights(), deferred)
+        if isinstance(layer, Clustered):
+            return _plain(layer.layer, layer.shared_weights(), deferred)
         return _plain(layer, deferred=deferred)
 
-    return _clone_model(model, clone)
+    return clone_model(model, clone)

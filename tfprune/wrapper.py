@@ -305,30 +305,12 @@ class Prunable(keras.layers.Wrapper):
             if MASK_IN_CALL:
                 factor = factor * ops.cast(target.mask.value, "float32")
             return self._call_gating_units(factor, inputs, *args, **kwargs)
-        # The layer reads the substitutes in place of its gated (or, on JAX, masked)
-        # weights and the current values of its other variables (outer stateless scopes
-        # included); anything else it updates or adds as a loss inside the scope is
-        # applied after it.
         substitutes = {
             id(w): self._substitute(t, spec, w, training)
             for t in self.targets
             for spec, w in t.weights
         }
-        variables = self.layer.variables
-        scope = keras.StatelessScope(
-            state_mapping=[(v, substitutes.get(id(v), v.value)) for v in variables],
-            collect_losses=True,
-        )
-        initial = {id(v): scope.get_current_value(v) for v in variables}
-        with scope:
-            outputs = self.layer(inputs, *args, **kwargs)
-        for v in variables:
-            value = scope.get_current_value(v)
-            if id(v) not in substitutes and value is not initial[id(v)]:
-                v.assign(value)
-        for loss in scope.losses:
-            self.add_loss(loss)
-        return outputs
+        return call_substituted(self, substitutes, inputs, *args, **kwargs)
 
     def _flush_step(self) -> None:
         """Has the controller driving this layer write the pruning step it deferred."""
@@ -481,6 +463,38 @@ class Prunable(keras.layers.Wrapper):
             "gate": keras.saving.serialize_keras_object(self.gate),
         }
         return {**super().get_config(), **config}
+
+
+def call_substituted(wrapper: keras.layers.Wrapper, substitutes: dict, inputs, *args, **kwargs):
+    """Calls `wrapper.layer` with tensors in place of some of its variables.
+
+    The layer reads `substitutes[id(variable)]` in place of those variables and the current
+    values of its other variables (outer stateless scopes included); anything else it
+    updates or adds as a loss inside the scope is applied after it (losses to `wrapper`).
+
+    Args:
+        wrapper: The wrapper whose inner layer is called.
+        substitutes: Tensors keyed by the `id` of the variable they replace.
+        inputs: The layer's inputs; `*args` and `**kwargs` are passed on.
+
+    Returns:
+        The layer's outputs.
+    """
+    variables = wrapper.layer.variables
+    scope = keras.StatelessScope(
+        state_mapping=[(v, substitutes.get(id(v), v.value)) for v in variables],
+        collect_losses=True,
+    )
+    initial = {id(v): scope.get_current_value(v) for v in variables}
+    with scope:
+        outputs = wrapper.layer(inputs, *args, **kwargs)
+    for v in variables:
+        value = scope.get_current_value(v)
+        if id(v) not in substitutes and value is not initial[id(v)]:
+            v.assign(value)
+    for loss in scope.losses:
+        wrapper.add_loss(loss)
+    return outputs
 
 
 def prunable_layers(model: keras.layers.Layer) -> list[Prunable]:

@@ -219,6 +219,7 @@ def _convert_model(
 
 
 def _prepare(model: keras.Model, shrink: bool) -> keras.Model:
+    from tfprune.clustering import Clustered
     from tfprune.layers import iter_layers
     from tfprune.surgery import strip
     from tfprune.wrapper import Prunable
@@ -232,7 +233,7 @@ def _prepare(model: keras.Model, shrink: bool) -> keras.Model:
                 f"be imported ({e}). Pass shrink=False to export without removing channels."
             ) from e
         model = shrink_model(model)
-    if any(isinstance(layer, Prunable) for layer in iter_layers(model)):
+    if any(isinstance(layer, (Prunable, Clustered)) for layer in iter_layers(model)):
         model = strip(model)
     return rewrite(model)[0]
 
