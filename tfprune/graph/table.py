@@ -43,6 +43,7 @@ KINDS = (
     "reduce",
     "strict",
     "split",
+    "slice",
     "unknown",
 )
 
