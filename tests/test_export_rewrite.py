@@ -8,6 +8,7 @@ import pytest
 
 import tfprune
 from tfprune.export import rewrite
+from tfprune.export.rewrite import SplitDepthwise
 
 L = keras.layers
 
@@ -74,5 +75,60 @@ def test_tflite_export_writes_depthwise_conv(tmp_path):
         model, tmp_path / "m.tflite", quantize="int8", representative_data=x, verify_data=x
     )
     assert result.ops.count("DEPTHWISE_CONV_2D") == 1
+    assert result.ops.count("CONV_2D") == 1  # "pre" only
+    assert result.verification.max_abs_error < 0.05 * np.abs(model.predict(x, verbose=0)).max()
+
+
+def _large(layer, size=(10, 9)):
+    i = keras.Input((*size, 4))
+    model = keras.Model(i, layer(L.Conv2D(4, 1, name="pre")(i)))
+    rng = np.random.default_rng(2)
+    for w in model.weights:
+        w.assign(rng.normal(size=w.shape).astype("float32"))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("layer", "pieces"),
+    [
+        (lambda: L.DepthwiseConv2D(7, padding="same", name="dw"), [(4, 4), (4, 3), (3, 4), (3, 3)]),
+        (
+            lambda: L.Conv2D(4, 7, groups=4, padding="same", name="dw"),
+            [(4, 4), (4, 3), (3, 4), (3, 3)],
+        ),
+        (
+            lambda: L.DepthwiseConv2D((6, 3), depth_multiplier=2, activation="relu", name="dw"),
+            [(3, 3), (3, 3)],
+        ),
+        (
+            lambda: L.Conv2D(8, (3, 11), groups=4, padding="same", use_bias=False, name="dw"),
+            [(3, 4), (3, 4), (3, 3)],
+        ),
+    ],
+    ids=["depthwise-7x7-same", "grouped-7x7-same", "6x3-valid-multiplier-2", "3x11-no-bias"],
+)
+def test_large_depthwise_kernel_becomes_a_sum_of_small_ones(layer, pieces):
+    model = _large(layer())
+    new, counts = rewrite(model)
+    assert counts == {"depthwise kernel > 5x5 -> sum of <= 5x5": 1}
+    split = new.get_layer("dw")
+    assert type(split) is SplitDepthwise
+    assert [conv.kernel_size for _, conv in split.pieces] == pieces
+    x = np.random.default_rng(3).normal(size=(2, 10, 9, 4)).astype("float32")
+    np.testing.assert_allclose(np.asarray(new(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-4)
+
+
+def test_strided_large_depthwise_is_not_split():
+    model = _large(L.Conv2D(4, 7, strides=2, groups=4, padding="same", name="dw"))
+    assert rewrite(model)[1] == {"grouped Conv2D -> DepthwiseConv2D": 1}
+
+
+def test_tflite_export_of_a_7x7_depthwise_runs_four_small_ones(tmp_path):
+    model = _large(L.Conv2D(4, 7, groups=4, padding="same", name="dw"))
+    x = np.random.default_rng(4).normal(size=(16, 10, 9, 4)).astype("float32")
+    result = tfprune.export.tflite(
+        model, tmp_path / "m.tflite", quantize="int8", representative_data=x, verify_data=x
+    )
+    assert result.ops.count("DEPTHWISE_CONV_2D") == 4
     assert result.ops.count("CONV_2D") == 1  # "pre" only
     assert result.verification.max_abs_error < 0.05 * np.abs(model.predict(x, verbose=0)).max()
