@@ -8,7 +8,7 @@ import pytest
 
 import tfprune
 from tfprune.export import rewrite
-from tfprune.export.rewrite import SplitDepthwise
+from tfprune.export.rewrite import CenteredLayerNormalization, SplitDepthwise
 
 L = keras.layers
 
@@ -132,3 +132,38 @@ def test_tflite_export_of_a_7x7_depthwise_runs_four_small_ones(tmp_path):
     assert result.ops.count("DEPTHWISE_CONV_2D") == 4
     assert result.ops.count("CONV_2D") == 1  # "pre" only
     assert result.verification.max_abs_error < 0.05 * np.abs(model.predict(x, verbose=0)).max()
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(), dict(center=False), dict(scale=False, epsilon=0.1)], ids=str
+)
+def test_layer_normalization_is_rewritten_without_a_negation(kwargs):
+    i = keras.Input((5, 8))
+    x = L.LayerNormalization(name="ln", **kwargs)(L.Dense(8, name="pre")(i))
+    model = keras.Model(i, L.Dense(2, name="out")(x))
+    rng = np.random.default_rng(5)
+    for w in model.weights:
+        w.assign(rng.normal(size=w.shape).astype("float32"))
+    new, counts = rewrite(model)
+    assert counts == {"LayerNormalization -> centered, no NEG": 1}
+    assert type(new.get_layer("ln")) is CenteredLayerNormalization
+    data = rng.normal(size=(3, 5, 8)).astype("float32")
+    np.testing.assert_allclose(np.asarray(new(data)), np.asarray(model(data)), atol=1e-5)
+
+
+def test_layer_normalization_over_other_axes_is_left_alone():
+    i = keras.Input((5, 8))
+    model = keras.Model(i, L.LayerNormalization(axis=1)(i))
+    assert rewrite(model) == (model, {})
+
+
+def test_int8_export_of_a_layer_normalization_is_all_int8(tmp_path):
+    # Keras's formula left a float NEG, so the export was refused as a float/int8 file.
+    i = keras.Input((8, 8, 3))
+    x = L.LayerNormalization(epsilon=1e-6)(L.Conv2D(16, 1)(i))
+    model = keras.Model(i, L.Dense(4)(x))
+    data = np.random.default_rng(6).normal(size=(8, 8, 8, 3)).astype("float32")
+    result = tfprune.export.tflite(
+        model, tmp_path / "m.tflite", quantize="int8", representative_data=data
+    )
+    assert "NEG" not in result.ops and result.ops.count("SUB") == 1

@@ -10,6 +10,10 @@ layer from the old one, weights included); the replacement computes the same out
   (`SplitDepthwise`). LiteRT's int8 and float depthwise kernels are fast up to 5x5 and
   hundreds of times slower beyond (ConvNeXt's 7x7; `benchmarks/RESULTS.md`, "Export
   rewrites").
+- `LayerNormalization` over the last axis -> the same formula written as
+  `(x - mean) * rsqrt(var + eps) * gamma + beta` (`CenteredLayerNormalization`). Keras
+  computes `x * inv + (beta - mean * inv)`, whose `NEG` op has no int8 kernel in the
+  converter, so every LayerNormalization left a float `NEG` in an int8 file (ConvNeXt).
 - `Conv2D` with `groups == input channels` (filters a multiple of it) -> `DepthwiseConv2D`
   with `depth_multiplier = filters / groups`. LiteRT has no fast kernel for a grouped
   `CONV_2D`, and Keras's ConvNeXt writes its depthwise convolutions this way
@@ -25,7 +29,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-__all__ = ["REWRITES", "Rewrite", "SplitDepthwise", "rewrite"]
+__all__ = ["REWRITES", "CenteredLayerNormalization", "Rewrite", "SplitDepthwise", "rewrite"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,8 +170,55 @@ def _split_depthwise(layer: keras.layers.Layer) -> SplitDepthwise:
     return new
 
 
+def _is_last_axis_layer_norm(layer: keras.layers.Layer) -> bool:
+    if type(layer) is not keras.layers.LayerNormalization or not layer.built:
+        return False
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    rank = len(layer.input.shape)
+    return [int(a) % rank for a in axes] == [rank - 1] and not layer.rms_scaling
+
+
+class CenteredLayerNormalization(keras.layers.Layer):
+    """LayerNormalization over the last axis without a negation, for int8 conversion.
+
+    `y = (x - mean) * rsqrt(var + epsilon) * gamma + beta`, with `mean` and `var` over the
+    last axis: the formula of `keras.layers.LayerNormalization`, in ops that LiteRT's int8
+    converter quantizes (`SUB` instead of Keras's `NEG`). Built for export only
+    (`rewrite`).
+
+    Args:
+        layer: The `LayerNormalization` to replace (built, normalizing the last axis).
+    """
+
+    def __init__(self, layer: keras.layers.Layer, **kwargs):
+        super().__init__(name=layer.name, dtype=layer.dtype_policy, **kwargs)
+        self.epsilon = layer.epsilon
+        self.gamma = keras.ops.convert_to_numpy(layer.gamma) if layer.scale else None
+        self.beta = keras.ops.convert_to_numpy(layer.beta) if layer.center else None
+
+    def call(self, x):
+        ops = keras.ops
+        centered = x - ops.mean(x, axis=-1, keepdims=True)
+        variance = ops.mean(centered * centered, axis=-1, keepdims=True)
+        y = centered * ops.rsqrt(variance + self.epsilon)
+        if self.gamma is not None:
+            y = y * self.gamma
+        if self.beta is not None:
+            y = y + self.beta
+        return y
+
+
+def _centered_layer_norm(layer: keras.layers.Layer) -> CenteredLayerNormalization:
+    new = CenteredLayerNormalization(layer)
+    new.build(layer.input.shape)
+    return new
+
+
 REWRITES: tuple[Rewrite, ...] = (
     Rewrite("depthwise kernel > 5x5 -> sum of <= 5x5", _is_large_depthwise, _split_depthwise),
+    Rewrite(
+        "LayerNormalization -> centered, no NEG", _is_last_axis_layer_norm, _centered_layer_norm
+    ),
     Rewrite("grouped Conv2D -> DepthwiseConv2D", _is_depthwise_conv2d, _to_depthwise),
 )
 
