@@ -191,8 +191,10 @@ class Graph:
         return self.origins[k] if 0 <= k < len(self.origins) else "no group"
 
     def moved(self, ids: np.ndarray) -> tuple[int, np.ndarray] | None:
-        """`(axis, channel ids)` of the tensor whose last-axis ids are `ids`, when a
-        transpose moved its channels to another axis; None otherwise."""
+        """Where a transpose moved the channels of the tensor with last-axis ids `ids`.
+
+        Returns `(axis, channel ids)`, or None when its channels are on its last axis.
+        """
         return self.placed.get(id(ids))
 
     def channels(self, ids: np.ndarray) -> list[np.ndarray]:
