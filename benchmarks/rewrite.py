@@ -5,8 +5,10 @@ Usage, from the repository root: `PYTHONPATH=. python benchmarks/rewrite.py [--s
 `Conv2D`, as `DepthwiseConv2D` and, for 7x7, split into <= 5x5 pieces; int8 and float32).
 
 Every file is written by `tfprune.export.tflite(..., quantize="int8")` from the same model
-with random weights; "none" disables the rewrite step, the other rows add rewrites to
-`tfprune.export.rewrite.REWRITES` for that export only. Constant weights (LayerScale, norms,
+with random weights; "none" disables the rewrite step (for ConvNeXt it keeps the
+LayerNormalization rewrite, without which its int8 export is refused), the other rows set
+`tfprune.export.rewrite.REWRITES` for that export only; `--no-candidates` skips the
+candidates that are not in `REWRITES`. Constant weights (LayerScale, norms,
 biases) are randomised first, as in the coverage matrix. Latency: 1 thread, median of
 interleaved rounds (`_bench.latencies`), as ratios against "none" of the same model.
 
@@ -120,6 +122,9 @@ def _rewrites(*names: str) -> tuple[Rewrite, ...]:
     return tuple(r for r in REWRITES if r.name in names)
 
 
+# Without the LayerNormalization rewrite ConvNeXt's int8 file keeps a float NEG per
+# LayerNormalization and `tfprune.export.tflite` refuses it, so every ConvNeXt row has it.
+_LAYER_NORM = _rewrites("LayerNormalization -> centered, no NEG")
 _DEPTHWISE = _rewrites("grouped Conv2D -> DepthwiseConv2D")
 _SPLIT = "depthwise kernel > 5x5 -> sum of <= 5x5"
 
@@ -178,26 +183,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds")
     parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--layers", action="store_true", help="time single depthwise layers")
+    parser.add_argument("--no-candidates", action="store_true", help="skip candidate rewrites")
     args = parser.parse_args(argv)
     if args.layers:
         layers_table(args.rounds, write=not args.no_write)
         return 0
     cases = [
-        ("ConvNeXtTiny", "none", ()),
-        ("ConvNeXtTiny", "grouped Conv2D -> DepthwiseConv2D", _DEPTHWISE),
+        ("ConvNeXtTiny", "none (LayerNormalization rewrite only)", _LAYER_NORM),
+        ("ConvNeXtTiny", "grouped Conv2D -> DepthwiseConv2D", (*_LAYER_NORM, *_DEPTHWISE)),
         ("ConvNeXtTiny", f"DepthwiseConv2D + {_SPLIT} (REWRITES)", REWRITES),
         (
             "ConvNeXtTiny",
-            "DepthwiseConv2D + Dense on 4-D -> 1x1 Conv2D",
-            (*_DEPTHWISE, CANDIDATES["Dense on 4-D -> 1x1 Conv2D"]),
+            "DepthwiseConv2D + Dense on 4-D -> 1x1 Conv2D (candidate)",
+            (*_LAYER_NORM, *_DEPTHWISE, CANDIDATES["Dense on 4-D -> 1x1 Conv2D"]),
         ),
         ("ResNeXt blocks", "none", ()),
         (
             "ResNeXt blocks",
-            "grouped Conv2D -> split + convs + concat",
+            "grouped Conv2D -> split + convs + concat (candidate)",
             (CANDIDATES["grouped Conv2D -> split + convs + concat"],),
         ),
     ]
+    if args.no_candidates:
+        cases = [case for case in cases if "(candidate)" not in case[1]]
     models, rows = {}, []
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (8, args.size, args.size, 3)).astype("float32")
@@ -236,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         [
             "## Export rewrites: int8 latency (benchmarks/rewrite.py)",
             "",
-            f"Command: `PYTHONPATH=. python benchmarks/rewrite.py --size {args.size}`. "
+            f"Command: `PYTHONPATH=. python benchmarks/rewrite.py --size {args.size}"
+            f"{' --no-candidates' if args.no_candidates else ''}`. "
             f"Machine: {machine()}. "
             f"Date: {datetime.date.today().isoformat()}. Models with "
             f"random weights at {args.size}x{args.size} px, int8 (int8 I/O), 1 thread, best "
