@@ -167,3 +167,17 @@ def test_int8_export_of_a_layer_normalization_is_all_int8(tmp_path):
         model, tmp_path / "m.tflite", quantize="int8", representative_data=data
     )
     assert "NEG" not in result.ops and result.ops.count("SUB") == 1
+
+
+def test_pieces_that_only_read_padding_are_left_out(tmp_path):
+    # On a 1x1 input a 'same' 7x7 kernel meets the pixel with its centre only: the 4x4
+    # piece holds it, the other pieces would add zeros (and XNNPACK refused them).
+    model = _large(L.Conv2D(4, 7, groups=4, padding="same", name="dw"), size=(1, 1))
+    new, _ = rewrite(model)
+    assert [conv.kernel_size for _, conv in new.get_layer("dw").pieces] == [(4, 4)]
+    x = np.random.default_rng(7).normal(size=(16, 1, 1, 4)).astype("float32")
+    np.testing.assert_allclose(np.asarray(new(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+    result = tfprune.export.tflite(
+        model, tmp_path / "m.tflite", quantize="int8", representative_data=x
+    )
+    assert result.ops.count("DEPTHWISE_CONV_2D") == 1

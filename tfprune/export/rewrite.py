@@ -106,10 +106,21 @@ def _is_large_depthwise(layer: keras.layers.Layer) -> bool:
     )
 
 
-def _cuts(size: int) -> list[tuple[int, int]]:
-    """`(start, length)` of near-equal parts of `size` of at most `_LARGEST` each."""
+def _cuts(size: int, n: int | None, before: int, after: int) -> list[tuple[int, int]]:
+    """`(start, length)` of near-equal parts of a kernel side `size`, each at most `_LARGEST`.
+
+    With `n` input positions (None: unknown) padded by `before` and `after`, a part whose
+    kernel rows only ever meet padding adds zeros and is left out (LiteRT's XNNPACK
+    delegate refuses such pieces, e.g. on ConvNeXt's 1x1 last stage at 32 px).
+    """
     parts = np.array_split(np.arange(size), math.ceil(size / _LARGEST))
-    return [(int(p[0]), len(p)) for p in parts]
+    cuts = [(int(p[0]), len(p)) for p in parts]
+    if n is None:
+        return cuts
+    out = n + before + after - size + 1
+    # Part rows r .. r + a - 1 read padded rows r .. out + r + a - 2; the input is rows
+    # before .. before + n - 1 of the padded tensor.
+    return [(r, a) for r, a in cuts if r <= before + n - 1 and out + r + a - 2 >= before]
 
 
 class SplitDepthwise(keras.layers.Layer):
@@ -136,9 +147,10 @@ class SplitDepthwise(keras.layers.Layer):
         if layer.padding == "same":
             pad = (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
         self.pad = keras.layers.ZeroPadding2D(pad, dtype=layer.dtype_policy)
+        height, width = tuple(layer.input.shape)[1:3]
         self.pieces = []
-        for r, a in _cuts(kh):
-            for c, b in _cuts(kw):
+        for r, a in _cuts(kh, height, *pad[0]):
+            for c, b in _cuts(kw, width, *pad[1]):
                 conv = keras.layers.DepthwiseConv2D(
                     (a, b), depth_multiplier=multiplier, use_bias=False, dtype=layer.dtype_policy
                 )
