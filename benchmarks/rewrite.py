@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Date: {datetime.date.today().isoformat()}. Models with "
             f"random weights at {args.size}x{args.size} px, int8 (int8 I/O), 1 thread, best "
             f"of {args.rounds} interleaved rounds of the median of 20 invokes. Ratios against "
-            "the same model exported without rewrites.",
+            "the same model's 'none' row (ConvNeXt: the LayerNormalization rewrite only, "
+            "without which its int8 file is refused).",
             "",
             *lines,
             "",
