@@ -340,9 +340,10 @@ def run_model(name: str, row_path: str | None = None, latency_runs: int = 30) ->
         channels = sum(g.channels for g in groups)
         fraction = sum(g.channels for g in prunable) / max(channels, 1)
         row["prunable_fraction"] = fraction
-        return bool(prunable), (
-            f"{len(prunable)}/{len(groups)} groups, {fraction:.1%} of {channels:,} channels"
-        )
+        text = f"{len(prunable)}/{len(groups)} groups, {fraction:.1%} of {channels:,} channels"
+        if not prunable and groups:  # say why the first group is kept
+            text += f"; {groups[0].producers[0]}: {groups[0].reason}"
+        return bool(prunable), text
 
     def do_shrink():
         pruned = tfprune.prune_channels(state["model"], ratio=0.5, criterion="l1")

@@ -2,16 +2,19 @@
 
 Usage, from the repository root: `PYTHONPATH=. python benchmarks/rewrite.py [--size 64]`;
 `--layers` times single depthwise layers instead (28x28x96, kernel 3, 5 and 7, as grouped
-`Conv2D` and as `DepthwiseConv2D`, int8 and float32).
+`Conv2D`, as `DepthwiseConv2D` and, for 7x7, split into <= 5x5 pieces; int8 and float32).
 
 Every file is written by `tfprune.export.tflite(..., quantize="int8")` from the same model
-with random weights; "none" disables the rewrite step, the other rows add rewrites to
-`tfprune.export.rewrite.REWRITES` for that export only. Constant weights (LayerScale, norms,
+with random weights; "none" disables the rewrite step (for ConvNeXt it keeps the
+LayerNormalization rewrite, without which its int8 export is refused), the other rows set
+`tfprune.export.rewrite.REWRITES` for that export only; `--no-candidates` skips the
+candidates that are not in `REWRITES`. Constant weights (LayerScale, norms,
 biases) are randomised first, as in the coverage matrix. Latency: 1 thread, median of
 interleaved rounds (`_bench.latencies`), as ratios against "none" of the same model.
 
-- ConvNeXtTiny: grouped `Conv2D(groups=C)` -> `DepthwiseConv2D` (in `REWRITES`), and as a
-  candidate on top of it, `Dense` on 4-D inputs -> 1x1 `Conv2D`.
+- ConvNeXtTiny: grouped `Conv2D(groups=C)` -> `DepthwiseConv2D` (in `REWRITES`), then
+  the 7x7 depthwise kernels split into <= 5x5 pieces (`SplitDepthwise`, in `REWRITES`),
+  and as a candidate on top of the first, `Dense` on 4-D inputs -> 1x1 `Conv2D`.
 - A ResNeXt-style stack (keras.applications has no model with grouped convolutions other
   than ConvNeXt's depthwise ones): three bottleneck blocks, 3x3 `Conv2D(128, groups=32)`;
   candidate grouped `Conv2D` -> split + one `Conv2D` per group + concatenate.
@@ -114,6 +117,18 @@ def _export(model, x, path, table) -> tuple[str, ...]:
     return result.ops, result.verification.max_abs_error / scale
 
 
+def _rewrites(*names: str) -> tuple[Rewrite, ...]:
+    """The entries of `REWRITES` with these names."""
+    return tuple(r for r in REWRITES if r.name in names)
+
+
+# Without the LayerNormalization rewrite ConvNeXt's int8 file keeps a float NEG per
+# LayerNormalization and `tfprune.export.tflite` refuses it, so every ConvNeXt row has it.
+_LAYER_NORM = _rewrites("LayerNormalization -> centered, no NEG")
+_DEPTHWISE = _rewrites("grouped Conv2D -> DepthwiseConv2D")
+_SPLIT = "depthwise kernel > 5x5 -> sum of <= 5x5"
+
+
 def _depthwise_layer(kernel: int) -> keras.Model:
     i = keras.Input((28, 28, 96))
     return keras.Model(i, keras.layers.Conv2D(96, kernel, padding="same", groups=96)(i))
@@ -122,17 +137,19 @@ def _depthwise_layer(kernel: int) -> keras.Model:
 def layers_table(rounds: int, write: bool) -> None:
     """Single depthwise layers: does LiteRT run the grouped form or the kernel size slowly?"""
     x = np.random.default_rng(0).uniform(size=(16, 28, 28, 96)).astype("float32")
+    forms = {"grouped Conv2D": (), "DepthwiseConv2D": _DEPTHWISE, "split <= 5x5": REWRITES}
     cases = [
         (k, q, form)
         for k in (3, 5, 7)
         for q in ("int8", None)
-        for form in ("grouped Conv2D", "DepthwiseConv2D")
+        for form in forms
+        if k > 5 or form != "split <= 5x5"
     ]
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for k, q, form in cases:
             path = os.path.join(tmp, f"{k}{q}{form[0]}.tflite")
-            table = () if form == "grouped Conv2D" else REWRITES
+            table = forms[form]
             with mock.patch("tfprune.export.rewrite.REWRITES", table):
                 tfprune.export.tflite(
                     _depthwise_layer(k), path, quantize=q, representative_data=x, shrink=False
@@ -149,7 +166,8 @@ def layers_table(rounds: int, write: bool) -> None:
             "Command: `PYTHONPATH=. python benchmarks/rewrite.py --layers`. Machine: "
             f"{machine()}. Date: {datetime.date.today().isoformat()}. One depthwise layer on a "
             "28x28x96 input, written as `Conv2D(96, k, groups=96)` (grouped) or rewritten to "
-            f"`DepthwiseConv2D`; 1 thread, best of {rounds} interleaved rounds of the median "
+            "`DepthwiseConv2D` or (7x7) to a sum of four <= 5x5 depthwise convolutions "
+            f"(`SplitDepthwise`); 1 thread, best of {rounds} interleaved rounds of the median "
             "of 20 invokes.",
             "",
             *lines,
@@ -165,26 +183,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds")
     parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--layers", action="store_true", help="time single depthwise layers")
+    parser.add_argument("--no-candidates", action="store_true", help="skip candidate rewrites")
     args = parser.parse_args(argv)
     if args.layers:
         layers_table(args.rounds, write=not args.no_write)
         return 0
-    depthwise = REWRITES
     cases = [
-        ("ConvNeXtTiny", "none", ()),
-        ("ConvNeXtTiny", "grouped Conv2D -> DepthwiseConv2D", depthwise),
+        ("ConvNeXtTiny", "none (LayerNormalization rewrite only)", _LAYER_NORM),
+        ("ConvNeXtTiny", "grouped Conv2D -> DepthwiseConv2D", (*_LAYER_NORM, *_DEPTHWISE)),
+        ("ConvNeXtTiny", f"DepthwiseConv2D + {_SPLIT} (REWRITES)", REWRITES),
         (
             "ConvNeXtTiny",
-            "DepthwiseConv2D + Dense on 4-D -> 1x1 Conv2D",
-            (*depthwise, CANDIDATES["Dense on 4-D -> 1x1 Conv2D"]),
+            "DepthwiseConv2D + Dense on 4-D -> 1x1 Conv2D (candidate)",
+            (*_LAYER_NORM, *_DEPTHWISE, CANDIDATES["Dense on 4-D -> 1x1 Conv2D"]),
         ),
         ("ResNeXt blocks", "none", ()),
         (
             "ResNeXt blocks",
-            "grouped Conv2D -> split + convs + concat",
+            "grouped Conv2D -> split + convs + concat (candidate)",
             (CANDIDATES["grouped Conv2D -> split + convs + concat"],),
         ),
     ]
+    if args.no_candidates:
+        cases = [case for case in cases if "(candidate)" not in case[1]]
     models, rows = {}, []
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (8, args.size, args.size, 3)).astype("float32")
@@ -223,12 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         [
             "## Export rewrites: int8 latency (benchmarks/rewrite.py)",
             "",
-            f"Command: `PYTHONPATH=. python benchmarks/rewrite.py --size {args.size}`. "
+            f"Command: `PYTHONPATH=. python benchmarks/rewrite.py --size {args.size}"
+            f"{' --no-candidates' if args.no_candidates else ''}`. "
             f"Machine: {machine()}. "
             f"Date: {datetime.date.today().isoformat()}. Models with "
             f"random weights at {args.size}x{args.size} px, int8 (int8 I/O), 1 thread, best "
             f"of {args.rounds} interleaved rounds of the median of 20 invokes. Ratios against "
-            "the same model exported without rewrites.",
+            "the same model's 'none' row (ConvNeXt: the LayerNormalization rewrite only, "
+            "without which its int8 file is refused).",
             "",
             *lines,
             "",

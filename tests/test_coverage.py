@@ -61,12 +61,14 @@ def test_run_model_on_a_hand_built_graph(monkeypatch):
 def test_a_failing_step_is_one_cell(monkeypatch):
     def broken():  # nothing to prune: the only group is the model output
         i = keras.Input((4,))
-        return keras.Model(i, L.Dense(2)(i))
+        return keras.Model(i, L.Dense(2, name="logits")(i))
 
     monkeypatch.setitem(cov.HUB, "broken", broken)
     row = cov.run_model("broken")
     assert row["build"]["ok"] and row["groups"]["ok"] is False
-    assert row["groups"]["text"] == "0/1 groups, 0.0% of 2 channels"
+    assert row["groups"]["text"] == (
+        "0/1 groups, 0.0% of 2 channels; logits: its channels are a model output"
+    )
     assert "shrink" not in row and "int8" not in row  # later steps need the groups
 
 

@@ -203,3 +203,37 @@ def test_gemma_internal_norm_is_known_by_its_bare_name():
         "channels would change its output; pass `through_norms=True` to prune the hidden "
         "width through it anyway (not exact: fine-tune or distil afterwards)"
     )
+
+
+def test_efficientnet_backbone_whose_blocks_create_weights_in_call_wraps_and_strips():
+    # On main: ValueError from set_weights on 'block1a_' (its build() creates no weights).
+    net = keras_hub.models.EfficientNetBackbone(
+        stackwise_kernel_sizes=[3, 3],
+        stackwise_num_repeats=[1, 1],
+        stackwise_input_filters=[8, 8],
+        stackwise_output_filters=[8, 16],
+        stackwise_expansion_ratios=[1, 2],
+        stackwise_squeeze_and_excite_ratios=[0.0, 0.25],
+        stackwise_strides=[1, 2],
+        stackwise_block_types=["fused", "unfused"],
+        stackwise_width_coefficients=[1.0, 1.0],
+        stackwise_depth_coefficients=[1.0, 1.0],
+        input_shape=(8, 8, 3),
+        num_features=16,
+    )
+    data = np.random.default_rng(0).normal(size=(1, 8, 8, 3)).astype("float32")
+    with pytest.warns(UserWarning, match=r"block1a_ \(FusedMBConvBlock\)"):
+        wrapped = tfprune.wrap(net, 0.5)
+    assert [type(layer).__name__ for layer in wrapped.layers].count("Prunable") == 2
+    plain = tfprune.strip(wrapped)
+    np.testing.assert_allclose(np.asarray(plain(data)), np.asarray(net(data)), atol=1e-6)
+    # Its blocks are subclassed layers: the channels between them are kept, with a reason.
+    groups = tfprune.graph.channel_groups(net)
+    assert [(g.producers, g.reason) for g in groups] == [
+        (
+            ["stem_conv"],
+            "layer 'block1a_' (FusedMBConvBlock): tfprune.graph has no channel rule for its "
+            "type FusedMBConvBlock; channels that reach it are kept",
+        ),
+        (["top_conv"], "its channels are a model output"),
+    ]

@@ -82,43 +82,63 @@ def test_broadcast_sum_freezes_with_reason():
     assert g.reason == f"op '{_op(model, 'Add')}' (Add): it broadcasts 1 channel(s) over 4"
 
 
+_ALL = [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize(
-    ("fn", "prunable"),
+    ("fn", "index"),
     [
-        (lambda x: ops.mean(x, axis=(1, 2)), True),
-        (lambda x: ops.max(x, axis=1, keepdims=True), True),
-        (lambda x: ops.sum(x, axis=2), True),
-        (lambda x: x[:, 0], True),
-        (lambda x: x[:, 1:, ::2, :], True),
-        (lambda x: x[..., :], True),
-        (lambda x: ops.transpose(x, (0, 2, 1, 3)), True),
-        (lambda x: ops.reshape(x, (-1, 16, 4)), True),
-        (lambda x: ops.expand_dims(x, 1), True),
-        (lambda x: ops.squeeze(ops.expand_dims(x, 1), 1), True),
-        (lambda x: ops.mean(x, axis=-1, keepdims=True), False),
-        (lambda x: x[..., :2], False),
-        (lambda x: ops.transpose(x, (0, 3, 1, 2)), False),
+        (lambda x: ops.mean(x, axis=(1, 2)), _ALL),
+        (lambda x: ops.max(x, axis=1, keepdims=True), _ALL),
+        (lambda x: ops.sum(x, axis=2), _ALL),
+        (lambda x: x[:, 0], _ALL),
+        (lambda x: x[:, 1:, ::2, :], _ALL),
+        (lambda x: x[..., :], _ALL),
+        (lambda x: x[..., 1:3], [1, 2]),
+        (lambda x: x[:, :, 2:, -3:], [1, 2, 3]),
+        (lambda x: ops.transpose(x, (0, 2, 1, 3)), _ALL),
+        (lambda x: ops.transpose(ops.transpose(x, (0, 3, 1, 2)), (0, 2, 3, 1)), _ALL),
+        (lambda x: ops.moveaxis(ops.swapaxes(x, 1, 3), 1, -1), _ALL),
+        (lambda x: ops.reshape(x, (-1, 16, 4)), _ALL),
+        (lambda x: ops.reshape(x, (-1, 4, 4, 2, 2)), [0, 1]),  # heads tied
+        (lambda x: ops.reshape(ops.reshape(x, (-1, 4, 4, 2, 2)), (-1, 4, 16)), [0, 1] * 8),
+        (lambda x: ops.expand_dims(x, 1), _ALL),
+        (lambda x: ops.squeeze(ops.expand_dims(x, 1), 1), _ALL),
+        (lambda x: ops.mean(x, axis=-1, keepdims=True), None),
+        (lambda x: x[..., ::2], None),
+        (lambda x: x[..., 2], None),
+        (lambda x: ops.transpose(x, (0, 3, 1, 2)), None),
+        (lambda x: ops.reshape(x, (-1, 4, 2, 6)), None),
     ],
 )
-def test_axis_rules(fn, prunable):
+def test_axis_rules(fn, index):
     i = keras.Input((4, 4, 3))
     x = L.Conv2D(4, 1, name="c1")(i)
     y = fn(x)
     o = L.Dense(2, name="d")(y)
     g = _group(tfprune.graph.channel_groups(keras.Model(i, o)), "c1")
-    assert g.prunable is prunable
-    if prunable:
-        assert _input_index(g, "d") == [0, 1, 2, 3]
+    assert g.prunable is (index is not None)
+    if index is not None:
+        assert _input_index(g, "d") == index
 
 
-def test_reason_names_the_op_and_its_axis():
+def test_reasons_name_the_op_and_its_axis():
     i = keras.Input((4, 4, 3))
     x = L.Conv2D(4, 1, name="c1")(i)
     model = keras.Model(i, L.Dense(2, name="d")(ops.transpose(x, (0, 3, 1, 2))))
     g = _group(tfprune.graph.channel_groups(model), "c1")
+    assert g.reason == "Dense 'd' receives them on axis -3, where it does not follow them"
+    model = keras.Model(i, L.Dense(2, name="d")(x[..., 0:4:2]))
+    g = _group(tfprune.graph.channel_groups(model), "c1")
     assert g.reason == (
-        f"op '{_op(model, 'Transpose')}' (Transpose): it moves the channel (last) axis "
-        "(axes=(0, 3, 1, 2))"
+        f"op '{_op(model, 'GetItem')}' (GetItem): it indexes the channel (last) axis with "
+        "slice(0, 4, 2)"
+    )
+    model = keras.Model(i, L.Dense(2, name="d")(ops.reshape(x, (-1, 4, 2, 6))))
+    g = _group(tfprune.graph.channel_groups(model), "c1")
+    assert g.reason == (
+        f"op '{_op(model, 'Reshape')}' (Reshape): it reshapes (None, 4, 4, 4) to "
+        "(None, 4, 2, 6), which mixes the channel axis with others"
     )
 
 

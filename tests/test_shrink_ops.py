@@ -172,9 +172,95 @@ def test_convnext_tiny_application():
     _assert_shrinks_exactly(model, data)
 
 
+def test_attention_written_with_raw_ops_shrinks_every_head_alike():
+    i = keras.Input((4, 4, 3))
+    x = L.Conv2D(4, 1, name="stem")(i)
+    model = keras.Model(i, L.Dense(3, name="out")(_attention(x, 0, h=2, width=8)))
+    groups = tfprune.graph.channel_groups(model)
+    assert [(g.producers, g.channels, g.prunable) for g in groups] == [
+        (["stem"], 4, True),
+        (["k0", "q0"], 2, True),
+        (["v0"], 4, True),
+        (["out"], 3, False),
+    ]
+    q = next(m for m in groups[1].members if m.layer.name == "q0" and m.weight == "kernel")
+    assert q.index.tolist() == [0, 1, 0, 1]  # position j of both heads is one channel
+    data = np.random.default_rng(5).normal(size=(2, 4, 4, 3)).astype("float32")
+    small = _assert_shrinks_exactly(model, data)
+    assert small.get_layer("q0").units == small.get_layer("k0").units == 2
+    assert small.get_layer("v0").units == 4  # 2 of 4 positions per head, in both heads
+
+
+def test_moved_channel_axis_and_channel_slice_shrink_to_equal_outputs():
+    i = keras.Input((4, 4, 3))
+    x = ops.relu(L.Conv2D(8, 1, name="c1")(i))
+    x = ops.moveaxis(ops.transpose(x, (0, 3, 1, 2)), 1, -1)  # away and back
+    y = ops.swapaxes(ops.sigmoid(L.Conv2D(6, 1, name="c2")(i)), 1, 3)  # sigmoid(0) moved
+    x = x[..., 2:7] + 1.0 + ops.swapaxes(y, 3, 1)[..., 1:6]
+    model = keras.Model(i, L.Conv2D(2, 1, name="out")(x))
+    groups = tfprune.graph.channel_groups(model)
+    # c1's channels 2..6 meet c2's 1..5 in the sum: one group of 8 + 6 - 5 channels.
+    assert [(g.producers, g.channels, g.prunable) for g in groups] == [
+        (["c1", "c2"], 9, True),
+        (["out"], 2, False),
+    ]
+    data = np.random.default_rng(6).normal(size=(2, 4, 4, 3)).astype("float32")
+    pruned = tfprune.prune_channels(model, ratio=0.5, criterion="random", seed=0)
+    small = tfprune.shrink(pruned)
+    np.testing.assert_allclose(np.asarray(small(data)), np.asarray(pruned(data)), atol=1e-5)
+    # c2's removed channels would carry sigmoid(0) = 0.5 through the swap: all are kept,
+    # and with them c1's channels 2..6; c1's channels 0, 1 and 7 go when pruned.
+    alive = np.abs(np.asarray(pruned.get_layer("c1").kernel)).sum(axis=(0, 1, 2)) > 0
+    assert not alive[[0, 1, 7]].all()
+    assert small.get_layer("c2").filters == 6
+    assert small.get_layer("c1").filters == 5 + int(alive[[0, 1, 7]].sum())
+
+
+def _heads(x, h):
+    """(b, t, h * d) -> (b, h, t, d), as attention layers split heads."""
+    t, c = int(x.shape[1]), int(x.shape[-1])
+    return ops.transpose(ops.reshape(x, (-1, t, h, c // h)), (0, 2, 1, 3))
+
+
+def _attention(x, k, h, width):
+    """Multi-head self-attention over the positions of `x`, written with raw ops."""
+    n, c = int(x.shape[1]) * int(x.shape[2]), int(x.shape[-1])
+    t = ops.reshape(x, (-1, n, c))
+    q = _heads(L.Dense(2 * h, name=f"q{k}")(t), h)
+    key = ops.swapaxes(_heads(L.Dense(2 * h, name=f"k{k}")(t), h), -1, -2)
+    v = _heads(L.Dense(width, name=f"v{k}")(t), h)
+    o = ops.matmul(ops.softmax(ops.matmul(q, key) * 0.5, axis=-1), v)
+    o = ops.reshape(ops.transpose(o, (0, 2, 1, 3)), (-1, n, width))
+    return ops.reshape(o, (-1, *x.shape[1:3], width))
+
+
+def _moved_channels(draw, x):
+    """The channel axis moved away (transpose, moveaxis, swapaxes) and back."""
+    how = draw(st.sampled_from(["transpose", "moveaxis", "swapaxes"]))
+    if how == "transpose":
+        return ops.transpose(ops.transpose(x, (0, 3, 1, 2)), (0, 2, 3, 1))
+    if how == "moveaxis":
+        return ops.moveaxis(ops.moveaxis(x, -1, 1), 1, -1)
+    return ops.swapaxes(ops.swapaxes(x, 2, 3), -1, -2)
+
+
 def _raw_block(draw, x, k):
-    kind = draw(st.sampled_from(["conv", "scale", "act", "add", "mul", "se", "cat", "split"]))
+    kinds = ["conv", "scale", "act", "add", "mul", "se", "cat", "split", "slice", "move"]
+    kind = draw(st.sampled_from([*kinds, "heads", "attention"]))
     c = int(x.shape[-1])
+    if kind == "slice":
+        start = draw(st.integers(0, c - 1))
+        return x[..., start : draw(st.integers(start + 1, c))]
+    if kind == "move":
+        return _moved_channels(draw, x)
+    if kind == "heads":  # channels split into 2 heads, scaled per head position, merged back
+        if c % 2:
+            return x
+        y = ops.reshape(x, (-1, 4, 4, 2, c // 2)) * np.arange(1, c // 2 + 1, dtype="float32")
+        return ops.reshape(y, (-1, 4, 4, c))
+    if kind == "attention":
+        h = draw(st.sampled_from([1, 2]))
+        return _attention(x, k, h, width=h * draw(st.integers(1, 3)))
     if kind == "conv":
         return L.Conv2D(draw(st.integers(2, 6)), 1, name=f"c{k}")(x)
     if kind == "scale":

@@ -28,6 +28,7 @@ from tfprune import hub_blocks, surgery
 from tfprune import layers as registry
 from tfprune.graph import walk
 from tfprune.graph.rules import hidden
+from tfprune.graph.rules import ops as ops_rules
 from tfprune.sharing import clustered_layers
 from tfprune.wrapper import prunable_layers
 
@@ -234,8 +235,21 @@ class _Constants:
         self.vals[id(node.output)] = v[0]
 
     def flatten(self, node) -> None:
-        v = self.val(node.inputs[0])
-        self.vals[id(node.output)] = np.tile(v, node.output.size // max(v.size, 1))
+        """Flatten and reshape: tiled (merged) or split into heads of `d` channels."""
+        ins, out = node.inputs[0], node.output
+        v = self.val(ins)
+        if out.size >= v.size:
+            self.vals[id(out)] = np.tile(v, out.size // max(v.size, 1))
+            return
+        rows = v.reshape(-1, out.size)
+        if (rows != rows[0]).any():  # tied channels of different heads carry different constants
+            self.keep_hot(ins, v)
+        self.set(out, rows[0])
+
+    def slice(self, node) -> None:
+        """`x[..., a:b]`: the constants of the range."""
+        _, start, stop = _channel_range(node.call)
+        self.vals[id(node.output)] = self.val(node.inputs[0])[start:stop]
 
     def nothing(self, node) -> None:
         """Model inputs and layers of unknown semantics: no removed channel reaches them.
@@ -273,6 +287,7 @@ _CONSTANT_RULES = {
     "reduce": _Constants.passthrough,
     "strict": _Constants.strict,
     "split": _Constants.split,
+    "slice": _Constants.slice,
     "input": _Constants.nothing,
     "lookup": _Constants.nothing,
     "attention": _Constants.attention,
@@ -439,6 +454,8 @@ def shrink(model: keras.Model, through_norms: bool = False) -> keras.Model:
         if node is not None and node.kind == "op":
             keep = _positions(node.output, keep_id)
             args = [_slice_constant(a, node.output.size, keep) for a in args]
+        if node is not None and node.kind == "slice":
+            args = [args[0], _slice_key(node, keep_id), *args[2:]]
         return op(*args, **kwargs)
 
     call_function = None if isinstance(model, keras.Sequential) else call
@@ -502,6 +519,26 @@ def _slice_constant(value, channels: int, keep: np.ndarray):
     if not shape or shape[-1] != channels:
         return value
     return np.take(_np(value), keep, axis=-1)
+
+
+def _channel_range(call) -> tuple[int, int, int]:
+    """A `GetItem` that slices the channel axis: the key item's position, start and stop."""
+    key = call.args[1]
+    k = ops_rules.channel_item(key, len(call.shapes[0]))
+    items = list(key) if isinstance(key, (list, tuple)) else [key]
+    start, stop, _ = items[k].indices(call.ids[0].size)
+    return k, start, stop
+
+
+def _slice_key(node, keep_id: np.ndarray):
+    """The key of `x[..., a:b]` with `a`, `b` counted in the kept channels."""
+    k, start, stop = _channel_range(node.call)
+    kept = _kept(node.inputs[0], keep_id)
+    new_start = int(kept[:start].sum())
+    key = node.call.args[1]
+    items = list(key) if isinstance(key, (list, tuple)) else [key]
+    items[k] = slice(new_start, new_start + int(kept[start:stop].sum()))
+    return tuple(items)
 
 
 def _reshape_config(node, keep_id: np.ndarray) -> dict:

@@ -71,9 +71,9 @@ def clone_layer(
         layer: A Keras layer (not a model), or a raw operation.
         weights: Weights in `layer.get_weights()` order, or `None` to copy `layer`'s.
         deferred: Where a layer that cannot be built from its build config (some keras-hub
-            blocks build from several inputs) is left unbuilt: `(new_layer, weights)` is
-            appended, and the caller sets the weights once the model is rebuilt. `None`
-            raises instead.
+            blocks build from several inputs, or create their weights in their first call)
+            is left unbuilt: `(new_layer, weights)` is appended, and the caller sets the
+            weights once the model is rebuilt. `None` raises instead.
         config: The config to build from, or `None` for `layer.get_config()`.
 
     Returns:
@@ -91,6 +91,9 @@ def clone_layer(
         values = layer.get_weights() if weights is None else weights
         try:
             new.build_from_config(layer.get_build_config())
+            if len(new.weights) != len(values):
+                # keras-hub's EfficientNet blocks create their weights in their first call.
+                raise ValueError(f"it created {len(new.weights)} of its {len(values)} weights")
         except Exception as err:
             if deferred is None:
                 raise TypeError(

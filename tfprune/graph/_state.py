@@ -91,6 +91,11 @@ class Call:
         kwargs: Keyword arguments, the same way.
         kind: Set by a rule to override its table kind for this call (e.g. a grouped
             convolution that is a depthwise one); `None` keeps the table's.
+        moved: Per input tensor, `(axis, ids)` when its channels sit on a non-last axis
+            (after a transpose moved them there), else `None`. A rule that follows them
+            sets the entry to `None`; the channels of entries left are frozen.
+        out_moved: Set by a rule: output index -> `(axis, ids)` for an output whose
+            channels it moves to a non-last axis (negative `axis`).
     """
 
     layer: keras.Operation
@@ -100,6 +105,8 @@ class Call:
     args: list
     kwargs: dict
     kind: str | None = None
+    moved: list = dataclasses.field(default_factory=list)
+    out_moved: dict = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -168,6 +175,8 @@ class Graph:
         self.nodes: list[Node] = []
         self.calls: dict[int, int] = {}
         self.origins: list[str] = []
+        # id(last-axis ids of a tensor) -> (axis, ids) of channels moved to a non-last axis.
+        self.placed: dict[int, tuple[int, np.ndarray]] = {}
 
     def fixed(self, n: int, origin: str) -> np.ndarray:
         """Ids of `n` channels that belong to no group, remembering where they come from.
@@ -184,6 +193,18 @@ class Graph:
         """What the fixed channel id `i` (negative) is."""
         k = -i - 2
         return self.origins[k] if 0 <= k < len(self.origins) else "no group"
+
+    def moved(self, ids: np.ndarray) -> tuple[int, np.ndarray] | None:
+        """Where a transpose moved the channels of the tensor with last-axis ids `ids`.
+
+        Returns `(axis, channel ids)`, or None when its channels are on its last axis.
+        """
+        return self.placed.get(id(ids))
+
+    def channels(self, ids: np.ndarray) -> list[np.ndarray]:
+        """Every channel id array a tensor carries: its last axis and a moved channel axis."""
+        moved = self.moved(ids)
+        return [ids] if moved is None else [ids, moved[1]]
 
     def new(self, n: int) -> np.ndarray:
         """Ids of `n` new channels."""

@@ -46,6 +46,7 @@ KINDS = (
     "lookup",
     "attention",
     "hidden_norm",
+    "slice",
     "unknown",
 )
 

@@ -55,10 +55,16 @@ def _apply(g: Graph, call: Call) -> list[np.ndarray]:
         kind = "unknown"
         origin = f"the output of {call.name}, which has no channel mapping"
         result = [g.fixed(width(s), origin) for s in call.out_shapes] or [g.fixed(1, origin)]
+    for moved in call.moved:
+        if moved is not None:  # channels on a non-last axis that the rule does not follow
+            reason = f"{call.name} receives them on axis {moved[0]}, where it does not follow them"
+            g.freeze(moved[1], reason)
     outputs = list(result) if isinstance(result, (list, tuple)) else [result]
     # An output that is an input's own array gets a copy, so that data attached to it
-    # (shrink's constants) stays per tensor.
+    # (shrink's constants, moved channels) stays per tensor.
     outputs = [o.copy() if any(o is i for i in call.ids) else o for o in outputs]
+    for k, moved in call.out_moved.items():
+        g.placed[id(outputs[k])] = moved
     g.nodes.append(Node(layer, kind, call.ids, outputs, call.shapes, call))
     return outputs
 
@@ -99,7 +105,9 @@ def _history_refs(obj) -> list[tuple]:
 def _enter(g: Graph, model: keras.Model, ids: list, shapes: list) -> list:
     """Walks a nested model; the channels entering it are frozen (its inputs keep shape)."""
     for i in ids:
-        g.freeze(i, f"they enter the nested model '{model.name}', whose inputs keep their shape")
+        for channels in g.channels(i):
+            reason = f"they enter the nested model '{model.name}', whose inputs keep their shape"
+            g.freeze(channels, reason)
     return _walk(g, model, ids, shapes)
 
 
@@ -149,7 +157,7 @@ def _walk(g: Graph, model: keras.Model, in_ids: list | None, in_shapes: list | N
             refs: list[dict] = []
             args = _arguments(node.get("args", []), refs)
             kwargs = _arguments(node.get("kwargs", {}), refs)
-            ids, shapes = [], []
+            ids, shapes, moved = [], [], []
             for ref in refs:
                 shape = tuple(ref["shape"])
                 known = tensors.get(tuple(ref["keras_history"]))
@@ -157,12 +165,13 @@ def _walk(g: Graph, model: keras.Model, in_ids: list | None, in_shapes: list | N
                     known = g.fixed(width(shape), f"the input of '{name}'")
                 ids.append(known)
                 shapes.append(shape)
+                moved.append(g.moved(known))
             inner = _inner(layer)
             if isinstance(inner, keras.Model):
                 outs = _enter(g, inner, ids, shapes)
             else:
                 out_shapes = _output_shapes(layer, args, kwargs, shapes, len(nodes))
-                call = Call(inner, ids, shapes, out_shapes, args, kwargs)
+                call = Call(inner, ids, shapes, out_shapes, args, kwargs, moved=moved)
                 outs = _apply(g, call)
             for t, out in enumerate(outs):
                 tensors[(name, node_index, t)] = out
@@ -235,7 +244,8 @@ def analyse(model: keras.Model, through_norms: bool = False) -> Graph:
         )
     g = Graph(through_norms)
     for out in _walk(g, model, None, None):
-        g.freeze(out, "its channels are a model output")
+        for channels in g.channels(out):
+            g.freeze(channels, "its channels are a model output")
     return g
 
 

@@ -208,14 +208,28 @@ def flatten(g: Graph, call: Call):
 
 
 def reshape(g: Graph, call: Call):
-    """Reshape: keeps the channel axis (SE blocks) or flattens everything (like Flatten)."""
-    target = tuple(call.layer.target_shape)
-    in_shape = tuple(call.shapes[0][1:])
-    if target and in_shape and target[-1] == in_shape[-1]:
-        return call.ids[0]
-    if len(target) == 1:
-        return flatten_ids(call.ids[0], call.shapes[0])
-    return f"it reshapes {in_shape} to {target}, which moves the channel axis"
+    """Reshape layer or op: the channel ids of the last axis after a row-major reshape.
+
+    With `C` input channels and `d` output positions on the last axis: `d == m * C`
+    (flattening, merging attention heads back) makes position `p` channel `p mod C`;
+    `C == h * d` (splitting channels into `h` heads of `d`) makes position `j` the channels
+    `j, j + d, ..., j + (h - 1) d`, which are tied so that every head keeps the same
+    positions. Any other reshape mixes the channel axis with other axes.
+    """
+    in_shape, out_shape = tuple(call.shapes[0]), tuple(call.out_shape)
+    c = in_shape[-1] if in_shape else None
+    d = out_shape[-1] if out_shape else None
+    if c is None or d is None:
+        return f"it reshapes {in_shape} to {out_shape}, an unknown channel axis"
+    ids = call.ids[0]
+    if d % c == 0:
+        return np.tile(ids, d // c)
+    if c % d == 0:
+        rows = ids.reshape(-1, d)
+        for row in rows[1:]:
+            g.union(rows[0], row, call.name)
+        return rows[0]
+    return f"it reshapes {in_shape} to {out_shape}, which mixes the channel axis with others"
 
 
 def layer_scale(g: Graph, call: Call):

@@ -5,9 +5,12 @@ A functional model records every `keras.ops` call between layers as an operation
 rules follow the channel (last) axis through them: elementwise arithmetic and activations
 keep it (a per-channel constant is sliced by `tfprune.shrink`), reductions, slicing,
 reshapes, transposes and `expand_dims`/`squeeze` keep it when they leave the last axis in
-place, `concatenate`/`split`/`stack` offset or share it, and `matmul`/`einsum` pass on the
-channels of the operand whose last axis is the output's last axis. Everything else returns
-a reason, so the channels that reach it are frozen.
+place; a step-1 slice of the channel axis keeps a range of it; a reshape splits it into
+heads or merges them back (`tfprune.graph.rules.layers.reshape`); transposes
+(`moveaxis`, `swapaxes`) move it to another axis and back, and `matmul` contracts a moved
+one as `q @ transpose(k)` does; `concatenate`/`split`/`stack` offset or share it, and
+`matmul`/`einsum` pass on the channels of the operand whose last axis is the output's last
+axis. Everything else returns a reason, so the channels that reach it are frozen.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import keras
 import numpy as np
 
 from tfprune.graph._state import Call, Graph, Tensor, width
-from tfprune.graph.rules.layers import across_channels, concatenate, flatten_ids
+from tfprune.graph.rules.layers import across_channels, concatenate, reshape
 from tfprune.graph.table import register
 
 
@@ -74,46 +77,97 @@ def _key_items(key) -> list:
     return list(key) if isinstance(key, (list, tuple)) else [key]
 
 
-def get_item(g: Graph, call: Call):
-    """`x[...]`: channels pass through when the last axis is not indexed."""
-    rank = len(call.shapes[0])
-    items = _key_items(call.args[1])
-    if any(isinstance(i, (Tensor, np.ndarray)) for i in items):
+def channel_item(key, rank: int) -> int | str | None:
+    """Position in a `GetItem` key of the item that indexes the channel (last) axis.
+
+    Returns None when the key leaves the last axis alone, a reason string when it adds an
+    axis after it or indexes with a tensor.
+    """
+    items = _key_items(key)
+    if any(isinstance(i, (Tensor, np.ndarray, keras.KerasTensor)) for i in items):
         return "it indexes with a tensor"
     if Ellipsis in items:
-        after = items[items.index(Ellipsis) + 1 :]
+        start = items.index(Ellipsis) + 1
     elif sum(i is not None for i in items) < rank:
-        return call.ids[0]
+        return None
     else:
-        after = items
+        start = 0
+    after = items[start:]
     if after and after[-1] is None:
         return "it adds an axis after the channel axis"
-    consuming = [i for i in after if i is not None]
-    if not consuming:
-        return call.ids[0]
-    last = consuming[-1]
-    if isinstance(last, slice) and last == slice(None):
-        return call.ids[0]
-    return f"it indexes the channel (last) axis with {last!r}"
+    consuming = [start + k for k, i in enumerate(after) if i is not None]
+    if not consuming or items[consuming[-1]] == slice(None):
+        return None
+    return consuming[-1]
 
 
-def reshape_op(g: Graph, call: Call):
-    """`keras.ops.reshape`: keeps the last axis or flattens a channels-last tensor."""
-    in_shape, out_shape = call.shapes[0], call.out_shape
-    if in_shape[-1] is not None and out_shape and out_shape[-1] == in_shape[-1]:
+def get_item(g: Graph, call: Call):
+    """`x[...]`: channels pass through an untouched last axis; `x[..., a:b]` keeps a range.
+
+    A step-1 slice of the channel axis passes on the channels of its range (shrink
+    recomputes the bounds from the kept channels); any other index of it is frozen.
+    """
+    k = channel_item(call.args[1], len(call.shapes[0]))
+    if k is None:
         return call.ids[0]
-    if len(out_shape) == 2 and len(in_shape) > 2:
-        return flatten_ids(call.ids[0], in_shape)
-    return f"it reshapes {tuple(in_shape)} to {tuple(out_shape)}, which moves the channel axis"
+    if isinstance(k, str):
+        return k
+    item = _key_items(call.args[1])[k]
+    if not isinstance(item, slice) or item.step not in (None, 1):
+        return f"it indexes the channel (last) axis with {item!r}"
+    call.kind = "slice"
+    return call.ids[0][item]
+
+
+def _permute(g: Graph, call: Call, perm: list[int]):
+    """Transposes with `perm`: channels stay last, move to another axis, or come back.
+
+    Channels moved to a non-last axis travel as `call.out_moved` (only transposes and
+    `matmul` follow them; any other call freezes them). The call is `"strict"` when it
+    moves them: a removed channel must carry exactly zero through it.
+    """
+    rank = len(perm)
+    moved = call.moved[0] if call.moved else None
+    axis, channels = (rank - 1, call.ids[0]) if moved is None else (moved[0] % rank, moved[1])
+    if call.moved:
+        call.moved[0] = None
+    to = perm.index(axis)
+    if moved is None and to == rank - 1:
+        return call.ids[0]
+    call.kind = "strict"
+    if to == rank - 1:
+        return channels
+    call.out_moved[0] = (to - rank, channels)
+    origin = f"axis {perm[-1]} of the input of {call.name}, which is not a channel axis"
+    return g.fixed(width(call.out_shape), origin)
 
 
 def transpose(g: Graph, call: Call):
-    """`keras.ops.transpose`: channels pass through when the last axis stays last."""
+    """`keras.ops.transpose`: channels stay last, move to another axis, or come back."""
     rank = len(call.shapes[0])
     axes = call.config().get("axes")
-    if axes is not None and int(axes[-1]) % rank == rank - 1:
-        return call.ids[0]
-    return f"it moves the channel (last) axis (axes={axes})"
+    perm = list(range(rank))[::-1] if axes is None else [int(a) % rank for a in axes]
+    return _permute(g, call, perm)
+
+
+def moveaxis(g: Graph, call: Call):
+    """`keras.ops.moveaxis`: a transpose."""
+    config, rank = call.config(), len(call.shapes[0])
+    source = [int(a) % rank for a in np.atleast_1d(config["source"])]
+    destination = [int(a) % rank for a in np.atleast_1d(config["destination"])]
+    perm = [a for a in range(rank) if a not in source]
+    for to, axis in sorted(zip(destination, source)):
+        perm.insert(to, axis)
+    return _permute(g, call, perm)
+
+
+def swapaxes(g: Graph, call: Call):
+    """`keras.ops.swapaxes`: a transpose."""
+    config, rank = call.config(), len(call.shapes[0])
+    perm = list(range(rank))
+    a, b = int(config["axis1"]) % rank, int(config["axis2"]) % rank
+    perm[a], perm[b] = perm[b], perm[a]
+    return _permute(g, call, perm)
 
 
 def split(g: Graph, call: Call):
@@ -159,11 +213,20 @@ def squeeze(g: Graph, call: Call):
 
 
 def matmul(g: Graph, call: Call):
-    """`a @ b`: the output's last axis is `b`'s last axis; `a`'s last axis is contracted."""
+    """`a @ b`: the output's last axis is `b`'s last axis; `a`'s last axis is contracted.
+
+    `a`'s channels are tied to `b`'s when a transpose moved `b`'s channels to axis -2 (the
+    contracted axis, as in `q @ transpose(k)`); otherwise they are frozen.
+    """
     if len(call.ids) != 2 or len(call.shapes[1]) < 2:
         return "its second operand is not a tensor of rank 2 or more"
     a, b = call.ids
-    g.freeze(a, f"{call.name} contracts it (the channel axis of its first operand)")
+    moved = call.moved[1] if len(call.moved) == 2 else None
+    if moved is not None and moved[0] % len(call.shapes[1]) == len(call.shapes[1]) - 2:
+        g.union(a, moved[1], call.name)
+        call.moved[1] = None
+    else:
+        g.freeze(a, f"{call.name} contracts it (the channel axis of its first operand)")
     return b
 
 
@@ -231,9 +294,11 @@ _register("reduce", reduction, "Mean", "Max", "Min")
 _register("strict", reduction, "Sum", "Prod")
 _register("spatial", get_item, "GetItem")
 _register("spatial", transpose, "Transpose")
+_register("spatial", moveaxis, "Moveaxis")
+_register("spatial", swapaxes, "Swapaxes")
 _register("spatial", expand_dims, "ExpandDims")
 _register("spatial", squeeze, "Squeeze")
-_register("flatten", reshape_op, "Reshape")
+_register("flatten", reshape, "Reshape")
 _register("concat", concatenate, "Concatenate")
 _register("concat", stack, "Stack")
 _register("spatial", split, "Split")
