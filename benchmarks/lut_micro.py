@@ -4,8 +4,8 @@ Usage: `python benchmarks/lut_micro.py [--epochs N] [--bits 4,3,2] [--no-write]`
 
 A 64-256-256-10 MLP is trained on scikit-learn's digits (offline), then for each bit width
 its Dense kernels are snapped to `2**bits` values per output channel
-(`tfprune.budget_sharing.linear_share`: Deep Compression's linear initialization, NOT
-fine-tuned, so accuracy is a lower bound of trained sharing), exported to int8 and
+(`tfprune.budget_sharing.kmeans_share`: Deep Compression's linear initialization and
+k-means, NOT fine-tuned, so accuracy is a lower bound of trained sharing), exported to int8 and
 LUT-compressed (`tfprune.export.compress_tflite`). Both files run in the TFLite Micro
 interpreter on the whole test split (`tfprune.export.verify_lut`): the outputs must be
 identical, and the arena is measured three times (uncompressed; compressed with the decoded
@@ -30,7 +30,7 @@ from _bench import machine
 from _results import publish
 
 from tfprune import data, export
-from tfprune.budget_sharing import linear_share
+from tfprune.budget_sharing import kmeans_share
 
 
 def _mlp() -> keras.Model:
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
             shared = keras.models.clone_model(model)
             shared.set_weights(model.get_weights())
             if bits is not None:
-                linear_share(shared, bits)
+                kmeans_share(shared, bits)
             shared.compile(metrics=["accuracy"], loss=model.loss)
             accuracy = shared.evaluate(x_test, y_test, verbose=0)[1]
             path = os.path.join(tmp, f"{bits}.tflite")
@@ -96,7 +96,8 @@ def main(argv=None) -> int:
         f"Command: `python benchmarks/{' '.join([os.path.basename(__file__), *sys.argv[1:]])}`",
         f"Machine: {machine()}. Run time {time.time() - start:.0f} s.",
         f"64-256-256-10 MLP, digits, {args.epochs} epochs; kernels snapped to 2^bits values per "
-        "output channel (linear levels, no fine-tuning). Accuracy: Keras (float) and the "
+        "output channel (linear initialization + k-means, no fine-tuning). "
+        "Accuracy: Keras (float) and the "
         "compressed file in TFLite Micro on the 360 test digits (its outputs were identical "
         f"to the uncompressed int8 file's in every row). Float32 file: {float_size:,} B. "
         "Arena: measured in TFLite Micro (64-bit host): uncompressed / compressed with the "

@@ -8,7 +8,8 @@ import pytest
 
 import tfprune
 from tfprune import budget, export
-from tfprune.budget_sharing import linear_share
+from tfprune.budget_sharing import kmeans_share
+from tfprune.clustering import kmeans
 from tfprune.export import tflm
 
 needs_tflm = pytest.mark.skipif(not tflm.available(), reason="needs tflite-micro")
@@ -20,37 +21,37 @@ def mlp() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(10, name="fc2")(x))
 
 
-def test_linear_share_snaps_each_channel_to_evenly_spaced_levels_and_keeps_zeros():
+def test_kmeans_share_clusters_each_channel_and_keeps_zeros():
     layer = keras.layers.Dense(2)
     layer.build((None, 6))
     kernel = np.array([[0, 1, 2, 3, 4, 0], [1, 2, 3, 4, 5, 6]], np.float32).T
     layer.kernel.assign(kernel)
     model = keras.Sequential([keras.Input((6,)), layer])
-    linear_share(model, bits=2)
+    kmeans_share(model, bits=2)
     got = keras.ops.convert_to_numpy(layer.kernel)
-    # Column 0 has zeros: they stay, the rest goes to 3 levels (1, 2.5, 4).
+    # Column 0 has zeros: they stay; 1..4 start at 3 linear levels (1, 2.5, 4), already
+    # the means of their members.
     np.testing.assert_array_equal(got[:, 0], [0, 1, 2.5, 2.5, 4, 0])
-    # Column 1 has none: 4 levels (1, 2.667, 4.333, 6).
-    np.testing.assert_allclose(got[:, 1], [1, 8 / 3, 8 / 3, 13 / 3, 13 / 3, 6], rtol=1e-6)
+    # Column 1 has none: 4 levels (1, 2.667, 4.333, 6) take 1 | 2, 3 | 4, 5 | 6, whose
+    # means (1, 2.5, 4.5, 6) keep the same members.
+    np.testing.assert_array_equal(got[:, 1], [1, 2.5, 2.5, 4.5, 4.5, 6])
 
 
-def test_linear_share_covers_conv_and_depthwise_channels():
+def test_kmeans_share_covers_conv_and_depthwise_channels():
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(8, 3, name="conv")(inputs)
     x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(x)
     model = keras.Model(inputs, x)
     before = {n: model.get_layer(n).kernel.numpy() for n in ("conv", "dw")}
-    linear_share(model, bits=3)
+    kmeans_share(model, bits=3)
     # One output channel per column: conv (kh*kw*in, out), depthwise (kh*kw, in*multiplier).
     for name, columns in (("conv", 8), ("dw", 16)):
         old = before[name].reshape(-1, columns)
         new = model.get_layer(name).kernel.numpy().reshape(-1, columns)
         for c in range(columns):
-            levels = np.linspace(old[:, c].min(), old[:, c].max(), 8)
-            # Every weight is its nearest level; the extremes are levels themselves.
-            nearest = levels[np.abs(old[:, c, None] - levels).argmin(axis=1)]
-            np.testing.assert_allclose(new[:, c], nearest, rtol=1e-6)
-            assert len(np.unique(new[:, c])) <= 8
+            table, index = kmeans(old[:, c], 8)
+            np.testing.assert_array_equal(new[:, c], table[index])
+            assert len(np.unique(new[:, c])) == 8
 
 
 @pytest.mark.parametrize("bits", [0, 8, 2.0, True])
@@ -58,7 +59,7 @@ def test_bad_bits_are_refused(bits):
     with pytest.raises(ValueError, match=rf"integer from 1 to 7 .* Received: bits={bits!r}"):
         tfprune.WeightSharing(bits=bits)
     with pytest.raises(ValueError, match=rf"Received: bits={bits!r}"):
-        linear_share(mlp(), bits)
+        kmeans_share(mlp(), bits)
 
 
 def test_bad_cluster_is_refused():

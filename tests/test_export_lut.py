@@ -276,7 +276,7 @@ def test_lut_compression_example(tmp_path):
 
 @pytest.mark.slow  # converts MobileNetV2 (about a minute on two cores)
 def test_mobilenet_v2_shared_to_16_values_keeps_them_and_runs_identically(tmp_path):
-    from tfprune.budget_sharing import linear_share
+    from tfprune.budget_sharing import kmeans_share
 
     model = keras.applications.MobileNetV2(
         input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10
@@ -288,7 +288,7 @@ def test_mobilenet_v2_shared_to_16_values_keeps_them_and_runs_identically(tmp_pa
             gamma, beta = rng.uniform(0.5, 1.5, shape), rng.normal(0, 0.1, shape)
             mean, variance = rng.normal(0, 0.1, shape), rng.uniform(0.5, 2.0, shape)
             layer.set_weights([gamma, beta, mean, variance])
-    linear_share(model, bits=4)
+    kmeans_share(model, bits=4)
     x = rng.normal(size=(16, 96, 96, 3)).astype(np.float32)
     data = int8_file(model, tmp_path / "mnv2.tflite", (96, 96, 3))
     lut = export.compress_tflite(data)

@@ -11,11 +11,12 @@ the arena is then measured with that memory given, and the memory itself is
 `tfprune.export.decompression_memory(file)`). Channels are still removed where sharing
 alone does not meet the limits, and to pay for the arena the decoded tensors take.
 
-The default clustering is Deep Compression's linear initialization (Han et al. 2016:
-centroids evenly spaced between the channel's smallest and largest weight; linear beat
-density and random initialization there), each weight moved to its nearest centroid, without
-fine-tuning; zeros (pruned weights) stay exactly zero. Pass `cluster=` for a trained
-clustering, and `fine_tune=` to `fit_budget` to recover accuracy.
+The default clustering is Deep Compression's (Han et al. 2016): per output channel, centroids
+initialized evenly spaced between the smallest and largest weight (linear beat density and
+random initialization there), refined by k-means (`tfprune.clustering.kmeans`), each weight
+replaced by its centroid, without fine-tuning; zeros (pruned weights) stay exactly zero.
+Pass `cluster=` for a trained clustering, and `fine_tune=` to `fit_budget` to recover
+accuracy.
 """
 
 from __future__ import annotations
@@ -26,22 +27,24 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
+from tfprune import clustering
 from tfprune import layers as registry
 from tfprune.export import tflm
 from tfprune.export.lut import check_bits, compress_tflite, decompression_memory
 from tfprune.export.micro import arena_estimate
 
-__all__ = ["WeightSharing", "linear_share"]
+__all__ = ["WeightSharing", "kmeans_share"]
 
 
-def linear_share(model: keras.Model, bits: int) -> None:
-    """Snaps each output channel of each prunable kernel to `2**bits` linear levels, in place.
+def kmeans_share(model: keras.Model, bits: int) -> None:
+    """Clusters each output channel of each prunable kernel to `2**bits` values, in place.
 
     Per output channel (the registry's output axes of the kernel, e.g. a Dense kernel's
-    columns), the nonzero weights move to the nearest of `2**bits - 1` values evenly spaced
-    between their minimum and maximum when the channel has zeros (which stay exactly zero,
-    a cluster of their own), else of `2**bits` values: at most `2**bits` distinct values per
-    channel, which int8 per-channel quantization can only merge.
+    columns), the nonzero weights are clustered by `tfprune.clustering.kmeans` (Deep
+    Compression's linear initialization, then k-means) and each takes its centroid; zeros
+    (pruned weights) stay exactly zero, a cluster of their own. At most `2**bits` distinct
+    values per channel, which int8 per-channel quantization can only merge. Nothing is
+    trained: `tfprune.cluster` trains the centroids in `model.fit`.
 
     Args:
         model: A Keras model; its prunable kernels (`tfprune.layers`) are changed.
@@ -58,27 +61,12 @@ def linear_share(model: keras.Model, bits: int) -> None:
         for w in spec.prunable_specs(layer):
             var = registry.resolve(layer, w.path)
             kernel = keras.ops.convert_to_numpy(var)
-            out = [a % kernel.ndim for a in w.out_axes]
-            order = [a for a in range(kernel.ndim) if a not in out] + out
-            cols = np.transpose(kernel, order).reshape(
-                -1, int(np.prod([kernel.shape[a] for a in out]))
-            )
-            shared = np.stack([_snap(c, 2**bits) for c in cols.T], axis=1)
-            shape = [kernel.shape[a] for a in order]
-            back = np.argsort(order)
-            var.assign(np.transpose(shared.reshape(shape), back).astype(kernel.dtype))
-
-
-def _snap(values: np.ndarray, levels: int) -> np.ndarray:
-    nonzero = values != 0
-    if not nonzero.any():
-        return values
-    n = levels - 1 if not nonzero.all() else levels
-    low, high = values[nonzero].min(), values[nonzero].max()
-    one = n < 2 or high == low
-    centroids = np.array([(low + high) / 2]) if one else np.linspace(low, high, n)
-    nearest = centroids[np.abs(values[:, None] - centroids[None, :]).argmin(axis=1)]
-    return np.where(nonzero, nearest, 0.0).astype(values.dtype)
+            channels = clustering.rows(kernel, w, per_channel=True)
+            shared = np.zeros_like(channels)
+            for row, values in zip(shared, channels):
+                table, index = clustering.kmeans(values, 2**bits)
+                row[index >= 0] = table[index[index >= 0]]
+            var.assign(clustering.unrows(shared, kernel.shape, w, True).astype(kernel.dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,14 +76,15 @@ class WeightSharing:
     Attributes:
         bits: At most `2**bits` shared values per output channel (1 to 7).
         cluster: `fn(model, bits)` that clusters a model's kernels in place; default
-            `linear_share` (Deep Compression's linear initialization, not trained).
+            `kmeans_share` (Deep Compression's linear initialization and k-means, not
+            trained).
         decompression_memory: Whether the application gives TFLite Micro separate memory
             for the decoded tensors (`MicroInterpreter::SetDecompressionMemory`), so they
             do not count in the arena.
     """
 
     bits: int = 4
-    cluster: Callable[[keras.Model, int], None] = linear_share
+    cluster: Callable[[keras.Model, int], None] = kmeans_share
     decompression_memory: bool = False
 
     def __post_init__(self):
