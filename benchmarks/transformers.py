@@ -156,7 +156,7 @@ def _int8(models: dict, folder: str, x_calib, verify, rounds: int) -> dict:
     """
     files = {}
     for key, model in models.items():
-        path = os.path.join(folder, f"{key}.tflite")
+        path = os.path.join(folder, key.replace("/", "_") + ".tflite")
         result = tfprune.export.tflite(
             model, path, quantize="int8", representative_data=x_calib, verify_data=verify
         )
