@@ -171,7 +171,22 @@ def _vit_config(args) -> dict:
     return dict(blocks=args.blocks, dim=args.dim, heads=args.heads, mlp=args.mlp)
 
 
-def _token_study(args, folder: str) -> list[str]:
+def _randomise_norms(model: keras.Model, seed: int = 0) -> None:
+    """Random LayerNorm scales and offsets, in place, as a trained model has.
+
+    A freshly built LayerNorm (offset exactly 0) converts to a float NEG op that int8
+    conversion leaves unquantized, and identity parameters would hide its cost.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.LayerNormalization):
+            gamma, beta = layer.get_weights()
+            layer.set_weights(
+                [1 + 0.1 * rng.standard_normal(gamma.shape), 0.1 * rng.standard_normal(beta.shape)]
+            )
+
+
+def _token_study(args, conditions: str) -> list[str]:
     """int8 latency of untrained ViTs of the benchmark's width at several token counts,
     dense and with half the heads and half the MLP units (magnitude criteria)."""
     models, patches = {}, [p for p in (7, 4) if p <= args.patch]
@@ -179,20 +194,40 @@ def _token_study(args, folder: str) -> list[str]:
     x = rng.random((64, 28, 28, 1), dtype=np.float32)
     for patch in patches:
         dense = T.vit(patch=patch, **_vit_config(args))
+        _randomise_norms(dense)
         models[f"{patch}/dense"] = dense
         models[f"{patch}/both"] = _prune(dense, "both", CRITERIA["magnitude"], [], None, 0)
-    files = _int8(models, folder, x, None, args.rounds)
+    with tempfile.TemporaryDirectory() as folder:
+        files = _int8(models, folder, x, None, args.rounds)
     lines = [
-        "| patch | tokens | dense ops | dense | heads + MLP 50 % | speed-up |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| patch | tokens | ops | MACs dense | MACs pruned | dense | heads + MLP 50 % | speed-up |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for patch in patches:
         dense, both = files[f"{patch}/dense"], files[f"{patch}/both"]
+        macs = [
+            tfprune.summary(models[f"{patch}/{k}"], print_fn=None).macs for k in ("dense", "both")
+        ]
         lines.append(
-            f"| {patch}x{patch} | {(28 // patch) ** 2} | {dense[3]} | {dense[1] * 1e3:.3f} ms | "
+            f"| {patch}x{patch} | {(28 // patch) ** 2} | {dense[3]} / {both[3]} | "
+            f"{macs[0] / 1e6:.2f} M | {macs[1] / 1e6:.2f} M | {dense[1] * 1e3:.3f} ms | "
             f"{both[1] * 1e3:.3f} ms | {dense[1] / both[1]:.2f}x |"
         )
-    return lines
+    return [
+        "## Transformers: int8 ViT latency against token count (benchmarks/transformers.py)",
+        "",
+        f"Command: `{_command(args)}`. Machine: {conditions}, shared with other jobs; no "
+        f"GPU. Date: {datetime.date.today().isoformat()}. Untrained ViTs of the benchmark's "
+        f"width ({args.blocks} blocks, width {args.dim}, {args.heads} heads, MLP {args.mlp}; "
+        "LayerNorm parameters randomised) at two patch sizes, int8 (calibrated on 64 random "
+        "images), dense against half the heads and half the MLP units removed (magnitude "
+        "criteria, shrunk). ops: operators in the dense / pruned file. Latency: LiteRT "
+        "default (XNNPACK), 1 thread, batch 1, median of 300 invoke(), best of "
+        f"{args.rounds} interleaved rounds.",
+        "",
+        *lines,
+        "",
+    ]
 
 
 def _vit(args, conditions: str) -> list[str]:
@@ -234,7 +269,6 @@ def _vit(args, conditions: str) -> list[str]:
             print(kind, name, f"{oneshot:.4f}", tuned, flush=True)
     with tempfile.TemporaryDirectory() as folder:
         files = _int8(exports, folder, x_train[:200], (x_test, y_test), args.rounds)
-        study = _token_study(args, folder) if args.token_study else []
     dense_macs = tfprune.summary(dense, print_fn=None).macs
     lines = [
         "| pruning | criterion | params | MACs | acc one-shot | acc tuned | acc tuned + KD |",
@@ -259,8 +293,6 @@ def _vit(args, conditions: str) -> list[str]:
             f"| {key} | {size / 1024:.1f} KB | {ops} | {seconds * 1e3:.3f} ms | "
             f"{files['dense'][1] / seconds:.2f}x | {acc:.4f} |"
         )
-    if study:
-        lines += ["", *study]
     source = "loaded from the cache; trained" if cached else "trained"
     return [
         "## Transformers: ViT on Fashion-MNIST (benchmarks/transformers.py)",
@@ -280,13 +312,7 @@ def _vit(args, conditions: str) -> list[str]:
         "MLP halves as one unit). Criteria in the order heads/MLP. int8 files from the "
         "informed, distilled models, calibrated on 200 images; ops: operators in the file; "
         "latency: LiteRT default (XNNPACK), 1 thread, batch 1, median of 300 invoke(), "
-        f"best of {args.rounds} interleaved rounds."
-        + (
-            " Last table: untrained ViTs of the same width with smaller patches (more "
-            "tokens), int8, dense vs heads + MLP 50 % (magnitude), timed the same way."
-            if study
-            else ""
-        ),
+        f"best of {args.rounds} interleaved rounds.",
         "",
         *lines,
         "",
@@ -369,6 +395,7 @@ def _command(args) -> str:
         + (" --skip-vit" if args.skip_vit else "")
         + (" --skip-lm" if args.skip_lm else "")
         + ("" if args.token_study else " --no-token-study")
+        + (" --token-study-only" if args.token_study_only else "")
     )
 
 
@@ -396,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the int8 latency study at more tokens",
     )
     parser.add_argument(
+        "--token-study-only", action="store_true", help="only the int8 latency study"
+    )
+    parser.add_argument(
         "--cache",
         type=pathlib.Path,
         default=CACHE,
@@ -411,8 +441,12 @@ def main(argv: list[str] | None = None) -> int:
         args.blocks, args.cache, args.token_study = 2, None, False
     keras.utils.set_random_seed(0)
     conditions = machine()
+    if args.token_study_only:
+        args.skip_vit = args.skip_lm = True
     if not args.skip_vit:
         publish(_vit(args, conditions), write=not args.no_write)
+    if args.token_study and (not args.skip_vit or args.token_study_only):
+        publish(_token_study(args, conditions), write=not args.no_write)
     if not args.skip_lm:
         publish(_lm(args, conditions), write=not args.no_write)
     return 0

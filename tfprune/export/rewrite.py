@@ -8,6 +8,10 @@ layer from the old one, weights included); the replacement computes the same out
   with `depth_multiplier = filters / groups`. LiteRT has no fast kernel for a grouped
   `CONV_2D`, and Keras's ConvNeXt writes its depthwise convolutions this way
   (`docs/guides/real-models.md` has the latency before and after).
+- `LayerNormalization` over the last axis -> the same normalization written as
+  `(x - mean) * rsqrt(var + eps) * gamma + beta`. Keras computes `x * inv - mean * inv`,
+  whose `NEG` the int8 converter leaves in float32 (a mixed file that
+  `tflite(quantize="int8")` refuses); `x - mean` converts to an int8 `SUB`.
 """
 
 from __future__ import annotations
@@ -68,8 +72,37 @@ def _to_depthwise(layer: keras.layers.Conv2D) -> keras.layers.DepthwiseConv2D:
     return new
 
 
+class _CenteredLayerNormalization(keras.layers.LayerNormalization):
+    """LayerNormalization over the last axis as `(x - mean) * rsqrt(var + eps)`, scaled."""
+
+    def call(self, inputs):
+        mean, variance = keras.ops.moments(inputs, axes=[-1], keepdims=True)
+        outputs = (inputs - mean) * keras.ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            outputs = outputs * self.gamma
+        if self.center:
+            outputs = outputs + self.beta
+        return outputs
+
+
+def _is_last_axis_layer_norm(layer: keras.layers.Layer) -> bool:
+    if type(layer) is not keras.layers.LayerNormalization or not layer.built:
+        return False
+    axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+    rank = len(layer.get_build_config()["input_shape"])
+    return not layer.rms_scaling and [a % rank for a in axes] == [rank - 1]
+
+
+def _to_centered(layer: keras.layers.LayerNormalization) -> keras.layers.LayerNormalization:
+    new = _CenteredLayerNormalization.from_config(layer.get_config())
+    new.build_from_config(layer.get_build_config())
+    new.set_weights(layer.get_weights())
+    return new
+
+
 REWRITES: tuple[Rewrite, ...] = (
     Rewrite("grouped Conv2D -> DepthwiseConv2D", _is_depthwise_conv2d, _to_depthwise),
+    Rewrite("LayerNormalization -> (x - mean) form", _is_last_axis_layer_norm, _to_centered),
 )
 
 
