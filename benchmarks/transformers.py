@@ -258,7 +258,9 @@ def _vit(args, conditions: str) -> list[str]:
             small = _prune(dense, kind, criterion, calib, loss, args.blocks)
             oneshot = _accuracy(small, x_test, y_test)
             tuned = {}
-            for distill in (False, True):
+            for distill in (
+                (False, True) if name == "informed" or not args.kd_informed_only else (False,)
+            ):
                 student = _copy(small)
                 tune_s.append(_tune(student, dense, x_tune, y_tune, 1, distill, loss, 5e-4))
                 tuned[distill] = _accuracy(student, x_test, y_test)
@@ -281,7 +283,7 @@ def _vit(args, conditions: str) -> list[str]:
             crit = "ShortGPT" if name == "informed" else "random"
         lines.append(
             f"| {kind} | {crit} | {params:,} | {macs / 1e6:.2f} M | {oneshot:.4f} | "
-            f"{tuned[False]:.4f} | {tuned[True]:.4f} |"
+            f"{tuned[False]:.4f} | {f'{tuned[True]:.4f}' if True in tuned else '-'} |"
         )
     lines += [
         "",
@@ -312,7 +314,8 @@ def _vit(args, conditions: str) -> list[str]:
         "MLP halves as one unit). Criteria in the order heads/MLP. int8 files from the "
         "informed, distilled models, calibrated on 200 images; ops: operators in the file; "
         "latency: LiteRT default (XNNPACK), 1 thread, batch 1, median of 300 invoke(), "
-        f"best of {args.rounds} interleaved rounds.",
+        f"best of {args.rounds} interleaved rounds."
+        + (" -: not run (baselines fine-tuned without KD only)." if args.kd_informed_only else ""),
         "",
         *lines,
         "",
@@ -395,6 +398,7 @@ def _command(args) -> str:
         + (" --skip-vit" if args.skip_vit else "")
         + (" --skip-lm" if args.skip_lm else "")
         + ("" if args.token_study else " --no-token-study")
+        + (" --kd-informed-only" if args.kd_informed_only else "")
         + (" --token-study-only" if args.token_study_only else "")
     )
 
@@ -421,6 +425,11 @@ def main(argv: list[str] | None = None) -> int:
         dest="token_study",
         action="store_false",
         help="skip the int8 latency study at more tokens",
+    )
+    parser.add_argument(
+        "--kd-informed-only",
+        action="store_true",
+        help="fine-tune the magnitude and random baselines without distillation only",
     )
     parser.add_argument(
         "--token-study-only", action="store_true", help="only the int8 latency study"
