@@ -7,8 +7,8 @@ shrink) and their data:
   pre-LayerNorm blocks of `keras.layers.MultiHeadAttention` and a GELU MLP, mean pooling.
 - `byte_lm`: a decoder-only language model over bytes (256 symbols): causal
   `MultiHeadAttention` blocks, a plain GELU or a gated (SwiGLU) MLP.
-- `stdlib_text` / `byte_windows`: text that is on every machine with Python, the standard
-  library's own `.py` sources, cut into (input, next byte) windows.
+- `stdlib_text` / `stdlib_sources` / `byte_windows`: text that is on every machine with
+  Python, the standard library's own `.py` sources, cut into (input, next byte) windows.
 
 Layer names follow one pattern so pruning code and reports can find the parts of a block:
 `block{i}_attn`, `block{i}_mlp_up` (and `block{i}_mlp_gate`), `block{i}_mlp_down`,
@@ -120,6 +120,25 @@ def byte_lm(
     return keras.Model(inputs, keras.layers.Dense(256, name=OUTPUT)(x), name="byte_lm")
 
 
+def stdlib_sources(max_bytes: int = 2_000_000) -> list[pathlib.Path]:
+    """The standard library's top-level `.py` files, sorted by name, until `max_bytes`.
+
+    Args:
+        max_bytes: Stop after the file that brings the total to this many bytes.
+
+    Returns:
+        The paths, in the order `stdlib_text` concatenates them.
+    """
+    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    paths, size = [], 0
+    for path in sorted(root.glob("*.py")):
+        paths.append(path)
+        size += path.stat().st_size
+        if size >= max_bytes:
+            break
+    return paths
+
+
 def stdlib_text(max_bytes: int = 2_000_000) -> bytes:
     """The Python standard library's `.py` sources (top-level folder, sorted), concatenated.
 
@@ -127,17 +146,9 @@ def stdlib_text(max_bytes: int = 2_000_000) -> bytes:
         max_bytes: Stop after this many bytes.
 
     Returns:
-        The text as bytes (at most `max_bytes`).
+        The text as bytes (at most `max_bytes`); `stdlib_sources` names the files.
     """
-    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    parts, size = [], 0
-    for path in sorted(root.glob("*.py")):
-        data = path.read_bytes()
-        parts.append(data)
-        size += len(data)
-        if size >= max_bytes:
-            break
-    return b"".join(parts)[:max_bytes]
+    return b"".join(path.read_bytes() for path in stdlib_sources(max_bytes))[:max_bytes]
 
 
 def byte_windows(text: bytes, seq_len: int = 64, stride: int | None = None):

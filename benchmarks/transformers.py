@@ -1,37 +1,43 @@
 """Structured pruning of transformers: a ViT on Fashion-MNIST and a byte-level language model.
 
-Usage: `python benchmarks/transformers.py [--vit-train N] [--epochs N] [--tune N]
-[--lm-bytes N] [--lm-epochs N] [--hidden] [--tiny] [--no-write]`
+Usage: `python benchmarks/transformers.py [--epochs N] [--tune N] [--lm-bytes N]
+[--lm-epochs N] [--skip-vit] [--skip-lm] [--hidden] [--tiny] [--no-write]` (`--help` for all
+options).
 
-ViT (`_transformers.vit`: 4 pre-LN blocks, width 64, 8 heads, MLP 128, 4x4 patches) is
-trained on a subset of Fashion-MNIST (the machine is a shared 2-core CPU, so the budget is
-minutes, not convergence). From the same trained weights it is pruned four ways, each with
-an informed criterion, a magnitude baseline and a random baseline:
+ViT (`_transformers.vit`; default 4 pre-LN blocks, width 64, 8 heads, MLP 256, 7x7 patches,
+so 16 tokens) is trained on Fashion-MNIST; the trained model is cached on disk (`--cache`),
+so a rerun skips the training. From the same trained weights it is pruned four ways, each
+with an informed criterion, a magnitude baseline and a random baseline:
 - heads 50 %: `tfprune.prune_heads` (activation = Minitron head-output norm; l2; random);
 - MLP 50 %: `tfprune.prune_channels` on the MLP hidden units (activation = Minitron mean
   |neuron output|, `tfprune.activation_scores`; l1; random);
 - both: heads then MLP, same criteria;
-- depth: a quarter of the transformer layers (1 of 4) with `tfprune.prune_blocks`
-  (ShortGPT Block Influence; random; no magnitude baseline for depth);
+- depth: a quarter of the transformer layers with `tfprune.prune_blocks` (ShortGPT Block
+  Influence; random; no magnitude baseline for depth);
 - with `--hidden`, also hidden width 50 %: `tfprune.prune_channels(through_norms=True)`
   on the residual stream (activation = Minitron mean |LayerNorm output|; l1; random), not
   exact before fine-tuning;
-then shrunk and fine-tuned for the same short budget with and without distillation
+then shrunk and fine-tuned for the same short budget without and with distillation
 (`tfprune.Distiller`, T=2, alpha=0.5, the unpruned model as teacher). Each structure's
-informed model is exported to int8 TFLite (verified in LiteRT) and timed (1 thread,
-interleaved rounds).
+informed, distilled model is exported to int8 TFLite (verified in LiteRT) and timed against
+the dense one (1 thread, interleaved rounds). A latency study times untrained int8 ViTs of
+the same width with more tokens (smaller patches), dense and with heads + MLP halved, to
+show how the speed-up depends on the token count.
 
-Byte LM (`_transformers.byte_lm`, 4 blocks, width 64, 4 heads, SwiGLU MLP 128, context 64)
-is trained on the Python standard library's top-level `.py` sources; perplexity per byte on
-held-out text before and after the same prunings (informed criteria), without and with a
-short distillation fine-tune. Appends both tables to benchmarks/RESULTS.md.
+Byte LM (`_transformers.byte_lm`, 4 causal blocks, width 64, 4 heads, SwiGLU MLP 128,
+context 64) is trained on the Python standard library's top-level `.py` sources (cached
+too); perplexity per byte on held-out text before and after the same prunings (informed
+criteria), fine-tuned for the same short budget without and with distillation. Appends
+both tables to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
+import pathlib
 import sys
 import tempfile
 import time
@@ -47,6 +53,7 @@ from _results import publish
 import tfprune
 
 BATCH = 128
+CACHE = pathlib.Path.home() / ".cache" / "tfprune-benchmarks"
 KINDS = ("heads", "mlp", "both", "depth")
 
 
@@ -55,8 +62,8 @@ def _mlp_ignore(layer) -> bool:
     return not (layer.name.endswith("_mlp_up") or layer.name.endswith("_mlp_gate"))
 
 
-def _prune(model, kind: str, criterion: str, calib, loss, layers: int):
-    """One pruning of `model` (a zeroed copy or a shorter model), shrunk."""
+def _prune(model, kind: str, criterion: tuple[str, str], calib, loss, layers: int):
+    """One pruning of `model` (heads/MLP: zeroed copy; depth: a shorter model), shrunk."""
     if kind in ("heads", "both"):
         model = tfprune.prune_heads(model, 0.5, criterion=criterion[0], data=calib, loss=loss)
     if kind in ("mlp", "both"):
@@ -88,8 +95,7 @@ def _prune(model, kind: str, criterion: str, calib, loss, layers: int):
         n = max(1, layers // 4)
         if criterion[0] == "random":
             rng = np.random.default_rng(0)
-            keep = list(rng.permutation(layers)[:n])
-            units = [units[i] for i in keep]
+            units = [units[i] for i in rng.permutation(layers)[:n]]
         model, _ = tfprune.prune_blocks(model, n=n, data=[c[0] for c in calib], units=units)
     return tfprune.shrink(model, through_norms=kind == "hidden")
 
@@ -101,14 +107,25 @@ CRITERIA = {
 }
 
 
-def _tune(student, teacher, x, y, epochs: int, distill: bool, loss, lr: float = 5e-4):
+def _copy(model: keras.Model) -> keras.Model:
+    """An independent copy with the same weights (a teacher the Distiller may freeze)."""
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _tune(student, teacher, x, y, epochs: int, distill: bool, loss, lr: float) -> float:
+    """Fine-tunes `student` in place (Adam, cosine to 0), optionally distilled; seconds."""
+    t0 = time.time()
     steps = epochs * int(np.ceil(len(x) / BATCH))
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(lr, steps))
-    target = tfprune.Distiller(student, teacher, 2.0, 0.5) if distill else student
-    # Eager: a few steps on a fresh model cost less than tracing them on a loaded CPU.
-    target.compile(optimizer=optimizer, loss=loss, run_eagerly=True)
+    # The Distiller freezes its teacher: give it a copy, so the dense model (from which the
+    # next variants are pruned) stays trainable.
+    target = tfprune.Distiller(student, _copy(teacher), 2.0, 0.5) if distill else student
+    # No XLA: a few dozen steps on each new model cost less than compiling them.
+    target.compile(optimizer=optimizer, loss=loss, jit_compile=False)
     target.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
-    return student
+    return time.time() - t0
 
 
 def _logits(model, x, batch: int = 256) -> np.ndarray:
@@ -124,8 +141,113 @@ def _accuracy(model, x, y) -> float:
 
 def _perplexity(model, x, y) -> float:
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    logits = _logits(model, x, 128)
-    return float(np.exp(keras.ops.convert_to_numpy(loss(y, logits))))
+    losses = [
+        float(keras.ops.convert_to_numpy(loss(y[i : i + 128], _logits(model, x[i : i + 128]))))
+        * len(x[i : i + 128])
+        for i in range(0, len(x), 128)
+    ]
+    return float(np.exp(sum(losses) / len(x)))
+
+
+def _cached(name: str, folder: pathlib.Path | None, train) -> tuple[keras.Model, float, bool]:
+    """The model `train()` returns, saved as `folder/name.keras` and loaded from there next
+    time; also the training seconds (stored beside it) and whether it came from the cache."""
+    if folder is None:
+        t0 = time.time()
+        return train(), time.time() - t0, False
+    path, meta = folder / f"{name}.keras", folder / f"{name}.json"
+    if path.exists() and meta.exists():
+        return keras.saving.load_model(path), json.loads(meta.read_text())["train_s"], True
+    t0 = time.time()
+    model = train()
+    train_s = time.time() - t0
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+    meta.write_text(json.dumps({"train_s": train_s}))
+    return model, train_s, False
+
+
+def _int8(models: dict, folder: str, x_calib, verify, rounds: int) -> dict:
+    """Exports each model to int8 TFLite (verified), times the files in interleaved rounds.
+
+    Returns `{key: (bytes, seconds, LiteRT accuracy or None, number of operators)}`.
+    """
+    files = {}
+    for key, model in models.items():
+        path = os.path.join(folder, key.replace("/", "_") + ".tflite")
+        result = tfprune.export.tflite(
+            model, path, quantize="int8", representative_data=x_calib, verify_data=verify
+        )
+        accuracy = result.verification.accuracy if verify is not None else None
+        ops = len(tfprune.export.describe(path).ops)
+        files[key] = (path, os.path.getsize(path), accuracy, ops)
+    times = latencies([f[0] for f in files.values()], rounds=rounds)
+    return {k: (f[1], t, f[2], f[3]) for (k, f), t in zip(files.items(), times)}
+
+
+def _vit_config(args) -> dict:
+    return dict(blocks=args.blocks, dim=args.dim, heads=args.heads, mlp=args.mlp)
+
+
+def _randomise_norms(model: keras.Model, seed: int = 0) -> None:
+    """Random LayerNorm scales and offsets, in place, as a trained model has.
+
+    A freshly built LayerNorm (offset exactly 0) converts to a float NEG op that int8
+    conversion leaves unquantized, and identity parameters would hide its cost.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.LayerNormalization):
+            gamma, beta = layer.get_weights()
+            layer.set_weights(
+                [1 + 0.1 * rng.standard_normal(gamma.shape), 0.1 * rng.standard_normal(beta.shape)]
+            )
+
+
+def _token_study(args, conditions: str) -> list[str]:
+    """int8 latency of untrained ViTs of the benchmark's width at several token counts,
+    dense and with half the heads and half the MLP units (magnitude criteria)."""
+    models, patches = {}, [p for p in (7, 4) if p <= args.patch]
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 28, 28, 1), dtype=np.float32)
+    for patch in patches:
+        dense = T.vit(patch=patch, **_vit_config(args))
+        _randomise_norms(dense)
+        models[f"{patch}/dense"] = dense
+        models[f"{patch}/both"] = _prune(dense, "both", CRITERIA["magnitude"], [], None, 0)
+    with tempfile.TemporaryDirectory() as folder:
+        files = _int8(models, folder, x, None, args.rounds)
+    lines = [
+        "| patch | tokens | ops | MACs dense | MACs pruned | dense | heads + MLP 50 % | speed-up |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for patch in patches:
+        dense, both = files[f"{patch}/dense"], files[f"{patch}/both"]
+        macs = [
+            tfprune.summary(models[f"{patch}/{k}"], print_fn=None).macs for k in ("dense", "both")
+        ]
+        lines.append(
+            f"| {patch}x{patch} | {(28 // patch) ** 2} | {dense[3]} / {both[3]} | "
+            f"{macs[0] / 1e6:.2f} M | {macs[1] / 1e6:.2f} M | {dense[1] * 1e3:.3f} ms | "
+            f"{both[1] * 1e3:.3f} ms | {dense[1] / both[1]:.2f}x |"
+        )
+    return [
+        "## Transformers: int8 ViT latency against token count (benchmarks/transformers.py)",
+        "",
+        f"Command: `{_command(args)}`. Machine: {conditions}, shared with other jobs; no "
+        f"GPU. Date: {datetime.date.today().isoformat()}. Untrained ViTs of the benchmark's "
+        f"width ({args.blocks} blocks, width {args.dim}, {args.heads} heads, MLP {args.mlp}; "
+        "LayerNorm parameters randomised) at two patch sizes, int8 (calibrated on 64 random "
+        "images), dense against half the heads and half the MLP units removed (magnitude "
+        "criteria, shrunk). ops: operators in the dense / pruned file. Latency: LiteRT "
+        "default (XNNPACK), 1 thread, batch 1, median of 300 invoke(), best of "
+        f"{args.rounds} interleaved rounds.",
+        "",
+        *lines,
+        "",
+    ]
 
 
 def _vit(args, conditions: str) -> list[str]:
@@ -134,45 +256,41 @@ def _vit(args, conditions: str) -> list[str]:
     x_test, y_test = x_test[: args.vit_test], y_test[: args.vit_test]
     x_tune, y_tune = x_train[: args.tune], y_train[: args.tune]
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    t0 = time.time()
-    dense = T.vit()
-    compile_classifier(dense, 1e-3, args.epochs * int(np.ceil(len(x_train) / BATCH)))
-    dense.fit(x_train, y_train, batch_size=BATCH, epochs=args.epochs, verbose=0)
-    train_s = time.time() - t0
+    config = dict(_vit_config(args), patch=args.patch)
+
+    def train():
+        model = T.vit(**config)
+        compile_classifier(model, 1e-3, args.epochs * int(np.ceil(len(x_train) / BATCH)))
+        model.fit(x_train, y_train, batch_size=BATCH, epochs=args.epochs, verbose=0)
+        return model
+
+    name = "vit_" + "_".join(f"{k}{v}" for k, v in config.items())
+    name += f"_n{len(x_train)}_e{args.epochs}"
+    dense, train_s, cached = _cached(name, args.cache, train)
     calib = [(x_train[i : i + 128], y_train[i : i + 128]) for i in range(0, 512, 128)]
     base = _accuracy(dense, x_test, y_test)
-    rows, exports = [], {"dense": dense}
+    print(f"dense ViT: accuracy {base:.4f}, trained in {train_s:.0f} s", flush=True)
+    rows, exports, tune_s = [], {"dense": dense}, []
     for kind in KINDS + (("hidden",) if args.hidden else ()):
         for name, criterion in CRITERIA.items():
             if kind == "depth" and name == "magnitude":
                 continue
-            small = _prune(dense, kind, criterion, calib, loss, 4)
+            small = _prune(dense, kind, criterion, calib, loss, args.blocks)
             oneshot = _accuracy(small, x_test, y_test)
             tuned = {}
             for distill in (
                 (False, True) if name == "informed" or not args.kd_informed_only else (False,)
             ):
-                student = keras.models.clone_model(small)
-                student.set_weights(small.get_weights())
-                _tune(student, dense, x_tune, y_tune, 1, distill, loss)
+                student = _copy(small)
+                tune_s.append(_tune(student, dense, x_tune, y_tune, 1, distill, loss, 5e-4))
                 tuned[distill] = _accuracy(student, x_test, y_test)
                 if name == "informed" and distill:
                     exports[kind] = student
             summary = tfprune.summary(small, print_fn=None)
             rows.append((kind, name, criterion, oneshot, tuned, small.count_params(), summary.macs))
+            print(kind, name, f"{oneshot:.4f}", tuned, flush=True)
     with tempfile.TemporaryDirectory() as folder:
-        files = {}
-        for key, model in exports.items():
-            path = os.path.join(folder, f"{key}.tflite")
-            result = tfprune.export.tflite(
-                model,
-                path,
-                quantize="int8",
-                representative_data=x_train[:200],
-                verify_data=(x_test, y_test),
-            )
-            files[key] = (path, os.path.getsize(path), result.verification.accuracy)
-        times = dict(zip(files, latencies([p for p, _, _ in files.values()], rounds=args.rounds)))
+        files = _int8(exports, folder, x_train[:200], (x_test, y_test), args.rounds)
     dense_macs = tfprune.summary(dense, print_fn=None).macs
     lines = [
         "| pruning | criterion | params | MACs | acc one-shot | acc tuned | acc tuned + KD |",
@@ -180,42 +298,46 @@ def _vit(args, conditions: str) -> list[str]:
         f"| dense | - | {dense.count_params():,} | {dense_macs / 1e6:.2f} M | {base:.4f} | - | - |",
     ]
     for kind, name, criterion, oneshot, tuned, params, macs in rows:
-        crit = criterion[0] if kind in ("heads", "depth") else "/".join(criterion)
-        if kind in ("mlp", "hidden"):
-            crit = criterion[1]
-        if kind == "depth" and name == "informed":
-            crit = "ShortGPT"
+        crit = {"heads": criterion[0], "mlp": criterion[1], "hidden": criterion[1]}.get(
+            kind, "/".join(criterion)
+        )
+        if kind == "depth":
+            crit = "ShortGPT" if name == "informed" else "random"
         lines.append(
             f"| {kind} | {crit} | {params:,} | {macs / 1e6:.2f} M | {oneshot:.4f} | "
-            f"{tuned[False]:.4f} | {tuned.get(True, float('nan')):.4f} |"
+            f"{tuned[False]:.4f} | {f'{tuned[True]:.4f}' if True in tuned else '-'} |"
         )
     lines += [
         "",
-        "| int8 TFLite | file | latency | speed-up | int8 accuracy (LiteRT) |",
-        "| --- | --- | --- | --- | --- |",
+        "| int8 TFLite | file | ops | latency | speed-up | int8 accuracy (LiteRT) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for key, (_, size, acc) in files.items():
+    for key, (size, seconds, acc, ops) in files.items():
         lines.append(
-            f"| {key} | {size / 1024:.1f} KB | {times[key] * 1e3:.3f} ms | "
-            f"{times['dense'] / times[key]:.2f}x | {acc:.4f} |"
+            f"| {key} | {size / 1024:.1f} KB | {ops} | {seconds * 1e3:.3f} ms | "
+            f"{files['dense'][1] / seconds:.2f}x | {acc:.4f} |"
         )
+    source = "loaded from the cache; trained" if cached else "trained"
     return [
         "## Transformers: ViT on Fashion-MNIST (benchmarks/transformers.py)",
         "",
         f"Command: `{_command(args)}`. Machine: {conditions}, shared with other jobs; no "
-        f"GPU. Date: {datetime.date.today().isoformat()}. Dense ViT (4 blocks, width 64, 8 "
-        f"heads, MLP 128, 4x4 patches) trained {args.epochs} epochs on the first "
-        f"{len(x_train):,} training images ({train_s:.0f} s; Adam 1e-3 cosine to 0), so far "
-        f"from convergence; test = first {len(x_test):,} test images. Every pruned model: "
-        "one-shot prune (calibration: 512 training images) -> shrink -> fine-tune 1 epoch "
-        f"on {len(x_tune):,} training images (Adam 5e-4 cosine to 0), without and with "
-        "distillation (KD: tfprune.Distiller, T=2, alpha=0.5, teacher = dense). Heads 50 %: "
-        "prune_heads; MLP 50 %: prune_channels on the MLP hidden units; both: the two; "
-        "depth: prune_blocks removes 1 of 4 transformer layers (attention + MLP halves as "
-        "one unit). Criteria in the order heads/MLP. int8 files from the informed, "
-        "distilled models, calibrated on 200 images; latency: LiteRT default (XNNPACK), 1 "
-        f"thread, median of 300 invoke(), best of {args.rounds} interleaved rounds. "
-        "nan: not run (with --kd-informed-only the baselines are fine-tuned without KD only).",
+        f"GPU. Date: {datetime.date.today().isoformat()}. Dense ViT ({args.blocks} blocks, "
+        f"width {args.dim}, {args.heads} heads, MLP {args.mlp}, {args.patch}x{args.patch} "
+        f"patches = {(28 // args.patch) ** 2} tokens) {source} {args.epochs} epochs on "
+        f"{len(x_train):,} training images ({train_s:.0f} s; Adam 1e-3 cosine to 0, batch "
+        f"{BATCH}); test: {len(x_test):,} test images. Every pruned model: one-shot prune "
+        "(calibration: 512 training images) -> shrink -> fine-tune 1 epoch on "
+        f"{len(x_tune):,} training images (Adam 5e-4 cosine to 0; "
+        f"{np.median(tune_s):.0f} s median), without and with distillation (KD: "
+        "tfprune.Distiller, T=2, alpha=0.5, teacher = dense). Heads 50 %: prune_heads; MLP "
+        "50 %: prune_channels on the MLP hidden units; both: the two; depth: prune_blocks "
+        f"removes {max(1, args.blocks // 4)} of {args.blocks} transformer layers (attention + "
+        "MLP halves as one unit). Criteria in the order heads/MLP. int8 files from the "
+        "informed, distilled models, calibrated on 200 images; ops: operators in the file; "
+        "latency: LiteRT default (XNNPACK), 1 thread, batch 1, median of 300 invoke(), "
+        f"best of {args.rounds} interleaved rounds."
+        + (" -: not run (baselines fine-tuned without KD only)." if args.kd_informed_only else ""),
         "",
         *lines,
         "",
@@ -223,47 +345,63 @@ def _vit(args, conditions: str) -> list[str]:
 
 
 def _lm(args, conditions: str) -> list[str]:
+    sources = T.stdlib_sources(args.lm_bytes + args.lm_bytes // 8)
     text = T.stdlib_text(args.lm_bytes + args.lm_bytes // 8)
     split = args.lm_bytes
     x, y = T.byte_windows(text[:split])
     xv, yv = T.byte_windows(text[split:])
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    t0 = time.time()
-    dense = T.byte_lm(gated=True)
-    steps = args.lm_epochs * int(np.ceil(len(x) / BATCH))
-    dense.compile(
-        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, steps)),
-        loss=loss,
-    )
-    dense.fit(x, y, batch_size=BATCH, epochs=args.lm_epochs, verbose=0)
-    train_s = time.time() - t0
+
+    def train():
+        model = T.byte_lm(gated=True)
+        steps = args.lm_epochs * int(np.ceil(len(x) / BATCH))
+        model.compile(
+            optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, steps)),
+            loss=loss,
+        )
+        model.fit(x, y, batch_size=BATCH, epochs=args.lm_epochs, verbose=0)
+        return model
+
+    name = f"byte_lm_swiglu_n{split}_e{args.lm_epochs}"
+    dense, train_s, cached = _cached(name, args.cache, train)
     calib = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 256, 64)]
+    base = _perplexity(dense, xv, yv)
+    print(f"dense LM: perplexity {base:.3f}, trained in {train_s:.0f} s", flush=True)
     lines = [
-        "| pruning | params | ppl one-shot | ppl + KD fine-tune |",
-        "| --- | --- | --- | --- |",
-        f"| dense | {dense.count_params():,} | {_perplexity(dense, xv, yv):.3f} | - |",
+        "| pruning | params | ppl one-shot | ppl tuned | ppl tuned + KD |",
+        "| --- | --- | --- | --- | --- |",
+        f"| dense | {dense.count_params():,} | {base:.3f} | - | - |",
     ]
     tune_x, tune_y = x[: args.tune_lm], y[: args.tune_lm]
     for kind in KINDS + (("hidden",) if args.hidden else ()):
         small = _prune(dense, kind, CRITERIA["informed"], calib, loss, 4)
         oneshot = _perplexity(small, xv, yv)
-        _tune(small, dense, tune_x, tune_y, 1, True, loss, lr=1e-3)
+        tuned = {}
+        for distill in (False, True):
+            student = _copy(small)
+            _tune(student, dense, tune_x, tune_y, 1, distill, loss, 1e-3)
+            tuned[distill] = _perplexity(student, xv, yv)
+        print(kind, f"{oneshot:.3f}", tuned, flush=True)
         lines.append(
-            f"| {kind} | {small.count_params():,} | {oneshot:.3f} | "
-            f"{_perplexity(small, xv, yv):.3f} |"
+            f"| {kind} | {small.count_params():,} | {oneshot:.3f} | {tuned[False]:.3f} | "
+            f"{tuned[True]:.3f} |"
         )
+    source = "loaded from the cache; trained" if cached else "trained"
     return [
         "## Transformers: byte-level language model (benchmarks/transformers.py)",
         "",
-        f"Command: `{_command(args)}`. Machine: {conditions}. Date: "
-        f"{datetime.date.today().isoformat()}. Text: the Python standard library's top-level "
-        f"`.py` files (sorted by name, concatenated): {split:,} bytes for training "
-        f"({len(x):,} windows of 64), the next {len(text) - split:,} bytes held out. Model: "
-        "4 causal blocks, width 64, 4 heads, SwiGLU MLP 128; trained "
-        f"{args.lm_epochs} epochs ({train_s:.0f} s; Adam 2e-3 cosine to 0). Perplexity per "
-        "byte on the held-out text. Prunings as for the ViT with the informed criteria "
-        "(heads and MLP: activation, depth: ShortGPT, 1 of 4 layers); fine-tune: 1 "
-        f"epoch of {len(tune_x):,} windows with tfprune.Distiller (T=2, alpha=0.5).",
+        f"Command: `{_command(args)}`. Machine: {conditions}, shared with other jobs; no "
+        f"GPU. Date: {datetime.date.today().isoformat()}. Text: the Python standard "
+        f"library's top-level `.py` files sorted by name ({len(sources)} files, "
+        f"`{sources[0].name}` to `{sources[-1].name}`, concatenated): the first {split:,} "
+        f"bytes for training ({len(x):,} windows of 64), the next {len(text) - split:,} "
+        f"bytes held out ({len(xv):,} windows). Model: 4 causal blocks, width 64, 4 heads, "
+        f"SwiGLU MLP 128, context 64; {source} {args.lm_epochs} epochs ({train_s:.0f} s; "
+        "Adam 2e-3 cosine to 0, batch 128). Perplexity per byte on the held-out text "
+        "(exp of the mean next-byte cross-entropy). Prunings as for the ViT with the "
+        "informed criteria (heads and MLP: activation, depth: ShortGPT, 1 of 4 layers); "
+        f"fine-tune: 1 epoch of {len(tune_x):,} training windows (Adam 1e-3 cosine to 0), "
+        "without and with tfprune.Distiller (T=2, alpha=0.5, teacher = dense).",
         "",
         *lines,
         "",
@@ -275,22 +413,30 @@ def _command(args) -> str:
         return "python benchmarks/transformers.py --tiny"
     return (
         f"python benchmarks/transformers.py --vit-train {args.vit_train} --vit-test "
-        f"{args.vit_test} --epochs {args.epochs} --tune {args.tune} --lm-bytes "
-        f"{args.lm_bytes} --lm-epochs {args.lm_epochs} --tune-lm {args.tune_lm} --rounds "
-        f"{args.rounds}"
+        f"{args.vit_test} --patch {args.patch} --dim {args.dim} --blocks {args.blocks} "
+        f"--heads {args.heads} --mlp {args.mlp} --epochs {args.epochs} --tune {args.tune} "
+        f"--lm-bytes {args.lm_bytes} --lm-epochs {args.lm_epochs} --tune-lm {args.tune_lm} "
+        f"--rounds {args.rounds}"
         + (" --skip-vit" if args.skip_vit else "")
         + (" --skip-lm" if args.skip_lm else "")
+        + ("" if args.token_study else " --no-token-study")
         + (" --kd-informed-only" if args.kd_informed_only else "")
+        + (" --token-study-only" if args.token_study_only else "")
         + (" --hidden" if args.hidden else "")
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vit-train", type=int, default=8192, help="ViT training images")
-    parser.add_argument("--vit-test", type=int, default=2000, help="ViT test images")
-    parser.add_argument("--epochs", type=int, default=3, help="ViT training epochs")
-    parser.add_argument("--tune", type=int, default=2048, help="fine-tuning images")
+    parser.add_argument("--vit-train", type=int, default=60_000, help="ViT training images")
+    parser.add_argument("--vit-test", type=int, default=10_000, help="ViT test images")
+    parser.add_argument("--patch", type=int, default=7, help="ViT patch side")
+    parser.add_argument("--dim", type=int, default=64, help="ViT width")
+    parser.add_argument("--blocks", type=int, default=4, help="ViT blocks")
+    parser.add_argument("--heads", type=int, default=8, help="ViT heads per block")
+    parser.add_argument("--mlp", type=int, default=256, help="ViT MLP units per block")
+    parser.add_argument("--epochs", type=int, default=4, help="ViT training epochs")
+    parser.add_argument("--tune", type=int, default=4096, help="ViT fine-tuning images")
     parser.add_argument("--lm-bytes", type=int, default=300_000, help="LM training bytes")
     parser.add_argument("--lm-epochs", type=int, default=3, help="LM training epochs")
     parser.add_argument("--tune-lm", type=int, default=1024, help="LM fine-tuning windows")
@@ -298,21 +444,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-lm", action="store_true", help="ViT only")
     parser.add_argument("--skip-vit", action="store_true", help="language model only")
     parser.add_argument(
-        "--kd-informed-only", action="store_true", help="baselines fine-tuned without KD only"
+        "--no-token-study",
+        dest="token_study",
+        action="store_false",
+        help="skip the int8 latency study at more tokens",
+    )
+    parser.add_argument(
+        "--kd-informed-only",
+        action="store_true",
+        help="fine-tune the magnitude and random baselines without distillation only",
+    )
+    parser.add_argument(
+        "--token-study-only", action="store_true", help="only the int8 latency study"
     )
     parser.add_argument(
         "--hidden", action="store_true", help="also prune half the hidden width (not exact)"
     )
+    parser.add_argument(
+        "--cache",
+        type=pathlib.Path,
+        default=CACHE,
+        help=f"folder for the trained dense models (default {CACHE})",
+    )
+    parser.add_argument("--no-cache", dest="cache", action="store_const", const=None)
     parser.add_argument("--tiny", action="store_true", help="smoke run: minimal sizes")
     parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args(argv)
     if args.tiny:
         args.vit_train, args.vit_test, args.epochs, args.tune = 512, 256, 1, 256
         args.lm_bytes, args.lm_epochs, args.tune_lm, args.rounds = 40_000, 1, 128, 1
+        args.blocks, args.cache, args.token_study = 2, None, False
     keras.utils.set_random_seed(0)
     conditions = machine()
+    if args.token_study_only:
+        args.skip_vit = args.skip_lm = True
     if not args.skip_vit:
         publish(_vit(args, conditions), write=not args.no_write)
+    if args.token_study and (not args.skip_vit or args.token_study_only):
+        publish(_token_study(args, conditions), write=not args.no_write)
     if not args.skip_lm:
         publish(_lm(args, conditions), write=not args.no_write)
     return 0
