@@ -29,6 +29,7 @@ whether each limit is met. Appends the table to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import sys
@@ -43,6 +44,7 @@ from _results import publish
 
 import tfprune
 from tfprune import budget as budget_lib
+from tfprune.budget_search import Search, WidthModel
 
 L = keras.layers
 BATCH = 32
@@ -116,21 +118,26 @@ def _accuracy(model, x, y) -> float:
     return float(np.mean(np.argmax(logits, -1) == y))
 
 
-def _uniform(model, limits, x_cal):
-    """The smallest layer-scope ratio whose int8 file meets the limits (binary search)."""
-    low, high = 0.0, 63 / 64
-    best = None
-    while high - low > 1 / 64:
-        mid = (low + high) / 2
-        pruned = tfprune.prune_channels(model, ratio=mid)
-        res = budget_lib.measure(pruned, x_cal, arena="estimate")
-        if res.flash <= limits.flash and res.arena <= limits.arena:
-            high, best = mid, pruned
-        else:
-            low = mid
-    if best is None:
-        best = tfprune.prune_channels(model, ratio=high)
-    return best, high
+def _uniform(model, limits, x_cal, dense):
+    """The smallest layer-scope ratio (1/64 steps) whose int8 file meets the limits.
+
+    Found on `tfprune.budget_search.WidthModel` anchored to the dense file (no conversion
+    per candidate), then confirmed on the real file, going up 1/64 while it does not fit.
+    """
+    search = Search(WidthModel(tfprune.prune_channels(model, ratio=0.0)), limits.limits(), [1])
+    search.anchor(dataclasses.asdict(dense))
+    full = search.model.full
+    ratio = next(
+        r / 64
+        for r in range(64)
+        if not search.excess(np.maximum(1, full - np.round(full * r / 64)).astype(np.int64))
+    )
+    while True:
+        pruned = tfprune.prune_channels(model, ratio=ratio)
+        res = budget_lib.measure(pruned, x_cal, arena="auto", litert_check=False)
+        if (res.flash <= limits.flash and res.arena <= limits.arena) or ratio >= 63 / 64:
+            return pruned, ratio
+        ratio += 1 / 64
 
 
 def _row(name, method, model, x_cal, x_test, y_test, limits, note=""):
@@ -149,7 +156,7 @@ def main(argv=None) -> int:
     parser.add_argument("--test", type=int, default=2000, help="test images used")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--tune-epochs", type=int, default=1)
-    parser.add_argument("--step", type=float, default=0.1, help="fit_budget's step")
+    parser.add_argument("--step", type=float, default=0.5, help="fit_budget's step")
     parser.add_argument("--models", default="ds_cnn,resnet8,mobilenet")
     parser.add_argument("--budgets", default="0.5,0.35,0.25")
     parser.add_argument("--tiny", action="store_true", help="smoke run: 1,000 images, 1 epoch")
@@ -192,7 +199,7 @@ def main(argv=None) -> int:
                 )
             )
             print(rows[-1], flush=True)
-            uniform, ratio = _uniform(model, limits, x_cal)
+            uniform, ratio = _uniform(model, limits, x_cal, dense)
             small_u = _fit(tfprune.shrink(uniform), xt, y_train, args.tune_epochs, 1e-3)
             rows.append(
                 _row(label, "uniform", small_u, x_cal, xs, y_test, limits, f"ratio {ratio:.3f}")
