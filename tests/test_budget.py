@@ -77,6 +77,10 @@ def test_budget_arguments():
     assert tfprune.Budget(flash=10, macs=3).limits() == {"flash": 10, "macs": 3}
     with pytest.raises(TypeError, match=r"tfprune.Budget.*Received: budget of type dict"):
         tfprune.fit_budget(None, {"flash": 1}, np.zeros((1, 2)))
+    with pytest.raises(
+        ValueError, match=r"`min_keep` to be a float in \[0, 1\)\. Received: min_keep=1"
+    ):
+        tfprune.fit_budget(None, tfprune.Budget(flash=1), np.zeros((1, 2)), min_keep=1)
 
 
 @pytest.mark.parametrize("text, value", [("96KB", 98304), ("1.5MB", 1572864), ("512", 512)])
