@@ -13,17 +13,19 @@ Words are not available here):
   projections, average pool, Dense; on 28x28x1.
 - MobileNetV1, width 0.25 (visual wake words): `keras.applications.MobileNet(alpha=0.25,
   weights=None, include_top=False, pooling="avg")` + Dense; on 32x32x1 (images zero-padded).
-Each is trained on a subset (`--train` images, `--epochs`, Adam + cosine decay), exported to
-int8, and pruned to budgets of 50 / 35 / 25 % of its int8 flash AND of its TFLite Micro
-arena:
-- budget-driven: `tfprune.fit_budget` (L1 importance per resource saved, re-measured every
-  step, arena confirmed in TFLite Micro);
+Each is trained on a subset (`--train` images, `--epochs`, Adam + cosine decay; the trained
+model is cached in `$TFPRUNE_CACHE` or `~/.cache/tfprune`), exported to int8, and pruned to
+budgets of 50 / 35 / 25 % of its int8 flash AND of its TFLite Micro arena:
+- budget-driven: `tfprune.fit_budget` (L1 importance per resource saved at the current
+  widths, re-measured every step, arena confirmed in TFLite Micro);
 - uniform: `tfprune.prune_channels(ratio=r)` with the same ratio in every layer, `r` the
-  smallest (binary search, 1/64 resolution) whose int8 file meets both limits.
+  smallest (1/64 steps) whose int8 file meets both limits (found on the width model,
+  confirmed on the file).
 Both get the same fine-tuning (`--tune-epochs` on the same subset). Reported per model: test
 accuracy of the fine-tuned Keras model, int8 flash, TFLite Micro arena (measured; estimate
-without tflite-micro), MACs, LiteRT latency (1 thread, XNNPACK, median of 100 invokes), and
-whether each limit is met. Appends the table to benchmarks/RESULTS.md.
+without tflite-micro), MACs, LiteRT latency (1 thread, XNNPACK, median of 50 invokes), and
+whether each limit is met. Appends the table to benchmarks/RESULTS.md. Run it from the
+repository root with `PYTHONPATH=.`.
 """
 
 from __future__ import annotations
