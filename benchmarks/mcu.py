@@ -164,6 +164,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--tune-epochs", type=int, default=1)
     parser.add_argument("--step", type=float, default=0.5, help="fit_budget's step")
+    parser.add_argument("--min-keep", type=float, default=None, help="fit_budget's min_keep")
     parser.add_argument("--models", default="ds_cnn,resnet8,mobilenet")
     parser.add_argument("--budgets", default="0.5,0.35,0.25")
     parser.add_argument("--tiny", action="store_true", help="smoke run: 1,000 images, 1 epoch")
@@ -192,8 +193,9 @@ def main(argv=None) -> int:
             )
             label = f"{name} @ {fraction:.0%}"
             try:
+                options = {} if args.min_keep is None else {"min_keep": args.min_keep}
                 small, report = tfprune.fit_budget(
-                    model, limits, x_cal, step=args.step, verbose=False
+                    model, limits, x_cal, step=args.step, verbose=False, **options
                 )
             except ValueError as e:
                 rows.append(f"| {label} | budget | - | - | - | - | - | unmeetable | {e} |")

@@ -270,7 +270,7 @@ def fit_budget(
     max_iterations: int = 200,
     arena: str = "auto",
     latency_table: LatencyTable | None = None,
-    min_keep: float = 0.1,
+    min_keep: float = 0.25,
     verbose: bool = True,
 ) -> tuple[keras.Model, BudgetReport]:
     """Removes channels until the int8 model meets every limit of `budget`.
@@ -305,7 +305,9 @@ def fit_budget(
             machine, measured once per layer configuration and cached on disk, as NetAdapt
             does); default `LatencyTable()`.
         min_keep: Fraction of each group's channels kept while other groups can still be
-            cut, in [0, 1).
+            cut, in [0, 1). Keeps the search from making one group a bottleneck (with 0.1,
+            ResNet-8's residual streams went to 2 of 16 and 4 of 32 channels at a 50 %
+            budget, 5 accuracy points worse than 0.25).
         verbose: Print a progress bar over the steps.
 
     Returns:
