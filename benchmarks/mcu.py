@@ -123,8 +123,9 @@ def _accuracy(model, x, y) -> float:
 def _uniform(model, limits, x_cal, dense):
     """The smallest layer-scope ratio (1/64 steps) whose int8 file meets the limits.
 
-    Found on `tfprune.budget_search.WidthModel` anchored to the dense file (no conversion
-    per candidate), then confirmed on the real file, going up 1/64 while it does not fit.
+    Starts from the smallest ratio that fits by `tfprune.budget_search.WidthModel` anchored
+    to the dense file, then measures real files: 1/64 lower while the file fits, or 1/64
+    higher until it does.
     """
     search = Search(WidthModel(tfprune.prune_channels(model, ratio=0.0)), limits.limits(), [1])
     search.anchor(dataclasses.asdict(dense))
@@ -134,12 +135,18 @@ def _uniform(model, limits, x_cal, dense):
         for r in range(64)
         if not search.excess(np.maximum(1, full - np.round(full * r / 64)).astype(np.int64))
     )
-    while True:
+    best = None
+    while True:  # from the model's guess: down while the file fits, else up until it does
         pruned = tfprune.prune_channels(model, ratio=ratio)
         res = budget_lib.measure(pruned, x_cal, arena="auto", litert_check=False)
-        if (res.flash <= limits.flash and res.arena <= limits.arena) or ratio >= 63 / 64:
-            return pruned, ratio
-        ratio += 1 / 64
+        fits = res.flash <= limits.flash and res.arena <= limits.arena
+        if fits:
+            best = (pruned, ratio)
+        elif best is not None:
+            return best
+        if (fits and ratio <= 0) or (not fits and ratio >= 63 / 64):
+            return best or (pruned, ratio)
+        ratio += -1 / 64 if fits else 1 / 64
 
 
 def _row(name, method, model, x_cal, x_test, y_test, limits, note=""):
