@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
@@ -76,6 +77,10 @@ def test_budget_arguments():
     assert tfprune.Budget(flash=10, macs=3).limits() == {"flash": 10, "macs": 3}
     with pytest.raises(TypeError, match=r"tfprune.Budget.*Received: budget of type dict"):
         tfprune.fit_budget(None, {"flash": 1}, np.zeros((1, 2)))
+    with pytest.raises(
+        ValueError, match=r"`min_keep` to be a float in \[0, 1\)\. Received: min_keep=1"
+    ):
+        tfprune.fit_budget(None, tfprune.Budget(flash=1), np.zeros((1, 2)), min_keep=1)
 
 
 @pytest.mark.parametrize("text, value", [("96KB", 98304), ("1.5MB", 1572864), ("512", 512)])
@@ -149,3 +154,38 @@ def test_fit_budget_to_a_latency_limit_through_the_lookup_table(digits_cnn, tmp_
     assert report.after.latency == table.predict(small) <= limit
     assert report.after.latency_source == "lookup table"
     assert "latency: LiteRT on this machine, lookup table" in report.format()
+
+
+def _xnnpack_refused():
+    """A 1x1 conv whose first channel is +1000 x1 - 1000 x2 on inputs with x1 == x2: its
+    outputs are 0, so the output scale is set by the second channel (0.01 x1), and the
+    first channel's requantization scale (input scale x filter scale / output scale) is
+    far above the 256 that XNNPACK's int8 kernels accept."""
+    inputs = keras.Input((4, 4, 2))
+    conv = keras.layers.Conv2D(2, 1, name="c")
+    model = keras.Model(inputs, conv(inputs))
+    kernel = np.array([[[[1000.0, 0.01], [-1000.0, 0.0]]]], np.float32)
+    conv.set_weights([kernel, np.zeros(2, np.float32)])
+    x = np.repeat(np.random.default_rng(0).random((50, 4, 4, 1)), 2, axis=-1)
+    return model, x.astype(np.float32)
+
+
+def test_measure_does_not_need_litert_to_run_the_file(tmp_path):
+    from tfprune.export import _runtime
+
+    model, x = _xnnpack_refused()
+    with pytest.raises(RuntimeError, match=r"cannot run in the LiteRT interpreter .*XNNPACK"):
+        export.tflite(model, tmp_path / "a.tflite", quantize="int8", representative_data=x)
+    result = export.tflite(
+        model, tmp_path / "b.tflite", quantize="int8", representative_data=x, litert_check=False
+    )
+    ref = _runtime.interpreter((tmp_path / "b.tflite").read_bytes(), reference=True)
+    inp = ref.get_input_details()[0]["quantization"][0]
+    out = ref.get_output_details()[0]["quantization"][0]
+    scales = [d["quantization_parameters"]["scales"] for d in ref.get_tensor_details()]
+    (kernel,) = [s for s in scales if len(s) == 2 and s.max() > 1]  # the int8 kernel's
+    assert (inp * kernel / out).max() > 256  # what XNNPACK refuses
+    res = budget_lib.measure(model, x, arena="estimate", litert_check=False)
+    assert res.flash == result.size and res.macs == 4 * 4 * 2 * 2
+    with pytest.raises(RuntimeError, match=r"cannot run in the LiteRT interpreter"):
+        budget_lib.measure(model, x, arena="estimate")

@@ -212,7 +212,7 @@ def _layer_stats(layer: keras.layers.Layer) -> LayerStats:
     )
 
 
-def _operations(model: keras.Model) -> Iterator[keras.Operation]:
+def operations(model: keras.Model) -> Iterator[keras.Operation]:
     """Layers and raw `keras.ops` nodes of a model in graph order, entering nested models."""
     seen: set[int] = set()
 
@@ -267,7 +267,7 @@ def summary(
     else:
         rows = [
             _layer_stats(op) if isinstance(op, keras.layers.Layer) else _op_stats(op)
-            for op in _operations(model)
+            for op in operations(model)
             if not isinstance(op, keras.layers.Layer) or op.weights
         ]
     result = ModelSummary(rows)

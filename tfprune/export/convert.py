@@ -251,6 +251,7 @@ def tflite(
     calibration_size: int | None = 500,
     on_sparse_failure: str = "dense",
     verify_micro: bool = False,
+    litert_check: bool = True,
 ) -> ExportResult:
     """Exports a (pruned) Keras model to a verified TFLite file, written atomically.
 
@@ -307,6 +308,9 @@ def tflite(
         verify_micro: Also run `verify_data` in the TFLite Micro interpreter (needs
             `tflite-micro`): outputs compared with LiteRT's reference kernels and the arena
             measured (`result.micro`, see `tfprune.export.tflm.run`).
+        litert_check: Test-run the file in LiteRT's default configuration and raise if it
+            cannot run (default). `False` skips that run for callers that only measure the
+            file (`tfprune.fit_budget`'s steps); the file may then not run in LiteRT.
 
     Returns:
         An `ExportResult` (path, sizes, ops, verification); `print(result.format())`.
@@ -315,7 +319,8 @@ def tflite(
         ValueError: For an unknown `quantize`, int8/int16x8 without `representative_data`,
             or data that does not fit the model's input.
         TypeError: For a `path`, `batch_size` or `calibration_size` of the wrong type.
-        RuntimeError: If the converted file cannot run in the LiteRT interpreter, or an
+        RuntimeError: If the converted file cannot run in the LiteRT interpreter (with
+            `litert_check`), or an
             `"int8"` / `"int16x8"` file would not compute in that type.
         OSError: If `path` cannot be written (`FileNotFoundError` for a missing folder,
             `IsADirectoryError`, `PermissionError`), checked before any slow work.
@@ -393,7 +398,7 @@ def tflite(
                 RuntimeWarning,
                 stacklevel=2,
             )
-    problem = _runtime.check_runnable(data)
+    problem = _runtime.check_runnable(data) if litert_check else None
     if problem is not None:
         raise RuntimeError(
             f"The converted file cannot run in the LiteRT interpreter ({problem}); nothing was "

@@ -1,0 +1,106 @@
+"""tfprune.budget_search: the width model of flash/MACs/activations and the greedy search."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from tfprune.budget_search import Search, WidthModel
+from tfprune.channel_pruning import prune_channels
+
+L = keras.layers
+
+
+def _model(extra_dense: bool = False) -> keras.Model:
+    inputs = keras.Input((8, 8, 1))
+    x = L.Conv2D(4, 3, padding="same", name="c1")(inputs)
+    x = L.ReLU()(L.BatchNormalization()(x))
+    x = L.Conv2D(6, 1, name="c2")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    if extra_dense:
+        x = L.Dense(5, name="d1")(x)
+    return keras.Model(inputs, L.Dense(3, name="out")(x))
+
+
+@pytest.fixture(scope="module")
+def width_model():
+    return WidthModel(prune_channels(_model(), ratio=0.0))
+
+
+def test_width_model_flash_macs_and_live_bytes_at_any_width(width_model):
+    wm = width_model
+    assert [g.producers for g in wm.groups] == [["c1"], ["c2"]]
+    assert wm.full.tolist() == [4, 6]
+    # kernels 3*3*1*4 + 1*1*4*6 + 6*3, and 28 B (bias, scales, zero points) per channel
+    assert wm.flash(np.array([4, 6])) == 36 + 24 + 18 + 28 * 10
+    assert wm.flash(np.array([2, 3])) == 18 + 6 + 9 + 28 * 5
+    assert wm.macs(np.array([4, 6])) == 64 * 36 + 64 * 24 + 18
+    assert wm.macs(np.array([2, 3])) == 64 * 18 + 64 * 6 + 9
+    # ops c1, c2, mean, out (BatchNormalization and ReLU fold into c1): inputs + output
+    assert wm.live(np.array([4, 6])).tolist() == [64 + 256, 256 + 384, 384 + 6, 6 + 3]
+    assert wm.live(np.array([2, 3])).tolist() == [64 + 128, 128 + 192, 192 + 3, 3 + 3]
+
+
+def _anchored(wm, limits, floor):
+    search = Search(wm, limits, floor)
+    w = wm.full
+    search.anchor({"flash": wm.flash(w), "arena": wm.live(w).max(), "macs": wm.macs(w)})
+    return search
+
+
+def test_flash_limit_removes_the_least_importance_per_byte(width_model):
+    # c1 channels save 43 B each but matter 3x more than c2's (35 B): the optimum for
+    # 100 B is three c2 channels (loss 3 x ~1) rather than three c1 channels (loss 9).
+    search = _anchored(width_model, {"flash": 358 - 100}, [1, 1])
+    scores = [np.full(4, 3.0), np.array([1.0, 0.5, 2.0, 0.8, 1.2, 0.9])]
+    keeps = [np.ones(4, bool), np.ones(6, bool)]
+    assert search.select(scores, keeps, quota=100) == 3
+    assert search.widths.tolist() == [4, 3]
+    assert np.flatnonzero(~keeps[1]).tolist() == [1, 3, 5] and keeps[0].all()
+    assert search.excess(search.widths) == {}
+
+
+def test_quota_bounds_a_step(width_model):
+    search = _anchored(width_model, {"flash": 100}, [1, 1])
+    keeps = [np.ones(4, bool), np.ones(6, bool)]
+    assert search.select([np.ones(4), np.ones(6)], keeps, quota=2) == 2
+    assert sum(int((~k).sum()) for k in keeps) == 2
+
+
+def test_floor_protects_a_group_while_others_can_be_cut(width_model):
+    # c1 is cheaper to cut but held at its floor of 4 while c2 can still be cut.
+    search = _anchored(width_model, {"flash": 358 - 100}, [4, 1])
+    keeps = [np.ones(4, bool), np.ones(6, bool)]
+    assert search.select([np.full(4, 0.1), np.ones(6)], keeps, quota=100) == 3
+    assert search.widths.tolist() == [4, 3]
+    # Once every group is at its floor, groups go below it.
+    search = _anchored(width_model, {"flash": 120}, [4, 6])
+    keeps = [np.ones(4, bool), np.ones(6, bool)]
+    search.select([np.ones(4), np.ones(6)], keeps, quota=100)
+    assert search.excess(search.widths) == {} and search.widths.tolist() != [4, 6]
+
+
+def test_arena_limit_cuts_only_groups_at_ops_over_the_limit():
+    wm = WidthModel(prune_channels(_model(extra_dense=True), ratio=0.0))
+    assert [g.producers for g in wm.groups] == [["c1"], ["c2"], ["d1"]]
+    # Live bytes per op: c1 320, c2 640, mean 390, d1 11, out 8; a 500 B limit is exceeded
+    # at c2 only (by 140 B): c1 and c2 channels save 64 B each there, d1's nothing, so d1
+    # (least important) is left alone and the three least important c2 channels go.
+    assert wm.live(wm.full).tolist() == [320, 640, 390, 11, 8]
+    search = _anchored(wm, {"arena": 500}, [1, 1, 1])
+    scores = [np.full(4, 5.0), np.arange(1.0, 7.0), np.full(5, 0.01)]
+    keeps = [np.ones(4, bool), np.ones(6, bool), np.ones(5, bool)]
+    assert search.select(scores, keeps, quota=100) == 3
+    assert search.widths.tolist() == [4, 3, 5]
+    assert np.flatnonzero(~keeps[1]).tolist() == [0, 1, 2]
+
+
+def test_anchor_offsets_the_models_to_measured_values(width_model):
+    wm = width_model
+    search = Search(wm, {"flash": 400, "arena": 600, "latency": 1e-3}, [1, 1])
+    search.anchor({"flash": 500, "arena": 700, "macs": wm.macs(wm.full), "latency": 2e-3})
+    # flash 500 - 400; arena: op c2 (640 + 60 offset) is 100 over; latency twice the limit
+    assert search.excess(wm.full) == pytest.approx({"flash": 100, "arena": 100, "latency": 1e-3})
+    keeps = [np.ones(4, bool), np.ones(6, bool)]
+    assert search.select([np.ones(4), np.ones(6)], keeps, quota=0) == 0

@@ -1,0 +1,236 @@
+"""The search behind `tfprune.fit_budget`: which channels to remove next, and how many.
+
+`WidthModel` gives a model's int8 weight bytes, MACs and the live activation bytes at every
+op as functions of its channel groups' widths, so that the cost of removing one more
+channel is known at the current widths, not only at full width. Weight sizes come from the
+groups' weight slices; tensor sizes and lifetimes from the channel graph
+(`tfprune.graph`): each tensor's channels belong to groups, so its size is linear in the
+widths, and it lives from the op that writes it to the last op that reads it, with
+BatchNormalization and activations folded into the op before them, as the TFLite converter
+does.
+
+`Search` then removes channels one at a time, each time the channel whose importance
+(normalised by its group's mean at full width, so that groups compare fairly) per resource
+saved is smallest, counting only resources still over their limit: flash and MACs by how
+much they drop, the arena by how much the ops over the limit drop (the sum over ops of
+their live bytes above the limit, so every op over the limit must shrink and groups that
+are not at an op over the limit are left alone). The model is anchored to the measured
+values after every step (`anchor`): an offset for flash, the arena and MACs, a scale for
+latency. Groups keep at least `floor` channels while other groups can still be cut.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+from tfprune import layers as registry
+from tfprune.graph import walk
+from tfprune.summary import summary
+
+__all__ = ["Search", "WidthModel"]
+
+# Layers the TFLite converter folds into the op before (or, for padding, after) them: no
+# tensor of their own.
+_FOLDED = (
+    keras.layers.ZeroPadding2D,
+    keras.layers.BatchNormalization,
+    keras.layers.ReLU,
+    keras.layers.Activation,
+    keras.layers.Dropout,
+)
+# Per output channel of an int8 kernel: its int32 bias, and a float32 scale and an int64 zero
+# point for each of the two (per-channel quantization).
+_CHANNEL_BYTES = 4 + 2 * (4 + 8)
+
+
+class WidthModel:
+    """int8 flash, MACs and live activation bytes of a model as functions of group widths.
+
+    Args:
+        model: A plain zeroable model (as `tfprune.prune_channels` returns) at full width.
+
+    Attributes:
+        groups: The model's prunable channel groups, in `tfprune.graph.channel_groups`
+            order; widths are given per group in this order.
+        full: Their channel counts.
+    """
+
+    def __init__(self, model: keras.Model):
+        graph = walk.analyse(model)
+        every, group_no, _ = walk.groups_of(graph)
+        prunable = {i: j for j, i in enumerate(i for i, g in enumerate(every) if g.prunable)}
+        self.groups = [g for g in every if g.prunable]
+        self.full = np.array([g.channels for g in self.groups], np.int64)
+        self._weight_table(model)
+        self._tensor_table(graph, group_no, prunable)
+
+    def _weight_table(self, model: keras.Model) -> None:
+        """Per kernel in a group: full shape, group of each grouped axis, MACs at full width.
+
+        Biases are not listed: after BatchNormalization folds, every output channel of a
+        kernel has an int32 bias, and per-channel scales and zero points for both.
+        """
+        macs = {r.name: r.macs or 0 for r in summary(model, print_fn=None).rows}
+        table: dict[tuple, tuple] = {}
+        self._per_channel = np.zeros(len(self.groups))
+        for i, g in enumerate(self.groups):
+            for m in g.members:
+                shape = tuple(registry.resolve(m.layer, m.weight).shape)
+                if m.role == "norm" or len(shape) < 2:
+                    continue
+                key = (m.layer.name, m.weight)
+                table.setdefault(key, (shape, {}, macs.get(m.layer.name, 0)))[1][m.axis] = i
+                if m.role == "output":
+                    self._per_channel[i] += _CHANNEL_BYTES
+        self._weights = list(table.values())
+
+    def _tensor_table(self, g, group_no: np.ndarray, prunable: dict[int, int]) -> None:
+        """Per tensor of the graph: its size as a linear function of the widths, its lifetime."""
+        tensors: dict[int, int] = {}  # id of a channel-id array -> tensor number
+        size, slope, first, last = [], [], [], []
+        ops = 0
+        for node in g.nodes:
+            inputs = [tensors.get(id(a)) for a in node.inputs]
+            if isinstance(node.layer, _FOLDED) and inputs and inputs[0] is not None:
+                tensors[id(node.outputs[0])] = inputs[0]  # the same tensor, used further on
+                continue
+            op = ops if node.inputs else -1  # a model input is live from the start
+            ops += node.inputs != []
+            for k in inputs:
+                if k is not None:
+                    last[k] = max(last[k], op)
+            for ids, shape in zip(node.outputs[:1], node.call.out_shapes[:1]):
+                spatial = math.prod(d or 1 for d in shape[1:-1])
+                per_group = np.zeros(len(self.full))
+                gids = np.where(ids >= 0, group_no[np.maximum(ids, 0)], -1)
+                for gi, count in zip(*np.unique(gids, return_counts=True)):
+                    if int(gi) in prunable:
+                        per_group[prunable[int(gi)]] += count
+                tensors[id(ids)] = len(size)
+                size.append(spatial * ids.size)
+                slope.append(spatial * per_group / self.full)
+                first.append(op)
+                last.append(op)
+        for k in range(len(size)):
+            if first[k] == last[k] and first[k] >= 0:  # not read by any op: a model output
+                last[k] = ops
+        self._size = np.array(size, np.float64)
+        self._slope = np.array(slope, np.float64).reshape(len(size), len(self.full))
+        self._live = np.zeros((max(ops, 1), len(size)))
+        for k, (a, b) in enumerate(zip(first, last)):
+            self._live[max(a, 0) : b + 1, k] = 1
+
+    def flash(self, widths: np.ndarray) -> float:
+        """Bytes of int8 weights, int32 biases and per-channel quantization parameters."""
+        total = float(self._per_channel @ widths)
+        for shape, axes, _ in self._weights:
+            total += math.prod(widths[axes[a]] if a in axes else d for a, d in enumerate(shape))
+        return total
+
+    def macs(self, widths: np.ndarray) -> float:
+        """Multiply-accumulates per example of the layers with a kernel in a group."""
+        total = 0.0
+        for shape, axes, macs in self._weights:
+            if macs:
+                kept = math.prod(widths[a_g] / shape[a] for a, a_g in axes.items())
+                total += macs * kept
+        return total
+
+    def live(self, widths: np.ndarray) -> np.ndarray:
+        """Bytes of int8 tensors alive at each op (its inputs, output and those kept for later)."""
+        return self._live @ (self._size - self._slope @ (self.full - widths))
+
+
+class Search:
+    """Greedy channel removal against anchored resource models (see the module docstring).
+
+    Args:
+        width_model: The `WidthModel` of the model.
+        limits: `{resource: limit}` for the resources with a limit.
+        floor: Per group, channels kept while other groups can still be cut.
+    """
+
+    def __init__(self, width_model: WidthModel, limits: dict[str, float], floor: np.ndarray):
+        self.model = width_model
+        self.limits = dict(limits)
+        self.floor = np.asarray(floor, np.int64)
+        self.widths = width_model.full.copy()
+        self._offset = {"flash": 0.0, "arena": 0.0, "macs": 0.0}
+        self._seconds_per_mac = 0.0
+
+    def anchor(self, measured: dict[str, float | None]) -> None:
+        """Makes the models equal `measured` (flash, arena, macs, latency) at the widths now."""
+        w = self.widths
+        self._offset = {
+            "flash": measured["flash"] - self.model.flash(w),
+            "arena": measured["arena"] - float(self.model.live(w).max()),
+            "macs": measured["macs"] - self.model.macs(w),
+        }
+        if measured.get("latency") is not None:
+            self._seconds_per_mac = measured["latency"] / max(self.model.macs(w), 1.0)
+
+    def excess(self, widths: np.ndarray) -> dict[str, float]:
+        """What each limited resource has above its limit under the anchored models (> 0)."""
+        out = {}
+        for name, limit in self.limits.items():
+            if name == "arena":
+                over = np.maximum(self.model.live(widths) + self._offset["arena"] - limit, 0)
+                value = float(over.sum())
+            elif name == "latency":
+                value = self.model.macs(widths) * self._seconds_per_mac - limit
+            else:
+                value = getattr(self.model, name)(widths) + self._offset[name] - limit
+            if value > 0:
+                out[name] = value
+        return out
+
+    def gains(self, widths: np.ndarray) -> np.ndarray:
+        """Per group: the exceeded resources' drop, as fractions of their limits, per channel."""
+        now = self.excess(widths)
+        gains = np.zeros(len(widths))
+        for j in range(len(widths)):
+            if widths[j] <= 1:
+                continue
+            fewer = widths.copy()
+            fewer[j] -= 1
+            after = self.excess(fewer)
+            gains[j] = sum((v - after.get(n, 0.0)) / self.limits[n] for n, v in now.items())
+        return gains
+
+    def select(self, scores: list[np.ndarray], keeps: list[np.ndarray], quota: int) -> int:
+        """Marks up to `quota` channels as dropped in `keeps`, one at a time.
+
+        Args:
+            scores: Per group, each channel's importance divided by the group's mean
+                importance at full width.
+            keeps: Per group, which channels are kept (modified in place).
+            quota: Most channels to drop.
+
+        Returns:
+            Channels dropped: fewer than `quota` when the models say every limit is met,
+            0 when no group can reduce a resource that is over its limit.
+        """
+        dropped = 0
+        while dropped < quota and self.excess(self.widths):
+            gains = self.gains(self.widths)
+            usable = gains > 0
+            above = usable & (self.widths > self.floor)
+            if above.any():
+                usable = above
+            if not usable.any():
+                break
+            best, choice = np.inf, None
+            for j in np.flatnonzero(usable):
+                kept = np.flatnonzero(keeps[j])
+                c = kept[np.argmin(scores[j][kept])]
+                ratio = scores[j][c] / gains[j]
+                if ratio < best:
+                    best, choice = ratio, (j, c)
+            j, c = choice
+            keeps[j][c] = False
+            self.widths[j] -= 1
+            dropped += 1
+        return dropped
