@@ -25,6 +25,7 @@ import keras
 __all__ = [
     "LayerSpec",
     "WeightSpec",
+    "instances",
     "iter_layers",
     "lookup",
     "macs",
@@ -184,6 +185,21 @@ def resolve(layer: keras.layers.Layer, path: str) -> keras.Variable | None:
         if obj is None:
             return None
     return obj if isinstance(obj, keras.Variable) else None
+
+
+def instances(model: keras.layers.Layer, cls: type) -> list:
+    """Every layer of `model` that is a `cls` (nested models included), in layer order.
+
+    Args:
+        model: A Keras model, or a single layer (returned alone if it is a `cls`).
+        cls: The layer class, e.g. `tfprune.Prunable`.
+
+    Returns:
+        The layers.
+    """
+    if isinstance(model, cls):
+        return [model]
+    return [layer for layer in iter_layers(model) if isinstance(layer, cls)]
 
 
 def iter_layers(model: keras.layers.Layer) -> Iterator[keras.layers.Layer]:

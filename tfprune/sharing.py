@@ -41,9 +41,7 @@ def clustered_layers(model: keras.layers.Layer) -> list[Clustered]:
     Returns:
         The `Clustered` layers.
     """
-    if isinstance(model, Clustered):
-        return [model]
-    return [layer for layer in registry.iter_layers(model) if isinstance(layer, Clustered)]
+    return registry.instances(model, Clustered)
 
 
 def cluster(

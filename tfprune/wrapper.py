@@ -506,6 +506,4 @@ def prunable_layers(model: keras.layers.Layer) -> list[Prunable]:
     Returns:
         The `Prunable` layers.
     """
-    if isinstance(model, Prunable):
-        return [model]
-    return [layer for layer in registry.iter_layers(model) if isinstance(layer, Prunable)]
+    return registry.instances(model, Prunable)
