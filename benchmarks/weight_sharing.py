@@ -159,7 +159,8 @@ def main(argv=None) -> int:
         "",
         "The int8 files still store one byte per weight: sharing shows in `values/ch` and in "
         "the Huffman-coded size, and reaches the flash only through TFLite Micro's "
-        "lookup-table compression (branch `lut`).",
+        "lookup-table compression (`tfprune.export.compress_tflite`, "
+        "`benchmarks/weight_sharing_lut.py`).",
     ]
     publish(lines, not args.no_write and not args.tiny)
     return 0
