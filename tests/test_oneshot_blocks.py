@@ -117,14 +117,16 @@ class Block(keras.layers.Layer):
         return y + self.down(self.up(y))
 
 
-# Listed against the order they run (down first): the capture must follow the calls.
-registry.register(
-    Block, LayerSpec(tuple(_dense_specs("down", "up") + _attention_specs("attention.")[::-1]))
-)
+@pytest.fixture
+def block_spec(monkeypatch):
+    """Registers `Block` for one test (the registry is global: other tests list it)."""
+    # Listed against the order they run (down first): the capture must follow the calls.
+    spec = LayerSpec(tuple(_dense_specs("down", "up") + _attention_specs("attention.")[::-1]))
+    monkeypatch.setitem(registry._REGISTRY, Block, spec)
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
-def test_kernels_of_a_custom_block_are_pruned_on_their_sublayers_inputs(method):
+def test_kernels_of_a_custom_block_are_pruned_on_their_sublayers_inputs(block_spec, method):
     inputs = keras.Input((6, 8))
     block = Block(name="block")
     outputs = keras.layers.Dense(4, name="d")(keras.layers.Flatten()(block(inputs)))
