@@ -222,3 +222,29 @@ def test_recording_hooks_are_removed_when_the_model_fails():
     assert "call" not in vars(dense)
     dense(x)
     assert len(seen) == 1
+
+
+def test_keras_hub_gpt2_backbone_prunes_every_block_kernel_in_one_shot():
+    keras.utils.set_random_seed(0)
+    gpt2 = keras_hub.models.GPT2Backbone(
+        vocabulary_size=50,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=8,
+    )
+    rng = np.random.default_rng(0)
+    feed = {"token_ids": rng.integers(0, 50, (32, 8)), "padding_mask": np.ones((32, 8), "int32")}
+    plain = tfprune.strip(tfprune.oneshot(gpt2, feed, sparsity=0.5, method="wanda"))
+    kernels = {
+        v.path: keras.ops.convert_to_numpy(v)
+        for layer in plain.layers
+        if layer.name.startswith("transformer_layer")
+        for v in layer.weights
+        if v.path.endswith("kernel")
+    }
+    # q, k, v, attention output and both MLP kernels of each of the two blocks.
+    assert len(kernels) == 12
+    for path, kernel in kernels.items():
+        assert (kernel == 0).sum() == kernel.size // 2, path
