@@ -35,7 +35,7 @@ def test_bert_backbone_is_read_as_a_functional_model():
     # On main: TypeError "subclassed model ... Keras cannot see".
     groups = tfprune.graph.channel_groups(_bert())
     assert [(g.producers, g.channels, g.reason) for g in groups] == [
-        # The block's heads (kept: see tests/test_hub_blocks.py) and MLP units.
+        # The block's heads and MLP units.
         (["transformer_layer_0"], 2, groups[0].reason),
         (["transformer_layer_0"], 16, None),
         (["pooled_dense"], 8, "its channels are a model output"),
@@ -105,7 +105,7 @@ def test_gpt2_backbone_clones_although_its_blocks_build_only_from_a_call():
     np.testing.assert_allclose(np.asarray(plain(feed)), np.asarray(gpt2(feed)), atol=1e-6)
     groups = tfprune.graph.channel_groups(gpt2)
     assert [(g.producers, g.channels, g.prunable) for g in groups] == [
-        (["transformer_layer_0"], 2, False),  # heads: hidden_dim // num_heads is the head size
+        (["transformer_layer_0"], 2, True),  # heads (shrink keeps their size: hub_sized)
         (["transformer_layer_0"], 16, True),
     ]
 

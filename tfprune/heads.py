@@ -141,13 +141,14 @@ def variable_key(var) -> str:
     return "/".join(var.path.split("/")[-2:])
 
 
-def _heads_of(layer, name: str | None = None) -> AttentionHeads:
-    q_key, kv_key = _kind(layer)
+def _heads_of(layer, name: str | None = None, counts: tuple[int, int] | None = None):
+    """The heads of an attention layer; `counts` (query, key/value heads) if given."""
     heads_first = keras.saving.get_registered_name(type(layer)) in _HEADS_FIRST
-    # The counts are public attributes named as the config keys (Gemma's attention has
-    # no config of its own).
-    query_heads = int(getattr(layer, q_key))
-    kv_heads = int(getattr(layer, kv_key)) if kv_key else query_heads
+    if counts is None:
+        # The counts are public attributes named as the config keys (Gemma's attention
+        # has no config of its own).
+        q_key, kv_key = _kind(layer)
+        counts = int(getattr(layer, q_key)), int(getattr(layer, kv_key or q_key))
     slices = []
     for var in layer.weights:
         var_kind = _PROJECTIONS.get(_projection(var))
@@ -161,7 +162,14 @@ def _heads_of(layer, name: str | None = None) -> AttentionHeads:
         # Kernels are (input..., heads, head_dim), biases (heads, head_dim).
         axis = 0 if heads_first or weight != "kernel" else len(var.shape) - 2
         slices.append((var, axis, var_kind))
-    return AttentionHeads(layer, query_heads, kv_heads, slices, name or layer.name)
+    return AttentionHeads(layer, *counts, slices, name or layer.name)
+
+
+def _block_counts(layer, block: hub_blocks.Block) -> tuple[int, int]:
+    """Query and key/value heads of a keras-hub block, from its config."""
+    config = layer.get_config()
+    q_key, kv_key = block.heads
+    return int(config[q_key]), int(config[kv_key or q_key])
 
 
 def attention_heads(model: keras.Model) -> list[AttentionHeads]:
@@ -183,8 +191,9 @@ def attention_heads(model: keras.Model) -> list[AttentionHeads]:
             out.append(_heads_of(layer))
         block = hub_blocks.block_of(layer)
         for _, sub in hub_blocks.attention_layers(layer, block) if block else ():
-            if _kind(sub) is not None and sub.built:
-                out.append(_heads_of(sub, f"{layer.name}/{sub.name}"))
+            if sub.built:
+                counts = _block_counts(layer, block)
+                out.append(_heads_of(sub, f"{layer.name}/{sub.name}", counts))
     return out
 
 
@@ -470,33 +479,40 @@ def prune_heads(
 # --- shrink ----------------------------------------------------------------------------
 
 
-def shrunk_heads(layer) -> tuple[dict, Callable] | None:
+def shrunk_heads(layer) -> tuple[dict, Callable, type] | None:
     """How `tfprune.shrink` rebuilds an attention layer without its dead heads.
 
     Dead query heads (`AttentionHeads.dead_heads`) are removed; groups of grouped-query
     attention keep the same number of query heads each (the largest number alive in any
     kept group, padded with dead heads, which add nothing), so the result is exact.
 
-    A keras-hub block whose config holds its head size (`tfprune.hub_blocks.Block.heads`)
-    is rebuilt the same way, with the head counts in the block's config.
+    A keras-hub block (`tfprune.hub_blocks`) is rebuilt the same way, with the head counts
+    and the head size in its config; one that derives its head size from
+    `hidden_dim // num_heads` comes back as its `tfprune.hub_sized` subclass.
 
     Args:
         layer: Any layer.
 
     Returns:
         `None` for a layer that is not an attention layer or such a block (or has no dead
-        head), else `(config updates, values)` where `values(new_layer)` returns the kept
-        slices for the rebuilt layer's per-head variables, `{id(variable): array}`.
+        head, or is a block `hub_blocks.fixed_heads` names), else `(config updates,
+        values, class)` where `values(new_layer)` returns the kept slices for the rebuilt
+        layer's per-head variables, `{id(variable): array}`, and `class` rebuilds it.
     """
     block = hub_blocks.block_of(layer)
-    if block is not None and block.heads is not None and layer.built:
+    cls = type(layer)
+    if block is not None and layer.built and hub_blocks.fixed_heads(layer, block) is None:
         attention = hub_blocks.attention_layers(layer, block)[0][1]
+        heads = _heads_of(attention, counts=_block_counts(layer, block))
         keys = block.heads
+        query = next(v for v, _, kind in heads.slices if kind == "q")
+        size = {block.head_size or "head_dim": int(query.shape[-1])}
+        if block.head_size is None:
+            cls = hub_blocks.sized_class(block)
     elif _kind(layer) is not None and layer.built:
-        attention, keys = layer, _kind(layer)
+        heads, keys, size = _heads_of(layer), _kind(layer), {}
     else:
         return None
-    heads = _heads_of(attention)
     alive = ~heads.dead_heads()
     if alive.all():
         return None
@@ -515,6 +531,7 @@ def shrunk_heads(layer) -> tuple[dict, Callable] | None:
     config = {q_key: int(keep_q.sum())}
     if kv_key:
         config[kv_key] = int(groups.size)
+    config.update(size)
 
     def values(new_layer) -> dict[int, np.ndarray]:
         kept = {}
@@ -529,4 +546,4 @@ def shrunk_heads(layer) -> tuple[dict, Callable] | None:
             if variable_key(old) in kept
         }
 
-    return config, values
+    return config, values, cls

@@ -10,7 +10,10 @@ This table says, for each block, which attributes hold them, so that
 - `tfprune.graph` exposes the MLP width as a channel group of the block;
 - `tfprune.heads` finds the attention layer inside the block;
 - `tfprune.shrink` rebuilds the block from its config with a smaller `intermediate_dim`
-  (and fewer heads where the config can say so).
+  and fewer heads. A block whose config holds its head size (`head_size`) keeps it there;
+  keras-hub's `TransformerEncoder` and `TransformerDecoder` derive it from
+  `hidden_dim // num_heads`, so they come back as the subclasses of
+  `tfprune.hub_sized` (`sized`), which take it in their config.
 
 Blocks are keyed by Keras registered name, so keras-hub is never imported. keras-hub
 names the sublayers of these blocks with a leading underscore (`_feedforward_output_dense`);
@@ -21,6 +24,7 @@ are, so that `tfprune.layers.resolve(block, path)` finds the variable.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 
 import keras
@@ -34,8 +38,10 @@ __all__ = [
     "attention_layers",
     "block_of",
     "carried_bias",
+    "fixed_heads",
     "maps_zero_to_zero",
     "shrunk_config",
+    "sized_class",
 ]
 
 
@@ -54,9 +60,12 @@ class Block:
         width_scale: `intermediate_dim` divided by the number of intermediate units (2 for
             Gemma, whose gate and up projections each have `intermediate_dim // 2` units).
         heads: Config keys of the query heads and the key/value heads (`None` when they
-            are the same), or `None` when the block derives the head size from
-            `hidden_dim // num_heads`, so that a block with fewer heads cannot keep the
-            head size.
+            are the same).
+        head_size: Config key of the head size, or `None` when the block derives it
+            from `hidden_dim // num_query_heads`.
+        sized: Name of the `tfprune.hub_sized` subclass that takes the head size in its
+            config, for a block that derives it (`None`: there is none, so the block
+            cannot be rebuilt with fewer heads of the same size).
         activation: Config key of the MLP's activation, or `None` when it is fixed and
             maps 0 to 0 (GELU, SiLU).
     """
@@ -66,7 +75,9 @@ class Block:
     mlp_in: tuple[str, ...]
     mlp_out: str
     width_scale: int = 1
-    heads: tuple[str, str | None] | None = None
+    heads: tuple[str, str | None] = ("num_query_heads", "num_key_value_heads")
+    head_size: str | None = None
+    sized: str | None = None
     activation: str | None = None
 
 
@@ -76,40 +87,71 @@ _UP = "_feedforward_intermediate_dense"
 _DOWN = "_feedforward_output_dense"
 _GATED = (_UP, "_feedforward_gate_dense")
 
+_ENCODER = Block(
+    ("_self_attention_layer",),
+    _MHA,
+    (_UP,),
+    _DOWN,
+    heads=("num_heads", None),
+    activation="activation",
+)
+_DECODER = dataclasses.replace(
+    _ENCODER, attention=("_self_attention_layer", "_cross_attention_layer")
+)
+_GQA = Block(("_self_attention_layer",), _PRIVATE, _GATED, _DOWN, activation="activation")
+
 BLOCKS: dict[str, Block] = {
-    "keras_hub>TransformerEncoder": Block(
-        ("_self_attention_layer",), _MHA, (_UP,), _DOWN, activation="activation"
+    "keras_hub>TransformerEncoder": dataclasses.replace(
+        _ENCODER, sized="HeadSizedTransformerEncoder"
     ),
-    "keras_hub>TransformerDecoder": Block(
-        ("_self_attention_layer", "_cross_attention_layer"),
-        _MHA,
-        (_UP,),
-        _DOWN,
-        activation="activation",
+    "keras_hub>TransformerDecoder": dataclasses.replace(
+        _DECODER, sized="HeadSizedTransformerDecoder"
     ),
+    "tfprune>HeadSizedTransformerEncoder": dataclasses.replace(_ENCODER, head_size="head_dim"),
+    "tfprune>HeadSizedTransformerDecoder": dataclasses.replace(_DECODER, head_size="head_dim"),
     "GemmaDecoderBlock": Block(
         ("attention",),
         _MHA,
         ("gating_ffw", "gating_ffw_2"),
         "ffw_linear",
         width_scale=2,
-        heads=("num_query_heads", "num_key_value_heads"),
+        head_size="head_dim",
     ),
-    "MistralTransformerDecoder": Block(
-        ("_self_attention_layer",), _PRIVATE, _GATED, _DOWN, activation="activation"
-    ),
-    "QwenTransformerDecoder": Block(
-        ("_self_attention_layer",), _PRIVATE, _GATED, _DOWN, activation="activation"
-    ),
-    "LlamaTransformerDecoder": Block(
-        ("_self_attention_layer",), _PRIVATE, _GATED, _DOWN, activation="activation"
-    ),
+    "MistralTransformerDecoder": dataclasses.replace(_GQA, head_size="head_dim"),
+    "QwenTransformerDecoder": _GQA,
+    "LlamaTransformerDecoder": _GQA,
 }
 
 
 def block_of(layer: keras.layers.Layer) -> Block | None:
     """The table entry of a keras-hub block, by its registered name, or `None`."""
     return BLOCKS.get(keras.saving.get_registered_name(type(layer)))
+
+
+def fixed_heads(layer: keras.layers.Layer, block: Block) -> str | None:
+    """Why `tfprune.shrink` cannot rebuild the block with fewer heads, or `None` if it can.
+
+    It can when the head size is in the block's config or a `tfprune.hub_sized` subclass
+    takes it, and the block has one attention layer (a decoder's self and cross attention
+    share one head count).
+    """
+    if len(attention_layers(layer, block)) > 1:
+        return "has self and cross attention, which share one head count"
+    if block.head_size is None and block.sized is None:
+        return (
+            "computes its head size as hidden_dim // num_query_heads, so it cannot be "
+            "rebuilt with fewer heads of the same size"
+        )
+    return None
+
+
+def sized_class(block: Block) -> type:
+    """The `tfprune.hub_sized` subclass of a block that derives its head size.
+
+    Imports `tfprune.hub_sized`, hence keras-hub (already imported when such a block
+    exists).
+    """
+    return getattr(importlib.import_module("tfprune.hub_sized"), block.sized)
 
 
 def attention_layers(layer: keras.layers.Layer, block: Block) -> list[tuple[str, object]]:
@@ -208,7 +250,26 @@ def maps_zero_to_zero(layer: keras.layers.Layer, block: Block) -> bool:
     return float(keras.ops.convert_to_numpy(fn(keras.ops.zeros((1,))))[0]) == 0.0
 
 
+class _SizedLoader:
+    """Stands in for a `tfprune.hub_sized` class until Keras deserializes one.
+
+    Registered under the class's name when tfprune is imported, so that a saved model
+    holding one loads without importing keras-hub at `import tfprune`; the first load
+    imports `tfprune.hub_sized`, whose classes then replace their stand-ins.
+    """
+
+    def __init__(self, block: Block):
+        self.block = block
+
+    def from_config(self, config: dict) -> keras.layers.Layer:
+        return sized_class(self.block).from_config(config)
+
+
 def _register() -> None:
+    custom = keras.saving.get_custom_objects()
+    for block in BLOCKS.values():
+        if block.sized is not None:
+            custom.setdefault(f"tfprune>{block.sized}", _SizedLoader(block))
     for name, block in BLOCKS.items():
         registry.register(
             name,

@@ -408,7 +408,8 @@ def shrink(model: keras.Model, through_norms: bool = False) -> keras.Model:
         by_layer.setdefault(id(layer), []).append((weight, axis, ids))
     outputs = {id(node.layer): node.output for node in g.nodes}
     # Attention layers (and keras-hub blocks) with dead heads come back with fewer heads
-    # (tfprune.heads); their per-head variables take the kept slices.
+    # (tfprune.heads), possibly as another class; their per-head variables take the kept
+    # slices.
     attention = {id(layer): heads_lib.shrunk_heads(layer) for layer in registry.iter_layers(model)}
     attention = {key: value for key, value in attention.items() if value is not None}
     nodes = {id(node.layer): node for node in g.nodes}
@@ -447,7 +448,8 @@ def shrink(model: keras.Model, through_norms: bool = False) -> keras.Model:
             target = list(layer.target_shape)
             width = int(_positions(outputs[id(layer)], keep_id).size)
             config["target_shape"] = (*target[:-1], width)
-        return surgery.from_config(layer, config)
+        cls = attention[id(layer)][2] if id(layer) in attention else None
+        return surgery.from_config(layer, config, cls)
 
     def call(op, *args, **kwargs):
         node = cloned.get(id(op))

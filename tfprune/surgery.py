@@ -31,12 +31,15 @@ __all__ = [
 LayerSelector = Iterable[str] | Callable[[keras.layers.Layer], bool] | None
 
 
-def from_config(layer: keras.layers.Layer, config: dict) -> keras.layers.Layer:
+def from_config(
+    layer: keras.layers.Layer, config: dict, cls: type | None = None
+) -> keras.layers.Layer:
     """`type(layer).from_config(config)`, with an error naming the layer when it fails.
 
     Args:
         layer: The layer the config comes from.
         config: Its (possibly edited) config.
+        cls: The class to rebuild it as (default: the layer's own).
 
     Returns:
         The new, unbuilt layer.
@@ -46,7 +49,7 @@ def from_config(layer: keras.layers.Layer, config: dict) -> keras.layers.Layer:
             `get_config` that does not round-trip, as some keras-hub layers have).
     """
     try:
-        return layer.__class__.from_config(config)
+        return (cls or type(layer)).from_config(config)
     except Exception as err:
         raise TypeError(
             f"Layer '{layer.name}' ({type(layer).__name__}) cannot be rebuilt from its own "

@@ -61,12 +61,9 @@ def _attention_heads(g: Graph, call: Call, block: hub_blocks.Block) -> None:
             g.record(call.layer, f"{attr}.{name}.kernel", axes[name], ids, "output")
             g.record(call.layer, f"{attr}.{name}.bias", 0, ids, "output")
         g.record(call.layer, f"{attr}.{o}.kernel", axes[o], per_query, "input")
-        if block.heads is None:
-            g.freeze(
-                heads,
-                f"{call.name} computes its head size as hidden_dim // num_heads, so it "
-                "cannot be rebuilt with fewer heads of the same size",
-            )
+        reason = hub_blocks.fixed_heads(call.layer, block)
+        if reason is not None:
+            g.freeze(heads, f"{call.name} {reason}")
 
 
 def transformer_block(g: Graph, call: Call) -> np.ndarray:

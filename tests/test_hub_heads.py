@@ -1,0 +1,149 @@
+"""Attention heads inside keras-hub blocks: removed exactly by shrink, saved and reloaded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import keras_hub
+import numpy as np
+import pytest
+
+import tfprune
+from tfprune import hub_sized
+
+M = keras_hub.models
+_TINY = dict(vocabulary_size=50, num_layers=2, hidden_dim=16, intermediate_dim=32)
+
+
+def _randomised(model):
+    """Every weight drawn at random (LayerNorm gamma/beta included)."""
+    rng = np.random.default_rng(0)
+    for v in model.weights:
+        v.assign(rng.normal(scale=0.5, size=v.shape).astype(v.dtype))
+    return model
+
+
+def _feed(model) -> dict:
+    rng = np.random.default_rng(1)
+    feed = {"token_ids": rng.integers(1, 50, (2, 8)), "padding_mask": np.ones((2, 8), "int32")}
+    if "segment_ids" in model.input:
+        feed["segment_ids"] = rng.integers(0, 2, (2, 8))
+    return feed
+
+
+def _out(model, feed) -> np.ndarray:
+    y = model(feed)
+    return np.asarray(y["sequence_output"] if isinstance(y, dict) else y)
+
+
+def _blocks(model):
+    return [layer for layer in model.layers if layer.name.startswith("transformer_layer_")]
+
+
+def _bert():
+    return M.BertBackbone(num_heads=4, max_sequence_length=8, **_TINY)
+
+
+def _gpt2():
+    return M.GPT2Backbone(num_heads=4, max_sequence_length=8, **_TINY)
+
+
+_SIZED = {
+    "bert": (_bert, hub_sized.HeadSizedTransformerEncoder),
+    "gpt2": (_gpt2, hub_sized.HeadSizedTransformerDecoder),
+}
+
+
+@pytest.fixture(scope="module", params=["gpt2", pytest.param("bert", marks=pytest.mark.slow)])
+def case(request):
+    """`(name, model, pruned with half the heads zeroed, shrunk, feed)`."""
+    model = _randomised(_SIZED[request.param][0]())
+    pruned = tfprune.prune_heads(model, 0.5)
+    return request.param, model, pruned, tfprune.shrink(pruned), _feed(model)
+
+
+def test_half_the_heads_are_removed_exactly(case):
+    name, model, pruned, small, feed = case
+    heads = tfprune.heads.attention_heads(pruned)
+    attention = "self_attention_layer" if name == "bert" else "self_attention"
+    assert [h.name for h in heads] == [f"transformer_layer_{i}/{attention}" for i in range(2)]
+    assert [int(h.dead_heads().sum()) for h in heads] == [2, 2]
+    blocks = _blocks(small)
+    assert [type(b) for b in blocks] == [_SIZED[name][1]] * 2
+    configs = [b.get_config() for b in blocks]
+    assert [(c["num_heads"], c["head_dim"]) for c in configs] == [(2, 4), (2, 4)]
+    [heads, _] = tfprune.heads.attention_heads(small)
+    assert (heads.query_heads, heads.kv_heads) == (2, 2)
+    assert tuple(heads.layer.query_dense.kernel.shape) == (16, 2, 4)
+    assert tuple(heads.layer.output_dense.kernel.shape) == (2, 4, 16)
+    # Per block, 2 heads of size 4: query, key, value kernels (16 x 8) and biases (8),
+    # and the output rows (8 x 16).
+    assert model.count_params() - small.count_params() == 2 * (3 * (16 * 8 + 8) + 8 * 16)
+    zeroed = _out(pruned, feed)
+    assert np.abs(zeroed - _out(model, feed)).max() > 0.1
+    assert np.abs(_out(small, feed) - zeroed).max() < 2e-5
+
+
+_LOAD = textwrap.dedent(
+    """
+    import sys
+    import keras
+    import numpy as np
+    import tfprune
+
+    assert "keras_hub" not in sys.modules, "import tfprune imported keras_hub"
+    path = sys.argv[1]
+    model = keras.saving.load_model(path + ".keras", safe_mode=True)
+    y = model(dict(np.load(path + "_feed.npz")))
+    y = y["sequence_output"] if isinstance(y, dict) else y
+    np.save(path + "_out.npy", keras.ops.convert_to_numpy(y))
+    print(type(model.get_layer("transformer_layer_0")).__name__)
+    """
+)
+
+
+def test_shrunk_model_reloads_in_a_fresh_process(case, tmp_path):
+    name, _, _, small, feed = case
+    path = str(tmp_path / name)
+    small.save(path + ".keras")
+    np.savez(path + "_feed.npz", **feed)
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD, path], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [_SIZED[name][1].__name__]
+    np.testing.assert_array_equal(np.load(path + "_out.npy"), _out(small, feed))
+
+
+def test_shrunk_block_prunes_again_and_prune_channels_removes_heads_too():
+    model = _randomised(_gpt2())
+    feed = _feed(model)
+    small = tfprune.shrink(tfprune.prune_channels(model, 0.5))
+    # The heads group of a TransformerDecoder is prunable now, as the MLP units are.
+    assert [(b.get_config()["num_heads"], b.intermediate_dim) for b in _blocks(small)] == [
+        (2, 16),
+        (2, 16),
+    ]
+    pruned = tfprune.prune_heads(small, 0.5)
+    smaller = tfprune.shrink(pruned)
+    assert [
+        (b.get_config()["num_heads"], b.get_config()["head_dim"]) for b in _blocks(smaller)
+    ] == [
+        (1, 4),
+        (1, 4),
+    ]
+    assert small.count_params() - smaller.count_params() == 2 * (3 * (16 * 4 + 4) + 4 * 16)
+    np.testing.assert_allclose(_out(smaller, feed), _out(pruned, feed), atol=2e-5)
+
+
+def test_head_sized_block_validates_head_dim_and_round_trips_its_config():
+    block = hub_sized.HeadSizedTransformerEncoder(32, 2, head_dim=4, name="enc")
+    y = block(np.zeros((1, 3, 16), "float32"))
+    assert tuple(y.shape) == (1, 3, 16)
+    assert tuple(block._self_attention_layer.query_dense.kernel.shape) == (16, 2, 4)
+    again = hub_sized.HeadSizedTransformerEncoder.from_config(block.get_config())
+    assert again.get_config() == block.get_config()
+    with pytest.raises(ValueError, match=r"positive integer. Received: head_dim=0"):
+        hub_sized.HeadSizedTransformerDecoder(32, 2, head_dim=0)
