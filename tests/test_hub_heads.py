@@ -147,3 +147,46 @@ def test_head_sized_block_validates_head_dim_and_round_trips_its_config():
     assert again.get_config() == block.get_config()
     with pytest.raises(ValueError, match=r"positive integer. Received: head_dim=0"):
         hub_sized.HeadSizedTransformerDecoder(32, 2, head_dim=0)
+
+
+def _gqa(name: str):
+    cls = {"mistral": M.MistralBackbone, "qwen": M.QwenBackbone}[name]
+    return cls(num_query_heads=4, num_key_value_heads=2, **_TINY)
+
+
+@pytest.mark.parametrize(
+    "name, unit",
+    [("mistral", "group"), ("mistral", "head"), ("qwen", "head"), ("qwen", "group")],
+)
+def test_grouped_query_heads_of_mistral_and_qwen(name, unit):
+    model = _randomised(_gqa(name))
+    feed = _feed(model)
+    heads = tfprune.heads.attention_heads(model)
+    assert [(h.name, h.query_heads, h.kv_heads) for h in heads] == [
+        (f"transformer_layer_{i}/self_attention", 4, 2) for i in range(2)
+    ]
+    pruned = tfprune.prune_heads(model, 0.5, unit=unit)
+    for h in tfprune.heads.attention_heads(pruned):
+        dead = h.dead_heads().reshape(2, 2)
+        # Whole key/value groups with their query heads, or one query head of each group.
+        expected = [[2, 0], [0, 2]] if unit == "group" else [[1, 1]]
+        assert dead.sum(axis=1).tolist() in expected
+    small = tfprune.shrink(pruned)
+    counts = [(b.num_query_heads, b.num_key_value_heads) for b in _blocks(small)]
+    if name == "mistral":
+        # Its config holds the head size: rebuilt with 2 query heads of size 4 (and one
+        # key/value group of two, or two groups of one).
+        assert counts == [(2, 1 if unit == "group" else 2)] * 2
+        assert [b.get_config()["head_dim"] for b in _blocks(small)] == [4, 4]
+        # Per block, 2 query heads (query 16 x 4, output 4 x 16) and a group's key and
+        # value (16 x 4 each) under unit="group".
+        per_block = 2 * (16 * 4 + 4 * 16) + (2 * 16 * 4 if unit == "group" else 0)
+        assert model.count_params() - small.count_params() == 2 * per_block
+    else:
+        # Qwen's attention derives its head size from hidden_dim // num_query_heads: the
+        # zeroed heads stay (and predict the same).
+        assert counts == [(4, 2)] * 2
+        assert small.count_params() == model.count_params()
+    zeroed = _out(pruned, feed)
+    assert np.abs(zeroed - _out(model, feed)).max() > 0.1
+    assert np.abs(_out(small, feed) - zeroed).max() < 2e-5
