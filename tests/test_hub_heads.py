@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import keras_hub
 import numpy as np
 import pytest
@@ -190,3 +191,39 @@ def test_grouped_query_heads_of_mistral_and_qwen(name, unit):
     zeroed = _out(pruned, feed)
     assert np.abs(zeroed - _out(model, feed)).max() > 0.1
     assert np.abs(_out(small, feed) - zeroed).max() < 2e-5
+
+
+def test_activation_scores_of_heads_inside_a_block_equal_a_numpy_recomputation():
+    inputs = keras.Input((6, 16))
+    block = keras_hub.layers.TransformerEncoder(32, 4, name="enc")
+    model = _randomised(keras.Model(inputs, block(inputs)))
+    x = np.random.default_rng(2).normal(size=(3, 6, 16)).astype("float32")
+    scores = tfprune.heads.head_scores(model, "activation", data=[x[:2], (x[2:], None)])
+    assert list(scores) == ["enc/self_attention_layer"]
+    [heads] = tfprune.heads.attention_heads(model)
+    w = {tfprune.heads.variable_key(v): keras.ops.convert_to_numpy(v) for v in heads.layer.weights}
+
+    def project(name):  # (batch, tokens, heads, head size)
+        return np.einsum("btd,dhk->bthk", x, w[f"{name}/kernel"]) + w[f"{name}/bias"]
+
+    q, k, v = project("query"), project("key"), project("value")
+    logits = np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(4)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    context = np.einsum("bhqs,bshk->bqhk", p, v)
+    contribution = np.einsum("bqhk,hko->bqho", context, w["attention_output/kernel"])
+    expected = np.linalg.norm(contribution, axis=-1).reshape(-1, 4).mean(axis=0)
+    np.testing.assert_allclose(scores["enc/self_attention_layer"], expected, rtol=1e-4)
+
+
+def test_prune_heads_by_activation_in_gpt2_drops_the_lowest_scores():
+    model = _randomised(_gpt2())
+    feed = _feed(model)
+    scores = tfprune.heads.head_scores(model, "activation", data=[feed])
+    pruned = tfprune.prune_heads(model, 0.5, criterion="activation", data=[feed])
+    for heads in tfprune.heads.attention_heads(pruned):
+        lowest = np.argsort(scores[heads.name], kind="stable")[:2]
+        assert np.flatnonzero(heads.dead_heads()).tolist() == sorted(lowest.tolist())
+    small = tfprune.shrink(pruned)
+    assert [b.get_config()["num_heads"] for b in _blocks(small)] == [2, 2]
+    np.testing.assert_allclose(_out(small, feed), _out(pruned, feed), atol=2e-5)

@@ -15,21 +15,21 @@ query heads (`unit="head"`) or whole groups go with all their query heads
 (`unit="group"`), never a mix.
 
 Attention layers inside keras-hub transformer blocks (`tfprune.hub_blocks`) are found and
-pruned too; they are named `"<block>/<attention>"`. `shrink` rebuilds a block whose config
-holds its head size (Gemma's `head_dim`) with fewer heads. A block that derives its head
-size from `hidden_dim // num_heads` (keras-hub's `TransformerEncoder` and
-`TransformerDecoder`: BERT, GPT-2) cannot keep its head size with fewer heads, so `shrink`
-keeps its zeroed heads: the result still predicts what the zeroed model predicts.
+pruned too, with their head counts read from the block's config; they are named
+`"<block>/<attention>"`. `shrink` rebuilds a block whose config holds its head size
+(Gemma's and Mistral's `head_dim`) with fewer heads; keras-hub's `TransformerEncoder` and
+`TransformerDecoder` (BERT, GPT-2), which derive it from `hidden_dim // num_heads`, come
+back as their `tfprune.hub_sized` subclasses, which take it in their config. Qwen's and
+Llama's blocks derive it inside their attention layer, and a decoder with cross attention
+shares one head count between two layers: `shrink` keeps their zeroed heads, so the result
+still predicts what the zeroed model predicts.
 
 ```python
 pruned = tfprune.prune_heads(model, ratio=0.5, criterion="activation", data=[x[:256]])
 small = tfprune.shrink(pruned)          # num_heads halved in every attention layer
 ```
 
-Criteria (Michel et al. 2019; Voita et al. 2019; Muralidharan et al. 2024, Minitron):
-`"l1"` / `"l2"` of the head's weights, `"taylor"` (first order, `sum_batches (sum w *
-dL/dw)^2` over the head's weights), `"activation"` (mean L2 norm of the head's contribution
-to the layer output on calibration data), `"random"`.
+Criteria: `tfprune.head_criteria` (weight norms, Taylor, activations on calibration data).
 """
 
 from __future__ import annotations
@@ -40,9 +40,11 @@ from collections.abc import Callable, Iterable
 import keras
 import numpy as np
 
+from tfprune import head_criteria as criteria
 from tfprune import hub_blocks, surgery
 from tfprune import layers as registry
-from tfprune.channel_pruning import check_ratio, select_channels, taylor_terms
+from tfprune.channel_pruning import check_ratio, select_channels
+from tfprune.head_criteria import CRITERIA, variable_key
 from tfprune.wrapper import prunable_layers
 
 __all__ = [
@@ -55,7 +57,6 @@ __all__ = [
     "zero_heads",
 ]
 
-CRITERIA = ("l1", "l2", "taylor", "activation", "random")
 UNITS = ("head", "group")
 
 # Attention classes -> (config key of query heads, config key of key/value heads or None).
@@ -94,6 +95,9 @@ class AttentionHeads:
             gate, key and value kernels and biases, and the output kernel (`"o"`).
         name: The layer's name, or `"<block>/<attention>"` for the attention layer of a
             keras-hub block.
+        output_layer: The output projection of an attention layer inside a keras-hub
+            block (its input, the heads' context, gives `"activation"` scores), else
+            `None`.
     """
 
     layer: keras.layers.Layer
@@ -101,6 +105,7 @@ class AttentionHeads:
     kv_heads: int
     slices: list[tuple[keras.Variable, int, str]]
     name: str = ""
+    output_layer: keras.layers.Layer | None = None
 
     @property
     def ratio(self) -> int:
@@ -134,11 +139,6 @@ class AttentionHeads:
 
 def _projection(var) -> str:
     return var.path.split("/")[-2]
-
-
-def variable_key(var) -> str:
-    """`"<projection>/<weight>"` of an attention layer's variable, e.g. `"query/kernel"`."""
-    return "/".join(var.path.split("/")[-2:])
 
 
 def _heads_of(layer, name: str | None = None, counts: tuple[int, int] | None = None):
@@ -192,109 +192,10 @@ def attention_heads(model: keras.Model) -> list[AttentionHeads]:
         block = hub_blocks.block_of(layer)
         for _, sub in hub_blocks.attention_layers(layer, block) if block else ():
             if sub.built:
-                counts = _block_counts(layer, block)
-                out.append(_heads_of(sub, f"{layer.name}/{sub.name}", counts))
+                heads = _heads_of(sub, f"{layer.name}/{sub.name}", _block_counts(layer, block))
+                heads.output_layer = getattr(sub, block.projections[-1])
+                out.append(heads)
     return out
-
-
-# --- scores ---------------------------------------------------------------------------
-
-
-def _norm_scores(heads: AttentionHeads, power: int) -> np.ndarray:
-    """Sum of |w|^p over each query head's weights (its group's shared ones split evenly)."""
-    total = np.zeros(heads.query_heads)
-    for var, axis, var_kind in heads.slices:
-        w = np.abs(np.moveaxis(keras.ops.convert_to_numpy(var).astype(np.float64), axis, 0))
-        per = (w**power).reshape(w.shape[0], -1).sum(axis=1)
-        total += per[heads.group_of()] / heads.ratio if var_kind == "kv" else per
-    return np.sqrt(total) if power == 2 else total
-
-
-def _taylor_scores(heads: AttentionHeads, terms: dict) -> np.ndarray:
-    """`sum_batches (sum over the head's weights of w * dL/dw)^2`, shared slices split."""
-    batches = len(next(iter(terms.values())))
-    total = np.zeros(heads.query_heads)
-    for b in range(batches):
-        per_batch = np.zeros(heads.query_heads)
-        for var, axis, var_kind in heads.slices:
-            if var.path not in terms:
-                continue
-            t = np.moveaxis(terms[var.path][b].astype(np.float64), axis, 0)
-            per = t.reshape(t.shape[0], -1).sum(axis=1)
-            per_batch += per[heads.group_of()] / heads.ratio if var_kind == "kv" else per
-        total += per_batch**2
-    return total
-
-
-def _call_kwargs(model: keras.Model, layer) -> dict:
-    """The non-tensor keyword arguments of the layer's (single) call in a functional model."""
-    for config in model.get_config().get("layers", []):
-        if config["name"] == layer.name and config["inbound_nodes"]:
-            kwargs = dict(config["inbound_nodes"][0].get("kwargs", {}))
-            for key, value in kwargs.items():
-                if isinstance(value, dict):
-                    raise ValueError(
-                        f"Criterion 'activation' cannot replay the call of attention layer "
-                        f"'{layer.name}': its argument `{key}` is a tensor. Use criterion "
-                        "'l2' or 'taylor' for this model."
-                    )
-            return kwargs
-    return {}
-
-
-def _activation_scores(model: keras.Model, heads: AttentionHeads, data) -> np.ndarray:
-    """Mean over batches and positions of `||context_h @ W_o[h]||_2` (Minitron)."""
-    layer = heads.layer
-    try:
-        probe = keras.Model(model.input, layer.input)
-    except (AttributeError, ValueError) as error:
-        raise ValueError(
-            f"Criterion 'activation' needs the inputs of attention layer '{layer.name}' in "
-            "a functional model it is called once in. Use criterion 'l2' or 'taylor'."
-        ) from error
-    kwargs = _call_kwargs(model, layer)
-    causal = bool(kwargs.pop("use_causal_mask", False))
-    weights = {variable_key(v): v for v in layer.weights}
-    if "gate/kernel" in weights:
-        raise ValueError(
-            f"Criterion 'activation' does not support the gated attention layer "
-            f"'{layer.name}' (use_gate=True). Use criterion 'l2' or 'taylor'."
-        )
-    wv = keras.ops.convert_to_numpy(weights["value/kernel"])
-    bv = weights.get("value/bias")
-    wo = keras.ops.convert_to_numpy(weights["attention_output/kernel"])
-    total, count = np.zeros(heads.query_heads), 0
-    for batch in data:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        ins = probe(x)
-        ins = list(ins) if isinstance(ins, (list, tuple)) else [ins]
-        query, value = ins[0], ins[1] if len(ins) > 1 else ins[0]
-        key = ins[2] if len(ins) > 2 else value
-        if len(query.shape) != 3:
-            raise ValueError(
-                f"Criterion 'activation' supports attention over one sequence axis; layer "
-                f"'{layer.name}' receives inputs of shape {tuple(query.shape)}."
-            )
-        mask = None
-        if causal:
-            t_q, t_k = int(query.shape[1]), int(key.shape[1])
-            mask = np.tril(np.ones((t_q, t_k), bool))[None].repeat(int(query.shape[0]), 0)
-        _, scores = layer(
-            query, value, key=key, attention_mask=mask, return_attention_scores=True, **kwargs
-        )
-        scores = keras.ops.convert_to_numpy(scores)
-        v = np.einsum("btd,dhk->bthk", keras.ops.convert_to_numpy(value), wv)
-        if bv is not None:
-            v = v + keras.ops.convert_to_numpy(bv)
-        v = np.repeat(v, heads.ratio, axis=2)
-        context = np.einsum("bhqk,bkhd->bqhd", scores, v)
-        contribution = np.einsum("bqhd,hdo->bqho", context, wo)
-        norms = np.linalg.norm(contribution, axis=-1)
-        total += norms.reshape(-1, heads.query_heads).sum(axis=0)
-        count += norms.shape[0] * norms.shape[1]
-    if count == 0:
-        raise ValueError("Criterion 'activation' received empty `data`. Pass at least one batch.")
-    return total / count
 
 
 def head_scores(
@@ -305,6 +206,13 @@ def head_scores(
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Importance of every query head of every attention layer.
+
+    Criteria (Michel et al. 2019; Voita et al. 2019; Muralidharan et al. 2024, Minitron):
+    `"l1"` / `"l2"` of the head's weights, `"taylor"` (first order, `sum_batches (sum w *
+    dL/dw)^2` over the head's weights), `"activation"` (mean L2 norm of the head's
+    contribution `context_h @ W_o[h]` to the layer output over calibration batches and
+    positions; inside a keras-hub block the context is recorded at the output
+    projection's input while the model runs), `"random"`. See `tfprune.head_criteria`.
 
     Args:
         model: A built Keras model (functional for `"activation"`).
@@ -329,21 +237,7 @@ def head_scores(
             f"Criterion {criterion!r} needs `data` (batches of calibration inputs). "
             "Received: data=None"
         )
-    all_heads = attention_heads(model)
-    terms = taylor_terms(model, data, loss) if criterion == "taylor" else None
-    rng = np.random.default_rng(seed)
-    out = {}
-    for heads in all_heads:
-        if criterion in ("l1", "l2"):
-            s = _norm_scores(heads, 1 if criterion == "l1" else 2)
-        elif criterion == "taylor":
-            s = _taylor_scores(heads, terms)
-        elif criterion == "activation":
-            s = _activation_scores(model, heads, data)
-        else:
-            s = rng.random(heads.query_heads)
-        out[heads.name] = s
-    return out
+    return criteria.scores(model, attention_heads(model), criterion, data, loss, seed)
 
 
 # --- selection and zeroing --------------------------------------------------------------
