@@ -110,3 +110,19 @@ def test_prune_hub_backbone_halves_gemma_heads_and_mlp(capsys):
     assert small.count_params() == backbone.count_params() - 2 * (6 * 8 * 16 + 8 * 16 * 3)
     assert diff < 1e-5
     assert "heads: 2 query, 1 key/value" in capsys.readouterr().out
+
+
+def test_prune_bert_heads_halves_the_heads_and_reloads(tmp_path, capsys):
+    backbone, small, loaded, diff, reloaded = _load("prune_bert_heads").main(
+        str(tmp_path / "bert.keras")
+    )
+    assert [small.get_layer(f"transformer_layer_{i}").num_heads for i in range(2)] == [2, 2]
+    # Per block, 2 heads of size 4: query, key, value (16 x 8 + 8) and output rows (8 x 16).
+    assert backbone.count_params() - small.count_params() == 2 * (3 * (16 * 8 + 8) + 8 * 16)
+    assert diff < 2e-5
+    assert reloaded == 0.0
+    assert (
+        type(loaded.get_layer("transformer_layer_1"))
+        is tfprune.hub_sized.HeadSizedTransformerEncoder
+    )
+    assert "HeadSizedTransformerEncoder num_heads: 2 head_dim: 4" in capsys.readouterr().out
