@@ -141,7 +141,9 @@ def _projection(var) -> str:
     return var.path.split("/")[-2]
 
 
-def _heads_of(layer, name: str | None = None, counts: tuple[int, int] | None = None):
+def _heads_of(
+    layer, name: str | None = None, counts: tuple[int, int] | None = None
+) -> AttentionHeads:
     """The heads of an attention layer; `counts` (query, key/value heads) if given."""
     heads_first = keras.saving.get_registered_name(type(layer)) in _HEADS_FIRST
     if counts is None:
