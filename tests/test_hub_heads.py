@@ -157,7 +157,12 @@ def _gqa(name: str):
 
 @pytest.mark.parametrize(
     "name, unit",
-    [("mistral", "group"), ("mistral", "head"), ("qwen", "head"), ("qwen", "group")],
+    [
+        ("mistral", "group"),
+        ("qwen", "head"),
+        pytest.param("mistral", "head", marks=pytest.mark.slow),
+        pytest.param("qwen", "group", marks=pytest.mark.slow),
+    ],
 )
 def test_grouped_query_heads_of_mistral_and_qwen(name, unit):
     model = _randomised(_gqa(name))

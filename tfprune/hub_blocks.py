@@ -7,7 +7,8 @@ This table says, for each block, which attributes hold them, so that
 
 - `tfprune.layers` lists the block's kernels as nested weights of one prunable layer
   (as for `keras.layers.MultiHeadAttention`), for `wrap`, `strip` and one-shot pruning;
-- `tfprune.graph` exposes the MLP width as a channel group of the block;
+- `tfprune.graph` exposes the MLP width and the attention heads as channel groups of the
+  block;
 - `tfprune.heads` finds the attention layer inside the block;
 - `tfprune.shrink` rebuilds the block from its config with a smaller `intermediate_dim`
   and fewer heads. A block whose config holds its head size (`head_size`) keeps it there;
