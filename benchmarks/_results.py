@@ -13,8 +13,9 @@ def append_results(section: str) -> None:
     Args:
         section: The text to append (a heading, the command, the table).
     """
-    with open(RESULTS, "a") as f:
-        f.write(section)
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    # One blank line between sections, whatever the file or the section ends with.
+    RESULTS.write_text(text.rstrip("\n") + "\n\n" + section.strip("\n") + "\n")
 
 
 def publish(lines: list[str], write: bool) -> None:

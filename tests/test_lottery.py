@@ -176,7 +176,7 @@ class _Interrupt(keras.callbacks.Callback):
         self.calls += 1
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("dropout", [pytest.param(0.0, marks=pytest.mark.slow), 0.3])
 def test_resume_equals_an_uninterrupted_run(tmp_path, dropout):
     full = search(dropout, directory=tmp_path / "full")
     full.run(X, Y, test_data=(X, Y), **FIT)

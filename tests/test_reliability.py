@@ -47,10 +47,10 @@ _X = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype("float32")
     ("quantize", "activations"),
     [
         (None, ("float32",)),
-        ("dynamic", ("float32",)),
-        ("float16", ("float32",)),
+        pytest.param("dynamic", ("float32",), marks=pytest.mark.slow),
+        pytest.param("float16", ("float32",), marks=pytest.mark.slow),
         ("int8", ("int8",)),
-        ("int16x8", ("int16",)),
+        pytest.param("int16x8", ("int16",), marks=pytest.mark.slow),
     ],
 )
 def test_mixed_precision_exports_the_float32_file(tmp_path, quantize, activations):
