@@ -209,12 +209,12 @@ def test_keras_hub_encoder_and_decoder_are_pruned_on_their_sublayers_inputs(meth
 
 
 def test_recording_hooks_are_removed_when_the_model_fails():
-    from tfprune.oneshot.prune import _recording
+    from tfprune._hooks import recording
 
     dense = keras.layers.Dense(2)
     x = np.ones((3, 4), np.float32)
     seen = []
-    record = _recording([dense], lambda i, t: seen.append((i, t.shape)))
+    record = recording([dense], lambda i, t: seen.append((i, t.shape)))
     with pytest.raises(RuntimeError, match="stop"), record:
         dense(x)
         raise RuntimeError("stop")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Iterator
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from tfprune import granularity as granularity_lib
 from tfprune import schedules as schedules_lib
+from tfprune._hooks import recording
 from tfprune.controller import PruningController
 from tfprune.oneshot import solvers
 from tfprune.oneshot.views import KernelView, views
@@ -89,29 +89,6 @@ def _batches(data, batch_size: int) -> list:
     return out
 
 
-@contextlib.contextmanager
-def _recording(sublayers: list[keras.layers.Layer], record) -> Iterator[None]:
-    """Calls `record(i, x)` with the first input `x` of every call of `sublayers[i]`.
-
-    A temporary `call` attribute on each instance wraps the class's method; it is removed in
-    `finally`. (The layers are those of `tfprune.wrap`'s clone, so none has its own `call`.)
-    """
-    hooked = []
-    try:
-        for i, sublayer in enumerate(sublayers):
-
-            def call(*args, _i=i, _call=sublayer.call, **kwargs):
-                record(_i, args[0] if args else kwargs["inputs"])
-                return _call(*args, **kwargs)
-
-            sublayer.call = call
-            hooked.append(sublayer)
-        yield
-    finally:
-        for sublayer in hooked:
-            del sublayer.call
-
-
 def _prefix(model: keras.Model, layer: Prunable) -> keras.Model:
     """The model up to `layer`'s output (what runs `layer` and every layer before it)."""
     source = model.inputs[0] if len(model.inputs) == 1 else model.input
@@ -129,7 +106,7 @@ def _captures(
     """
     calls: list[np.ndarray] = []
     for batch in batches:
-        with _recording([owner], lambda _, x: calls.append(keras.ops.convert_to_numpy(x))):
+        with recording([owner], lambda _, x: calls.append(keras.ops.convert_to_numpy(x))):
             prefix(batch, training=False)
         while calls:
             yield [calls.pop(0)]
@@ -164,7 +141,7 @@ def _kernels(
     if all(owner is layer.layer for owner in owners):
         return found, dense
     first: dict[int, int] = {}
-    with _recording(owners, lambda i, _: first.setdefault(i, len(first))):
+    with recording(owners, lambda i, _: first.setdefault(i, len(first))):
         prefix(batch, training=False)
     rank = {id(owner): first.get(i) for i, owner in enumerate(owners)}
     dense += [name for name, owner, _ in found if rank[id(owner)] is None]
