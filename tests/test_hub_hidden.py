@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+from contextlib import nullcontext
 
 import keras
 import keras_hub
@@ -340,3 +341,55 @@ def test_hub_hidden_width_example_halves_gemma_and_warns(capsys):
         _np(small.get_layer("token_embedding").embeddings),
         _np(model.get_layer("token_embedding").embeddings)[:, kept],
     )
+
+
+def test_untied_reversible_embedding_slices_its_reverse_rows():
+    tokens = keras.Input((SEQ,), dtype="int32")
+    embed = keras_hub.layers.ReversibleEmbedding(VOCAB, D, tie_weights=False, name="embed")
+    h = L.LayerNormalization(epsilon=1e-3, name="ln")(embed(tokens))
+    model = _randomised(keras.Model(tokens, embed(h, reverse=True)))
+    group = tfprune.graph.channel_groups(model, through_norms=True)[0]
+    assert {(m.weight, m.axis, m.role) for m in group.members} == {
+        ("embeddings", 1, "output"),
+        ("reverse_embeddings", 0, "input"),
+        ("gamma", 0, "norm"),
+        ("beta", 0, "norm"),
+    }
+    with pytest.warns(UserWarning, match="not exact"):
+        pruned = tfprune.prune_channels(model, 0.5, through_norms=True)
+    with pytest.warns(UserWarning, match="not exact"):
+        small = tfprune.shrink(pruned, through_norms=True)
+    assert small.get_layer("embed").output_dim == D // 2
+    table, reverse = (_np(v) for v in model.get_layer("embed").weights)
+    keep = np.flatnonzero(_np(pruned.get_layer("embed").embeddings).any(axis=0))
+    gamma, beta = (_np(v) for v in model.get_layer("ln").weights)
+    x = _feed(3)["token_ids"]
+    e = table[x][..., keep]
+    e = (e - e.mean(-1, keepdims=True)) / np.sqrt(e.var(-1, keepdims=True) + 1e-3)
+    expected = (e * gamma[keep] + beta[keep]) @ reverse[keep]
+    np.testing.assert_allclose(_np(small(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [0.0, 0.5])
+def test_removed_channels_carrying_a_constant_into_a_block_are_kept(bias):
+    block_type = type(_gemma().get_layer("decoder_block_0"))
+    inputs = keras.Input((SEQ, 4))
+    pre = L.Dense(D, name="pre")
+    block = block_type(
+        intermediate_dim=24, hidden_dim=D, num_query_heads=4, num_key_value_heads=2, head_dim=8
+    )
+    model = _randomised(keras.Model(inputs, L.Dense(3, name="out")(block(pre(inputs)))))
+    # 4 channels that no kernel writes: `pre` gives them a constant bias, or nothing.
+    for m in tfprune.graph.channel_groups(model, through_norms=True)[0].members:
+        if m.role == "output":
+            var = tfprune.layers.resolve(m.layer, m.weight)
+            value = np.moveaxis(_np(var).copy(), m.axis, 0)
+            value[:4] = bias if m.weight == "bias" else 0.0
+            var.assign(np.moveaxis(value, 0, m.axis))
+    with pytest.warns(UserWarning, match="not exact") if bias == 0 else nullcontext():
+        small = tfprune.shrink(model, through_norms=True)
+    # A constant would reach the block's norms, which would mix it into every channel.
+    assert small.get_layer("pre").units == (D - 4 if bias == 0 else D)
+    if bias:
+        x = np.random.default_rng(2).normal(size=(2, SEQ, 4)).astype("float32")
+        np.testing.assert_allclose(_np(small(x)), _np(model(x)), rtol=1e-5, atol=1e-5)

@@ -36,8 +36,11 @@ __all__ = ["activation_criterion", "input_activations", "norm_activations"]
 def _mean_abs(
     model: keras.Model, tensors: list, data: Iterable, sublayers: list = ()
 ) -> list[np.ndarray]:
-    """Mean `|t|` of each channel (last axis) over data: of symbolic tensors of a model,
-    then of the outputs of sublayers called inside its layers (recorded by hooks)."""
+    """Mean `|t|` of each channel (last axis) over data, per tensor.
+
+    The tensors are symbolic tensors of the model, then the outputs of `sublayers`
+    called inside its layers (recorded by hooks while the model runs).
+    """
     probe = keras.Model(model.input, tensors) if tensors else model
     sums = [np.zeros(int(t.shape[-1])) for t in tensors] + [0.0] * len(sublayers)
     counts = [0] * len(sums)
