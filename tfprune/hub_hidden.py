@@ -10,9 +10,9 @@ layers each block holds, and which config entry says its hidden width, so that
 `tfprune.shrink` rebuilds the block at the new width.
 
 A block that computes its head size as `hidden_dim // num_heads` (keras-hub's
-`TransformerEncoder`/`TransformerDecoder` of BERT and GPT-2, Llama, Mistral, Qwen) cannot
-be rebuilt with a smaller hidden width and the same heads; its stream stays frozen
-(`tfprune.hub_blocks.Block.heads` is `None` for them).
+`TransformerEncoder`/`TransformerDecoder` of BERT and GPT-2, Llama, Mistral, Qwen:
+`tfprune.hub_blocks.Block.heads` is `None` for them) cannot be rebuilt with a smaller hidden
+width and the same heads, so it has no entry here and its stream stays frozen.
 """
 
 from __future__ import annotations
@@ -43,21 +43,11 @@ class Stream:
     width_key: str | None = None
 
 
-_ENCODER = ("_self_attention_layer_norm", "_feedforward_layer_norm")
-_DECODER = ("_self_attention_layernorm", "_feedforward_layernorm")
-
 STREAMS: dict[str, Stream] = {
-    "keras_hub>TransformerEncoder": Stream(_ENCODER),
-    "keras_hub>TransformerDecoder": Stream(
-        ("_self_attention_layer_norm", "_cross_attention_layer_norm", "_feedforward_layer_norm")
-    ),
     "GemmaDecoderBlock": Stream(
         ("pre_attention_norm", "post_attention_norm", "pre_ffw_norm", "post_ffw_norm"),
         width_key="hidden_dim",
     ),
-    "MistralTransformerDecoder": Stream(_DECODER),
-    "QwenTransformerDecoder": Stream(_DECODER),
-    "LlamaTransformerDecoder": Stream(_DECODER),
 }
 
 _NORM_WEIGHTS = ("gamma", "beta", "scale")

@@ -212,8 +212,11 @@ def block_stream(g: Graph, call: Call, block: hub_blocks.Block) -> str | None:
             f"{call.name} computes its head size as hidden_dim // num_heads, so it cannot be "
             "rebuilt with a smaller hidden width and the same heads"
         )
-    if len(hub_blocks.attention_layers(layer, block)) > 1:
-        return f"{call.name} has cross attention, which reads another stream"
+    if keras.saving.get_registered_name(type(layer)) not in hub_hidden.STREAMS:
+        return (
+            f"{call.name} has no entry in tfprune.hub_hidden.STREAMS (its norms and the "
+            "config key of its width)"
+        )
     stream = call.ids[0]
     for ids in call.ids[1:]:
         g.freeze(ids, f"{call.name} reads it as a mask, not as hidden channels")
