@@ -244,7 +244,8 @@ def test_activation_scores_read_the_norms_inside_blocks_by_hooks():
     np.testing.assert_allclose(scores, sum(means.values()), rtol=1e-6)
 
 
-def test_activation_criterion_drops_the_hidden_channels_that_carry_nothing():
+@pytest.mark.parametrize("criterion", ["l1", "taylor", "activation"])
+def test_hidden_criteria_drop_the_gemma_channels_that_carry_nothing(criterion):
     model = _randomised(_gemma())
     group = tfprune.graph.channel_groups(model, through_norms=True)[0]
     dead = [2, 3, 7, 11]
@@ -255,10 +256,16 @@ def test_activation_criterion_drops_the_hidden_channels_that_carry_nothing():
         index[m.axis] = dead
         value[tuple(index)] = 0
         var.assign(value)
-    criterion = tfprune.activation_scores.activation_criterion(model, [_feed(4)])
+    feed = _feed(4)
+    kwargs = {"criterion": criterion}
+    if criterion == "taylor":
+        y = np.random.default_rng(3).integers(0, VOCAB, size=(4, SEQ))
+        kwargs.update(data=[(feed, y)], loss=keras.losses.SparseCategoricalCrossentropy(True))
+    if criterion == "activation":
+        kwargs["criterion"] = tfprune.activation_scores.activation_criterion(model, [feed])
     with pytest.warns(UserWarning, match="not exact"):
         pruned = tfprune.prune_channels(
-            model, 0.0, ratios={"token_embedding": 0.25}, criterion=criterion, through_norms=True
+            model, 0.0, ratios={"token_embedding": 0.25}, through_norms=True, **kwargs
         )
     table = _np(pruned.get_layer("token_embedding").embeddings)
     assert np.flatnonzero(~table.any(axis=0)).tolist() == dead
