@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import tfprune
+from tfprune import cli
 from tfprune._hooks import recording
 
 L, M = keras.layers, keras_hub.models
@@ -400,3 +401,22 @@ def test_removed_channels_carrying_a_constant_into_a_block_are_kept(bias):
     if bias:
         x = np.random.default_rng(2).normal(size=(2, SEQ, 4)).astype("float32")
         np.testing.assert_allclose(_np(small(x)), _np(model(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_shrink_through_norms_halves_a_saved_gemma(tmp_path, capsys):
+    model = _randomised(_gemma())
+    with pytest.warns(UserWarning, match="not exact"):
+        pruned = tfprune.prune_channels(
+            model, 0.0, ratios={"token_embedding": 0.5}, through_norms=True
+        )
+    pruned.save(tmp_path / "pruned.keras")
+    out = tmp_path / "small.keras"
+    with pytest.warns(UserWarning, match="not exact"):
+        assert (
+            cli.main(["shrink", str(tmp_path / "pruned.keras"), str(out), "--through-norms"]) == 0
+        )
+    small = keras.saving.load_model(out, safe_mode=True)
+    assert small.get_layer("decoder_block_0").get_config()["hidden_dim"] == D // 2
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"Wrote {out}: {_gemma_params(D // 2):,} parameters (was {_gemma_params(D):,})"
+    )
