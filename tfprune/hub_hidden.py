@@ -56,6 +56,9 @@ _NORM_WEIGHTS = ("gamma", "beta", "scale")
 def norm_paths(layer: keras.layers.Layer) -> list[str]:
     """Attribute paths of the per-channel weights of a block's normalization layers.
 
+    Example: `norm_paths(gemma.get_layer("decoder_block_0"))` is
+    `["pre_attention_norm.scale", "pre_ffw_norm.scale"]`.
+
     Args:
         layer: Any layer.
 
@@ -73,8 +76,14 @@ def norm_paths(layer: keras.layers.Layer) -> list[str]:
 def stream_biases(layer: keras.layers.Layer) -> np.ndarray:
     """What a block adds to every position of its stream whatever its input: its biases.
 
-    The attention output projections' and the MLP down projection's biases, summed
-    (zeros when it has none): a channel whose kernels are all zero still carries them.
+    A channel whose kernels are all zero still carries them (`tfprune.shrink` keeps it).
+
+    Args:
+        layer: A keras-hub block of `tfprune.hub_blocks.BLOCKS`.
+
+    Returns:
+        The attention output projections' and the MLP down projection's biases, summed
+        (`0.0` when it has none).
     """
     block = hub_blocks.block_of(layer)
     out = block.projections[3]
