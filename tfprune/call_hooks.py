@@ -16,8 +16,10 @@ __all__ = ["recording"]
 
 
 @contextlib.contextmanager
-def recording(sublayers: list[keras.layers.Layer], record: Callable) -> Iterator[None]:
-    """Calls `record(i, x)` with the first input `x` of every call of `sublayers[i]`.
+def recording(
+    sublayers: list[keras.layers.Layer], record: Callable, outputs: bool = False
+) -> Iterator[None]:
+    """Calls `record(i, x)` with the first input `x` (or output) of every call of `sublayers[i]`.
 
     A temporary `call` attribute on each instance wraps the class's method; it is removed in
     `finally`. The layers must not have a `call` attribute of their own (Keras layers
@@ -26,6 +28,7 @@ def recording(sublayers: list[keras.layers.Layer], record: Callable) -> Iterator
     Args:
         sublayers: The layers to record.
         record: Called with the index of the layer and its first input, on every call.
+        outputs: Record each call's output instead of its first input.
 
     Yields:
         Nothing; the hooks are in place inside the `with` block.
@@ -35,8 +38,12 @@ def recording(sublayers: list[keras.layers.Layer], record: Callable) -> Iterator
         for i, sublayer in enumerate(sublayers):
 
             def call(*args, _i=i, _call=sublayer.call, **kwargs):
-                record(_i, args[0] if args else kwargs["inputs"])
-                return _call(*args, **kwargs)
+                if not outputs:
+                    record(_i, args[0] if args else kwargs["inputs"])
+                result = _call(*args, **kwargs)
+                if outputs:
+                    record(_i, result)
+                return result
 
             sublayer.call = call
             hooked.append(sublayer)

@@ -273,11 +273,11 @@ def prune_channels(
     hidden.warn_inexact(
         "tfprune.prune_channels",
         [
-            m.layer.name
+            hidden.norm_name(m.layer, m.weight)
             for group, keep in zip(groups, keeps)
             if not keep.all()
             for m in group.members
-            if hidden.is_norm(m.layer)
+            if hidden.norm_name(m.layer, m.weight)
         ],
     )
     return copy

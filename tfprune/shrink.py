@@ -24,7 +24,7 @@ import numpy as np
 
 from tfprune import graph as graph_lib
 from tfprune import heads as heads_lib
-from tfprune import hub_blocks, surgery
+from tfprune import hub_blocks, hub_hidden, surgery
 from tfprune import layers as registry
 from tfprune.graph import walk
 from tfprune.graph.rules import hidden
@@ -42,6 +42,12 @@ _WIDTH_KEY: dict[type | str, str] = {
     **{cls: "filters" for cls in (*graph_lib.CONVOLUTIONS, _L.SeparableConv1D, _L.SeparableConv2D)},
     "LayerScale": "projection_dim",  # keras.applications' ConvNeXt, by registered name
     _L.Embedding: "output_dim",
+    "keras_hub>RMSNormalization": "input_dim",  # tfprune.hub_hidden.rebuild
+    **{key: "output_dim" for key in ("ReversibleEmbedding", "keras_hub>ReversibleEmbedding")},
+    **{
+        key: "embedding_dim"
+        for key in ("TokenAndPositionEmbedding", "keras_hub>TokenAndPositionEmbedding")
+    },
 }
 
 
@@ -268,6 +274,15 @@ class _Constants:
         beta = registry.resolve(node.layer, "beta")
         self.set(node.output, 0.0 if beta is None else _np(beta).astype(np.float64))
 
+    def residual_block(self, node) -> None:
+        """A keras-hub block passing the hidden width: removed channels carry zero through.
+
+        Its norms see what a removed channel carries in, and its biases add to every
+        position: channels where either is nonzero are kept.
+        """
+        self.strict(node)
+        self.keep_hot(node.output, hub_hidden.stream_biases(node.layer))
+
 
 # Node kind (from tfprune.graph) -> constant rule.
 _CONSTANT_RULES = {
@@ -290,8 +305,10 @@ _CONSTANT_RULES = {
     "slice": _Constants.slice,
     "input": _Constants.nothing,
     "lookup": _Constants.nothing,
+    "reversible": _Constants.nothing,
     "attention": _Constants.attention,
     "hidden_norm": _Constants.hidden_norm,
+    "residual_block": _Constants.residual_block,
     "unknown": _Constants.nothing,
 }
 
@@ -398,15 +415,17 @@ def shrink(model: keras.Model, through_norms: bool = False) -> keras.Model:
     hidden.warn_inexact(
         "tfprune.shrink",
         [
-            layer.name
-            for layer, _, _, ids, _ in g.slices
-            if hidden.is_norm(layer) and not _kept(ids, keep_id).all()
+            hidden.norm_name(layer, weight)
+            for layer, weight, _, ids, _ in g.slices
+            if hidden.norm_name(layer, weight) and not _kept(ids, keep_id).all()
         ],
     )
     by_layer: dict[int, list] = {}
     for layer, weight, axis, ids, _ in g.slices:
         by_layer.setdefault(id(layer), []).append((weight, axis, ids))
-    outputs = {id(node.layer): node.output for node in g.nodes}
+    outputs: dict[int, np.ndarray] = {}
+    for node in g.nodes:  # a layer called twice (ReversibleEmbedding): its first call
+        outputs.setdefault(id(node.layer), node.output)
     # Attention layers (and keras-hub blocks) with dead heads come back with fewer heads
     # (tfprune.heads), possibly as another class; their per-head variables take the kept
     # slices.
@@ -444,6 +463,7 @@ def shrink(model: keras.Model, through_norms: bool = False) -> keras.Model:
             config.update(attention[id(layer)][0])
         kept = {w: int(_positions(ids, keep_id).size) for w, _, ids in by_layer.get(id(layer), [])}
         config.update(hub_blocks.shrunk_config(layer, kept))
+        config.update(hub_hidden.shrunk_config(layer, kept))
         if type(layer) is _L.Reshape and id(layer) in outputs:
             target = list(layer.target_shape)
             width = int(_positions(outputs[id(layer)], keep_id).size)
@@ -472,7 +492,7 @@ def shrink(model: keras.Model, through_norms: bool = False) -> keras.Model:
         # Head slices of an attention layer; hidden channels (through_norms) cut on top.
         overrides = attention[id(old)][1](new) if id(old) in attention else {}
         overrides = {
-            id(var): cut(heads_lib.variable_key(var), overrides[id(var)])
+            id(var): cut(_attr_path(new, var, [w for w, _, _ in slices]), overrides[id(var)])
             for var in new.weights
             if id(var) in overrides
         }
@@ -501,14 +521,17 @@ def shrink(model: keras.Model, through_norms: bool = False) -> keras.Model:
 
 
 def _slicer(slices: list, keep_id: np.ndarray):
-    """`cut(weight, value)`: a weight's value with the removed channels of its slices cut."""
-    by_weight = {weight: (axis, ids) for weight, axis, ids in slices}
+    """`cut(weight, value)`: a weight's value with the removed channels of its slices cut.
 
-    def cut(weight: str, value: np.ndarray) -> np.ndarray:
-        if weight not in by_weight:
-            return value
-        axis, ids = by_weight[weight]
-        return np.take(value, _positions(ids, keep_id), axis=axis)
+    An axis that no longer has one position per channel of its slice (the heads the
+    override already removed) is left as it is.
+    """
+
+    def cut(weight: str | None, value: np.ndarray) -> np.ndarray:
+        for name, axis, ids in slices:
+            if name == weight and value.shape[axis] == ids.size:
+                value = np.take(value, _positions(ids, keep_id), axis=axis)
+        return value
 
     return cut
 

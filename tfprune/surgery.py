@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 import keras
 
 from tfprune import granularity as granularity_lib
+from tfprune import hub_hidden
 from tfprune import layers as registry
 from tfprune.clustering import Clustered
 from tfprune.gates import Gate
@@ -51,6 +52,9 @@ def from_config(
     try:
         return (cls or type(layer)).from_config(config)
     except Exception as err:
+        rebuilt = hub_hidden.rebuild(layer, config)
+        if rebuilt is not None:  # a keras-hub layer whose config does not round-trip
+            return rebuilt
         raise TypeError(
             f"Layer '{layer.name}' ({type(layer).__name__}) cannot be rebuilt from its own "
             f"config, so tfprune cannot clone the model: {type(layer).__name__}.get_config() "

@@ -44,8 +44,10 @@ KINDS = (
     "strict",
     "split",
     "lookup",
+    "reversible",
     "attention",
     "hidden_norm",
+    "residual_block",
     "slice",
     "unknown",
 )

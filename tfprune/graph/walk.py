@@ -18,8 +18,18 @@ from tfprune import surgery
 from tfprune.graph._state import Call, ChannelGroup, Graph, Node, Slice, Tensor, width
 from tfprune.graph.table import lookup
 
-# Kinds whose layers may be called several times (no weights, channels pass through).
-_REPEATABLE = ("elementwise", "spatial", "op", "reduce", "flatten", "concat", "mixed")
+# Kinds whose layers may be called several times (no weights, channels pass through; or
+# a ReversibleEmbedding, whose rule ties the channels of its calls).
+_REPEATABLE = (
+    "elementwise",
+    "spatial",
+    "op",
+    "reduce",
+    "flatten",
+    "concat",
+    "mixed",
+    "reversible",
+)
 
 
 def _inner(layer):
@@ -143,6 +153,7 @@ def _walk(g: Graph, model: keras.Model, in_ids: list | None, in_shapes: list | N
             tensors[ref] = in_ids[k]
     # `model.operations` also holds raw `keras.ops` calls, which `get_layer` does not know.
     operations = {op.name: op for op in model.operations}
+    calls = []  # (layer name, node index, number of nodes, args, kwargs, refs) of each call
     for layer_config in config["layers"]:
         name = layer_config["name"]
         layer = operations[name]
@@ -157,27 +168,39 @@ def _walk(g: Graph, model: keras.Model, in_ids: list | None, in_shapes: list | N
             refs: list[dict] = []
             args = _arguments(node.get("args", []), refs)
             kwargs = _arguments(node.get("kwargs", {}), refs)
-            ids, shapes, moved = [], [], []
-            for ref in refs:
-                shape = tuple(ref["shape"])
-                known = tensors.get(tuple(ref["keras_history"]))
-                if known is None or known.size != width(shape):
-                    known = g.fixed(width(shape), f"the input of '{name}'")
-                ids.append(known)
-                shapes.append(shape)
-                moved.append(g.moved(known))
-            inner = _inner(layer)
-            if isinstance(inner, keras.Model):
-                outs = _enter(g, inner, ids, shapes)
-            else:
-                out_shapes = _output_shapes(layer, args, kwargs, shapes, len(nodes))
-                call = Call(inner, ids, shapes, out_shapes, args, kwargs, moved=moved)
-                outs = _apply(g, call)
-            for t, out in enumerate(outs):
-                tensors[(name, node_index, t)] = out
+            calls.append((name, node_index, len(nodes), args, kwargs, refs))
+    while calls:
+        # The config lists a shared layer's calls together, at its first call; a later
+        # call (a ReversibleEmbedding's reverse call) waits until its inputs are known.
+        k = next((k for k, c in enumerate(calls) if _ready(c[-1], tensors)), 0)
+        name, node_index, n_nodes, args, kwargs, refs = calls.pop(k)
+        layer = operations[name]
+        ids, shapes, moved = [], [], []
+        for ref in refs:
+            shape = tuple(ref["shape"])
+            known = tensors.get(tuple(ref["keras_history"]))
+            if known is None or known.size != width(shape):
+                known = g.fixed(width(shape), f"the input of '{name}'")
+            ids.append(known)
+            shapes.append(shape)
+            moved.append(g.moved(known))
+        inner = _inner(layer)
+        if isinstance(inner, keras.Model):
+            outs = _enter(g, inner, ids, shapes)
+        else:
+            out_shapes = _output_shapes(layer, args, kwargs, shapes, n_nodes)
+            call = Call(inner, ids, shapes, out_shapes, args, kwargs, moved=moved)
+            outs = _apply(g, call)
+        for t, out in enumerate(outs):
+            tensors[(name, node_index, t)] = out
     return [
         tensors.get(ref, g.fixed(1, "an output")) for ref in _history_refs(config["output_layers"])
     ]
+
+
+def _ready(refs: list[dict], tensors: dict) -> bool:
+    """Whether every input tensor of a call is known."""
+    return all(tuple(ref["keras_history"]) in tensors for ref in refs)
 
 
 def _walk_sequential(g: Graph, model: keras.Sequential, in_ids, in_shapes) -> list:

@@ -23,7 +23,13 @@ normalization layers in between compute statistics over it.
   axis of the output projection. Without an explicit `output_shape`, the output width is
   the query's, so the output channels are the query's channels.
 
-Without `through_norms=True`, `Embedding` and attention layers keep their channels as
+- keras-hub's `ReversibleEmbedding` (an `Embedding` whose transpose, or untied
+  `reverse_embeddings`, projects back to the vocabulary) and `TokenAndPositionEmbedding`
+  (a token and a position table, `embedding_dim` wide) produce hidden channels too.
+- keras-hub's transformer blocks (`tfprune.hub_blocks`, `tfprune.hub_hidden`) pass the
+  stream: `block_stream` records every weight inside them on the hidden axis.
+
+Without `through_norms=True`, `Embedding`s and attention layers keep their channels as
 before (their outputs belong to no group, their inputs are frozen), with reasons that name
 the opt-in; `PositionEmbedding`, which only follows its input's channels, always does.
 """
@@ -35,15 +41,21 @@ from collections.abc import Iterable
 
 import keras
 
+from tfprune import hub_blocks, hub_hidden
+from tfprune import layers as registry
 from tfprune.graph._state import Call, Graph, Tensor, width
 from tfprune.graph.table import lookup, register
 
 __all__ = [
     "attention",
+    "block_stream",
     "embedding",
     "is_norm",
+    "norm_name",
     "normalization",
     "position_embedding",
+    "reversible_embedding",
+    "token_and_position_embedding",
     "warn_inexact",
 ]
 
@@ -146,6 +158,93 @@ def embedding(g: Graph, call: Call):
     return out
 
 
+def reversible_embedding(g: Graph, call: Call):
+    """keras-hub ReversibleEmbedding: a lookup, and (`reverse=True`) the projection back.
+
+    Both calls use the same hidden axis: `embeddings[:, c]` (and, untied,
+    `reverse_embeddings[c, :]`), so the channels of every call of the layer are tied
+    (Gemma's and GPT-2's language-model head is the token embedding, called in reverse
+    on the final stream). A reverse call reads the stream and produces the vocabulary.
+    """
+    layer = call.layer
+    reverse = bool(call.kwargs.get("reverse", call.args[1] if len(call.args) > 1 else False))
+    if not g.through_norms:
+        return _kept(g, call, "reads" if reverse else "produces")
+    ids = call.ids[0] if reverse else g.new(layer.output_dim)
+    earlier = next((s[3] for s in g.slices if s[0] is layer and s[1] == "embeddings"), None)
+    if earlier is None:
+        g.record(layer, "embeddings", 1, ids, "output")
+        _record(g, layer, "reverse_embeddings", 0, ids, "input")
+    else:
+        g.union(earlier, ids, call.name)
+    if reverse:
+        call.kind = "strict"  # removed channels must carry exactly zero into the logits
+        return g.fixed(width(call.out_shape), f"the vocabulary logits of {call.name}")
+    return ids
+
+
+def token_and_position_embedding(g: Graph, call: Call):
+    """keras-hub TokenAndPositionEmbedding: the sum of two tables, `embedding_dim` wide."""
+    if not g.through_norms:
+        return _kept(g, call, "produces")
+    out = g.new(call.layer.embedding_dim)
+    for weight in ("token_embedding.embeddings", "position_embedding.position_embeddings"):
+        g.record(call.layer, weight, 1, out, "output")
+    _record(g, call.layer, "token_embedding.reverse_embeddings", 0, out, "input")
+    return out
+
+
+def block_stream(g: Graph, call: Call, block: hub_blocks.Block) -> str | None:
+    """Records a keras-hub block's weights on the hidden axis of its stream (`through_norms`).
+
+    The stream is the block's first input and its output (residual): the norms' vectors
+    follow it, the attention projections and the MLP's first kernels read it on their input
+    axis, the attention output projection and the MLP's last kernel write it on their
+    output axis (with their biases). Other inputs (the padding mask) are frozen.
+
+    Returns:
+        `None` when the stream passes, else why the block keeps its hidden width (its
+        inputs are then frozen with that reason by the caller).
+    """
+    layer = call.layer
+    if block.heads is None:
+        return (
+            f"{call.name} computes its head size as hidden_dim // num_heads, so it cannot be "
+            "rebuilt with a smaller hidden width and the same heads"
+        )
+    if keras.saving.get_registered_name(type(layer)) not in hub_hidden.STREAMS:
+        return (
+            f"{call.name} has no entry in tfprune.hub_hidden.STREAMS (its norms and the "
+            "config key of its width)"
+        )
+    stream = call.ids[0]
+    for ids in call.ids[1:]:
+        g.freeze(ids, f"{call.name} reads it as a mask, not as hidden channels")
+    for path in hub_hidden.norm_paths(layer):
+        g.record(layer, path, 0, stream, "norm")
+    *reads, out = block.projections
+    for attr, _ in hub_blocks.attention_layers(layer, block):
+        for name in reads:
+            _record_axis(g, layer, f"{attr}.{name}", stream, "input")
+        _record_axis(g, layer, f"{attr}.{out}", stream, "output")
+    for name in block.mlp_in:
+        _record_axis(g, layer, name, stream, "input")
+    _record_axis(g, layer, block.mlp_out, stream, "output")
+    return None
+
+
+def _record_axis(g: Graph, block, sublayer: str, ids, role: str) -> None:
+    """Records the hidden axis of a block's Dense/EinsumDense (its input or output axis)."""
+    dense = block
+    for part in sublayer.split("."):
+        dense = getattr(dense, part)
+    kernel = next(s for s in registry.lookup(dense).weight_specs(dense) if s.path == "kernel")
+    axis = kernel.in_axes[0] if role == "input" else kernel.out_axes[-1]
+    g.record(block, f"{sublayer}.kernel", axis, ids, role)
+    if role == "output":
+        g.record(block, f"{sublayer}.bias", 0, ids, role)
+
+
 def position_embedding(g: Graph, call: Call):
     """keras-hub PositionEmbedding: one learned vector per position, as wide as its input.
 
@@ -161,6 +260,24 @@ def is_norm(layer) -> bool:
     """Whether a layer is a normalization that `through_norms=True` prunes through."""
     entry = lookup(layer)
     return entry is not None and entry.fn is normalization
+
+
+def norm_name(layer, weight: str) -> str | None:
+    """The normalization layer a recorded weight belongs to, for `warn_inexact`.
+
+    Args:
+        layer: The layer of a slice of a channel group.
+        weight: The slice's weight path.
+
+    Returns:
+        The layer's name for a normalization layer, `"block/norm"` for a norm inside a
+        keras-hub block (`tfprune.hub_hidden`), else `None`.
+    """
+    if is_norm(layer):
+        return layer.name
+    if weight in hub_hidden.norm_paths(layer):
+        return f"{layer.name}/{weight.rpartition('.')[0]}"
+    return None
 
 
 def warn_inexact(caller: str, norms: Iterable[str]) -> None:
@@ -195,3 +312,7 @@ register(_L.MultiHeadAttention, attention, "attention")
 register(_L.GroupQueryAttention, attention, "attention")
 register(_L.Embedding, embedding, "lookup")
 register("keras_hub>PositionEmbedding", position_embedding, "lookup")
+for _key in ("keras_hub>ReversibleEmbedding", "ReversibleEmbedding"):
+    register(_key, reversible_embedding, "reversible")
+for _key in ("keras_hub>TokenAndPositionEmbedding", "TokenAndPositionEmbedding"):
+    register(_key, token_and_position_embedding, "lookup")

@@ -1,14 +1,17 @@
 """Channel rules of keras-hub layers, keyed by registered name (keras-hub is not imported).
 
-RMSNormalization and PositionEmbedding have rules in `hidden.py` (the hidden width of a
-transformer). The transformer blocks of keras-hub's text backbones (`tfprune.hub_blocks`)
-expose their MLP width as a group of their own: the up (and gate) projections' output units
-with the down projection's input rows, and their attention heads. Their hidden width is the
-residual stream, which passes through the block's norms and attention: it stays frozen, with
-a reason. Other blocks, attention and embedding layers hold several weights whose channels
-are tied in ways the graph does not see from outside (heads, residual streams, tied
-embeddings), so their rules freeze the channels that reach them with a reason that says so;
-a model that prunes inside them registers a rule of its own with `tfprune.graph.register`.
+RMSNormalization, PositionEmbedding, ReversibleEmbedding and TokenAndPositionEmbedding have
+rules in `hidden.py` (the hidden width of a transformer). The transformer blocks of
+keras-hub's text backbones (`tfprune.hub_blocks`) expose their MLP width as a group of their
+own: the up (and gate) projections' output units with the down projection's input rows, and
+their attention heads. Their hidden width is the residual stream, which passes through the
+block's norms and attention: it stays frozen, with a reason, unless the graph is built with
+`through_norms=True` and the block can be rebuilt at a smaller width
+(`hidden.block_stream`). Other blocks and attention layers hold several weights whose
+channels are tied in ways the graph does not see from outside (heads, residual streams,
+rotary tables), so their rules freeze the channels that reach them with a reason that says
+so; a model that prunes inside them registers a rule of its own with
+`tfprune.graph.register`.
 """
 
 from __future__ import annotations
@@ -18,15 +21,14 @@ import numpy as np
 from tfprune import hub_blocks
 from tfprune import layers as registry
 from tfprune.graph._state import Call, Graph, width
+from tfprune.graph.rules import hidden
 from tfprune.graph.table import register
 
 _BLOCKS = (
     "ViTEncoder",
     "ViTPatchingAndEmbedding",
     "CachedMultiHeadAttention",
-    "ReversibleEmbedding",
     "RotaryEmbedding",
-    "TokenAndPositionEmbedding",
     "FNetEncoder",
 )
 
@@ -67,14 +69,22 @@ def _attention_heads(g: Graph, call: Call, block: hub_blocks.Block) -> None:
 
 
 def transformer_block(g: Graph, call: Call) -> np.ndarray:
-    """A keras-hub transformer block: MLP width and heads are groups, hidden width is kept."""
+    """A keras-hub transformer block: MLP width and heads are groups, hidden width is kept.
+
+    With `through_norms=True` the hidden width passes through the blocks that can be
+    rebuilt at a smaller width (`hidden.block_stream`); its slices are recorded first, so
+    that a kernel's MLP or head slice, recorded after, is the one `tfprune.shrink` reads
+    for the block's config.
+    """
     layer = call.layer
     block = hub_blocks.block_of(layer)
     reason = (
         f"{call.name} adds them to its residual stream (the hidden width of a keras-hub "
         "block is kept; its MLP units and attention heads are pruned)"
     )
-    for ids in call.ids:
+    if g.through_norms:
+        reason = hidden.block_stream(g, call, block)
+    for ids in call.ids if reason is not None else ():
         g.freeze(ids, reason)
     _attention_heads(g, call, block)
     units = registry.resolve(layer, f"{block.mlp_in[0]}.kernel").shape[-1]
@@ -98,6 +108,9 @@ def transformer_block(g: Graph, call: Call) -> np.ndarray:
             f"the MLP activation of {call.name} does not map 0 to 0, so a removed unit "
             "would still add a constant",
         )
+    if reason is None:  # the stream passes (through_norms=True)
+        call.kind = "residual_block"
+        return call.ids[0]
     return g.fixed(width(call.out_shape), f"the residual stream of {call.name}")
 
 
