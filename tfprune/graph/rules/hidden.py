@@ -207,7 +207,7 @@ def block_stream(g: Graph, call: Call, block: hub_blocks.Block) -> str | None:
         inputs are then frozen with that reason by the caller).
     """
     layer = call.layer
-    if block.heads is None:
+    if block.head_size is None:
         return (
             f"{call.name} computes its head size as hidden_dim // num_heads, so it cannot be "
             "rebuilt with a smaller hidden width and the same heads"
