@@ -119,7 +119,8 @@ BLOCKS: dict[str, Block] = {
         head_size="head_dim",
     ),
     "MistralTransformerDecoder": dataclasses.replace(_GQA, head_size="head_dim"),
-    "QwenTransformerDecoder": _GQA,
+    "QwenTransformerDecoder": dataclasses.replace(_GQA, sized="HeadSizedQwenTransformerDecoder"),
+    "tfprune>HeadSizedQwenTransformerDecoder": dataclasses.replace(_GQA, head_size="head_dim"),
     "LlamaTransformerDecoder": _GQA,
 }
 
