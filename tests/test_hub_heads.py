@@ -158,6 +158,30 @@ def test_head_sized_block_validates_head_dim_and_round_trips_its_config():
         hub_sized.HeadSizedTransformerDecoder(32, 2, head_dim=0)
 
 
+def test_head_sized_qwen_block_builds_its_attention_at_head_dim_and_round_trips():
+    cls = hub_sized.HeadSizedQwenTransformerDecoder
+    block = cls(32, 2, 1, head_dim=4, name="dec")
+    y = block(np.ones((1, 3, 16), "float32"))
+    assert tuple(y.shape) == (1, 3, 16)
+    attention = block._self_attention_layer
+    shapes = [(w.path, tuple(w.shape)) for w in attention.weights]
+    assert shapes == [
+        ("dec/self_attention/query/kernel", (16, 2, 4)),
+        ("dec/self_attention/query/bias", (2, 4)),
+        ("dec/self_attention/key/kernel", (16, 1, 4)),
+        ("dec/self_attention/key/bias", (1, 4)),
+        ("dec/self_attention/value/kernel", (16, 1, 4)),
+        ("dec/self_attention/value/bias", (1, 4)),
+        ("dec/self_attention/attention_output/kernel", (2, 4, 16)),
+    ]
+    assert attention._inv_norm_factor == 0.5
+    again = cls.from_config(block.get_config())
+    assert again.get_config() == block.get_config()
+    assert keras.saving.get_registered_name(cls) == "tfprune>HeadSizedQwenTransformerDecoder"
+    with pytest.raises(ValueError, match=r"positive integer. Received: head_dim=-1"):
+        cls(32, 2, 1, head_dim=-1)
+
+
 def _gqa(name: str):
     cls = {"mistral": M.MistralBackbone, "qwen": M.QwenBackbone}[name]
     return cls(num_query_heads=4, num_key_value_heads=2, **_TINY)
@@ -233,6 +257,14 @@ def test_grouped_query_heads_of_mistral_and_qwen_are_removed_exactly(gqa):
     zeroed = _out(pruned, gqa["feed"])
     assert np.abs(zeroed - _out(model, gqa["feed"])).max() > 0.1
     assert np.abs(_out(small, gqa["feed"]) - zeroed).max() < 2e-5
+    if (name, unit) == ("qwen", "group"):
+        # The head-sized block prunes again: one query head of the remaining group.
+        again = tfprune.prune_heads(small, 0.5)
+        smaller = tfprune.shrink(again)
+        configs = [b.get_config() for b in _blocks(smaller)]
+        assert [(c["num_query_heads"], c["num_key_value_heads"]) for c in configs] == [(1, 1)] * 2
+        assert small.count_params() - smaller.count_params() == 2 * (16 * 4 + 4 + 4 * 16)
+        assert np.abs(_out(smaller, gqa["feed"]) - _out(again, gqa["feed"])).max() < 2e-5
 
 
 def test_activation_scores_of_heads_inside_a_block_equal_a_numpy_recomputation():
