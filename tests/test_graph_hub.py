@@ -144,8 +144,10 @@ def test_layer_whose_config_does_not_round_trip_is_named():
         tfprune.graph.channel_groups,
         lambda m: tfprune.prune_channels(m, 0.5),
         lambda m: tfprune.wrap(m, 0.5),
+        tfprune.heads.attention_heads,
+        lambda m: tfprune.prune_heads(m, 0.5),
     ],
-    ids=["channel_groups", "prune_channels", "wrap"],
+    ids=["channel_groups", "prune_channels", "wrap", "attention_heads", "prune_heads"],
 )
 def test_layer_whose_get_config_fails_is_named(run):
     # keras-hub 0.32's LlamaTransformerDecoder.get_config reads an attribute it never sets.

@@ -95,27 +95,35 @@ _LOAD = textwrap.dedent(
     import tfprune
 
     assert "keras_hub" not in sys.modules, "import tfprune imported keras_hub"
-    path = sys.argv[1]
-    model = keras.saving.load_model(path + ".keras", safe_mode=True)
-    y = model(dict(np.load(path + "_feed.npz")))
-    y = y["sequence_output"] if isinstance(y, dict) else y
-    np.save(path + "_out.npy", keras.ops.convert_to_numpy(y))
-    print(type(model.get_layer("transformer_layer_0")).__name__)
+    for path in sys.argv[1:]:
+        model = keras.saving.load_model(path + ".keras", safe_mode=True)
+        y = model(dict(np.load(path + "_feed.npz")))
+        y = y["sequence_output"] if isinstance(y, dict) else y
+        np.save(path + "_out.npy", keras.ops.convert_to_numpy(y))
+        print(type(model.get_layer("transformer_layer_0")).__name__)
     """
 )
 
 
-def test_shrunk_model_reloads_in_a_fresh_process(case, tmp_path):
+@pytest.mark.parametrize("gqa", [("qwen", "group")], indirect=True, ids=["qwen-group"])
+def test_shrunk_models_reload_in_a_fresh_process(case, gqa, tmp_path):
+    """BERT or GPT-2, and Qwen, saved shrunk, loaded in one fresh process."""
     name, _, _, small, feed = case
-    path = str(tmp_path / name)
-    small.save(path + ".keras")
-    np.savez(path + "_feed.npz", **feed)
+    models = {name: (small, feed), "qwen": (gqa["small"], gqa["feed"])}
+    paths = [str(tmp_path / key) for key in models]
+    for path, (model, inputs) in zip(paths, models.values()):
+        model.save(path + ".keras")
+        np.savez(path + "_feed.npz", **inputs)
     done = subprocess.run(
-        [sys.executable, "-c", _LOAD, path], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _LOAD, *paths], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == [_SIZED[name][1].__name__]
-    np.testing.assert_array_equal(np.load(path + "_out.npy"), _out(small, feed))
+    assert done.stdout.split() == [
+        _SIZED[name][1].__name__,
+        "HeadSizedQwenTransformerDecoder",
+    ]
+    for path, (model, inputs) in zip(paths, models.values()):
+        np.testing.assert_array_equal(np.load(path + "_out.npy"), _out(model, inputs))
 
 
 def test_shrunk_block_prunes_again_and_prune_channels_removes_heads_too():
@@ -150,55 +158,113 @@ def test_head_sized_block_validates_head_dim_and_round_trips_its_config():
         hub_sized.HeadSizedTransformerDecoder(32, 2, head_dim=0)
 
 
+def test_head_sized_qwen_block_builds_its_attention_at_head_dim_and_round_trips():
+    cls = hub_sized.HeadSizedQwenTransformerDecoder
+    block = cls(32, 2, 1, head_dim=4, name="dec")
+    y = block(np.ones((1, 3, 16), "float32"))
+    assert tuple(y.shape) == (1, 3, 16)
+    attention = block._self_attention_layer
+    shapes = [(w.path, tuple(w.shape)) for w in attention.weights]
+    assert shapes == [
+        ("dec/self_attention/query/kernel", (16, 2, 4)),
+        ("dec/self_attention/query/bias", (2, 4)),
+        ("dec/self_attention/key/kernel", (16, 1, 4)),
+        ("dec/self_attention/key/bias", (1, 4)),
+        ("dec/self_attention/value/kernel", (16, 1, 4)),
+        ("dec/self_attention/value/bias", (1, 4)),
+        ("dec/self_attention/attention_output/kernel", (2, 4, 16)),
+    ]
+    assert attention._inv_norm_factor == 0.5
+    again = cls.from_config(block.get_config())
+    assert again.get_config() == block.get_config()
+    assert keras.saving.get_registered_name(cls) == "tfprune>HeadSizedQwenTransformerDecoder"
+    with pytest.raises(ValueError, match=r"positive integer. Received: head_dim=-1"):
+        cls(32, 2, 1, head_dim=-1)
+
+
 def _gqa(name: str):
     cls = {"mistral": M.MistralBackbone, "qwen": M.QwenBackbone}[name]
     return cls(num_query_heads=4, num_key_value_heads=2, **_TINY)
 
 
-@pytest.mark.parametrize(
-    "name, unit",
-    [
+@pytest.fixture(
+    scope="module",
+    params=[
         ("mistral", "group"),
         ("qwen", "head"),
-        pytest.param("mistral", "head", marks=pytest.mark.slow),
-        pytest.param("qwen", "group", marks=pytest.mark.slow),
+        ("qwen", "group"),
+        pytest.param(("mistral", "head"), marks=pytest.mark.slow),
     ],
+    ids=lambda p: "-".join(p),
 )
-def test_grouped_query_heads_of_mistral_and_qwen(name, unit):
+def gqa(request) -> dict:
+    """A grouped-query backbone (every weight random, RMSNorm scales included), its heads
+    pruned by activation scores with `unit`, and shrunk."""
+    name, unit = request.param
     model = _randomised(_gqa(name))
     feed = _feed(model)
+    scores = tfprune.heads.head_scores(model, "activation", data=[feed])
+    pruned = tfprune.prune_heads(model, 0.5, criterion="activation", data=[feed], unit=unit)
+    small = tfprune.shrink(pruned)
+    return dict(
+        name=name, unit=unit, model=model, feed=feed, scores=scores, pruned=pruned, small=small
+    )
+
+
+def test_grouped_query_heads_of_mistral_and_qwen_are_removed_exactly(gqa):
+    name, unit, model, pruned, small = (
+        gqa[k] for k in ("name", "unit", "model", "pruned", "small")
+    )
     heads = tfprune.heads.attention_heads(model)
     assert [(h.name, h.query_heads, h.kv_heads) for h in heads] == [
         (f"transformer_layer_{i}/self_attention", 4, 2) for i in range(2)
     ]
-    scores = tfprune.heads.head_scores(model, "activation", data=[feed])
-    pruned = tfprune.prune_heads(model, 0.5, criterion="activation", data=[feed], unit=unit)
     for h in tfprune.heads.attention_heads(pruned):
-        by_group = scores[h.name].reshape(2, 2)
+        by_group = gqa["scores"][h.name].reshape(2, 2)
         if unit == "group":  # the key/value group with the lower total, with its query heads
             expected = np.repeat(np.arange(2) == np.argmin(by_group.sum(axis=1)), 2)
         else:  # the lower query head of each group
             expected = (by_group == by_group.min(axis=1, keepdims=True)).reshape(-1)
         assert h.dead_heads().tolist() == expected.tolist()
-    small = tfprune.shrink(pruned)
-    counts = [(b.num_query_heads, b.num_key_value_heads) for b in _blocks(small)]
-    if name == "mistral":
-        # Its config holds the head size: rebuilt with 2 query heads of size 4 (and one
-        # key/value group of two, or two groups of one).
-        assert counts == [(2, 1 if unit == "group" else 2)] * 2
-        assert [b.get_config()["head_dim"] for b in _blocks(small)] == [4, 4]
-        # Per block, 2 query heads (query 16 x 4, output 4 x 16) and a group's key and
-        # value (16 x 4 each) under unit="group".
-        per_block = 2 * (16 * 4 + 4 * 16) + (2 * 16 * 4 if unit == "group" else 0)
-        assert model.count_params() - small.count_params() == 2 * per_block
-    else:
-        # Qwen's attention derives its head size from hidden_dim // num_query_heads: the
-        # zeroed heads stay (and predict the same).
-        assert counts == [(4, 2)] * 2
-        assert small.count_params() == model.count_params()
-    zeroed = _out(pruned, feed)
-    assert np.abs(zeroed - _out(model, feed)).max() > 0.1
-    assert np.abs(_out(small, feed) - zeroed).max() < 2e-5
+    # Rebuilt with 2 query heads of size 4: one key/value group of two, or two groups of
+    # one. Mistral's config holds the head size; Qwen's block comes back as
+    # HeadSizedQwenTransformerDecoder, whose config holds it.
+    kv_heads = 1 if unit == "group" else 2
+    blocks = _blocks(small)
+    configs = [b.get_config() for b in blocks]
+    assert [(c["num_query_heads"], c["num_key_value_heads"], c["head_dim"]) for c in configs] == [
+        (2, kv_heads, 4)
+    ] * 2
+    expected_type = (
+        "HeadSizedQwenTransformerDecoder" if name == "qwen" else "MistralTransformerDecoder"
+    )
+    assert [type(b).__name__ for b in blocks] == [expected_type] * 2
+    for h in tfprune.heads.attention_heads(small):
+        assert (h.query_heads, h.kv_heads) == (2, kv_heads)
+        attention = h.layer
+        assert tuple(attention._query_dense.kernel.shape) == (16, 2, 4)
+        assert tuple(attention._key_dense.kernel.shape) == (16, kv_heads, 4)
+        assert tuple(attention._output_dense.kernel.shape) == (2, 4, 16)
+        assert attention._inv_norm_factor == 0.5  # 1 / sqrt(head size 4)
+    # Per block, 2 query heads (query 16 x 4, output 4 x 16) and, under unit="group", a
+    # group's key and value (16 x 4 each); Qwen's query, key and value have biases (4 per
+    # head) too.
+    removed_kv = 2 - kv_heads
+    per_block = 2 * (16 * 4 + 4 * 16) + removed_kv * 2 * 16 * 4
+    if name == "qwen":
+        per_block += 2 * 4 + removed_kv * 2 * 4
+    assert model.count_params() - small.count_params() == 2 * per_block
+    zeroed = _out(pruned, gqa["feed"])
+    assert np.abs(zeroed - _out(model, gqa["feed"])).max() > 0.1
+    assert np.abs(_out(small, gqa["feed"]) - zeroed).max() < 2e-5
+    if (name, unit) == ("qwen", "group"):
+        # The head-sized block prunes again: one query head of the remaining group.
+        again = tfprune.prune_heads(small, 0.5)
+        smaller = tfprune.shrink(again)
+        configs = [b.get_config() for b in _blocks(smaller)]
+        assert [(c["num_query_heads"], c["num_key_value_heads"]) for c in configs] == [(1, 1)] * 2
+        assert small.count_params() - smaller.count_params() == 2 * (16 * 4 + 4 + 4 * 16)
+        assert np.abs(_out(smaller, gqa["feed"]) - _out(again, gqa["feed"])).max() < 2e-5
 
 
 def test_activation_scores_of_heads_inside_a_block_equal_a_numpy_recomputation():

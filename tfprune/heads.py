@@ -18,11 +18,12 @@ Attention layers inside keras-hub transformer blocks (`tfprune.hub_blocks`) are 
 pruned too, with their head counts read from the block's config; they are named
 `"<block>/<attention>"`. `shrink` rebuilds a block whose config holds its head size
 (Gemma's and Mistral's `head_dim`) with fewer heads; keras-hub's `TransformerEncoder` and
-`TransformerDecoder` (BERT, GPT-2), which derive it from `hidden_dim // num_heads`, come
-back as their `tfprune.hub_sized` subclasses, which take it in their config. Qwen's and
-Llama's blocks derive it inside their attention layer, and a decoder with cross attention
-shares one head count between two layers: `shrink` keeps their zeroed heads, so the result
-still predicts what the zeroed model predicts.
+`TransformerDecoder` (BERT, GPT-2) and Qwen's block, which derive it from
+`hidden_dim // num_heads`, come back as their `tfprune.hub_sized` subclasses, which take it
+in their config. A decoder with cross attention shares one head count between two layers:
+`shrink` keeps its zeroed heads, so the result still predicts what the zeroed model
+predicts. Llama's block cannot serialize its config in keras-hub 0.32, so tfprune cannot
+read or rebuild a Llama model at all (a `TypeError` names the layer).
 
 ```python
 pruned = tfprune.prune_heads(model, ratio=0.5, criterion="activation", data=[x[:256]])
@@ -169,7 +170,7 @@ def _heads_of(
 
 def _block_counts(layer, block: hub_blocks.Block) -> tuple[int, int]:
     """Query and key/value heads of a keras-hub block, from its config."""
-    config = layer.get_config()
+    config = surgery.layer_config(layer)
     q_key, kv_key = block.heads
     return int(config[q_key]), int(config[kv_key or q_key])
 

@@ -12,8 +12,8 @@ This table says, for each block, which attributes hold them, so that
 - `tfprune.heads` finds the attention layer inside the block;
 - `tfprune.shrink` rebuilds the block from its config with a smaller `intermediate_dim`
   and fewer heads. A block whose config holds its head size (`head_size`) keeps it there;
-  keras-hub's `TransformerEncoder` and `TransformerDecoder` derive it from
-  `hidden_dim // num_heads`, so they come back as the subclasses of
+  keras-hub's `TransformerEncoder`, `TransformerDecoder` and Qwen's block derive it
+  from `hidden_dim // num_heads`, so they come back as the subclasses of
   `tfprune.hub_sized` (`sized`), which take it in their config.
 
 Blocks are keyed by Keras registered name, so keras-hub is never imported. keras-hub
@@ -119,7 +119,8 @@ BLOCKS: dict[str, Block] = {
         head_size="head_dim",
     ),
     "MistralTransformerDecoder": dataclasses.replace(_GQA, head_size="head_dim"),
-    "QwenTransformerDecoder": _GQA,
+    "QwenTransformerDecoder": dataclasses.replace(_GQA, sized="HeadSizedQwenTransformerDecoder"),
+    "tfprune>HeadSizedQwenTransformerDecoder": dataclasses.replace(_GQA, head_size="head_dim"),
     "LlamaTransformerDecoder": _GQA,
 }
 
