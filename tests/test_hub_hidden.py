@@ -200,20 +200,93 @@ def test_gemma_randomised_norms_match_a_gemma_built_at_the_kept_width():
     assert np.abs(_np(zeroed(feed))[..., keep] - _np(expected)).max() > 1e-2
 
 
-def test_bert_and_gpt2_blocks_keep_their_hidden_width_with_the_reason():
-    for backbone in (
-        M.BertBackbone(num_heads=4, max_sequence_length=SEQ, **_TINY),
-        M.GPT2Backbone(num_heads=4, max_sequence_length=SEQ, **_TINY),
-    ):
-        stream = backbone.get_layer("transformer_layer_1").output
-        model = keras.Model(backbone.input, backbone.token_embedding(stream, reverse=True))
-        stream = tfprune.graph.channel_groups(model, through_norms=True)[0]
-        kind = type(backbone.get_layer("transformer_layer_0")).__name__
-        assert (stream.channels, stream.prunable) == (D, False)
-        assert stream.reason == (
-            f"{kind} 'transformer_layer_0' computes its head size as hidden_dim // num_heads, "
-            "so it cannot be rebuilt with a smaller hidden width and the same heads"
+def _hub_lm(kind: str, **kwargs) -> keras.Model:
+    """A BERT (token logits and a classifier on the pooled output), GPT-2 or Mistral LM."""
+    if kind == "bert":
+        backbone = M.BertBackbone(num_heads=4, max_sequence_length=SEQ, **_TINY, **kwargs)
+        out = backbone.output
+        logits = backbone.token_embedding(out["sequence_output"], reverse=True)
+        return keras.Model(backbone.input, [logits, L.Dense(3, name="cls")(out["pooled_output"])])
+    if kind == "gpt2":
+        backbone = M.GPT2Backbone(num_heads=4, max_sequence_length=SEQ, **_TINY, **kwargs)
+    else:
+        backbone = M.MistralBackbone(num_query_heads=4, num_key_value_heads=2, **_TINY, **kwargs)
+    return keras.Model(backbone.input, backbone.token_embedding(backbone.output, reverse=True))
+
+
+def _hub_feed(model: keras.Model) -> dict:
+    feed = _feed()
+    if "segment_ids" in model.input:
+        feed["segment_ids"] = np.random.default_rng(4).integers(0, 2, (2, SEQ))
+    return feed
+
+
+def _identity_layer_norms(model: keras.Model) -> keras.Model:
+    """Every LayerNormalization / Mistral RMSNorm of `model` becomes the identity.
+
+    LayerNormalization subtracts the mean over the channels, which depends on how many
+    there are; with `rms_scaling` it does not (`x * rsqrt(var + epsilon) * gamma`), and with
+    epsilon 1e12 it is `x * 1e-6 * gamma` (as in `_identity_norms`). The blocks build their
+    norms from their config, so this is set on every model before it is called; the gammas
+    (`1e6`) are weights and are set once, on the original model.
+    """
+    for layer in model.layers:
+        stream = tfprune.hub_hidden.STREAMS.get(keras.saving.get_registered_name(type(layer)))
+        norms = [getattr(layer, n) for n in stream.norms] if stream else [layer]
+        for norm in norms:
+            if isinstance(norm, L.LayerNormalization):
+                norm.rms_scaling = True
+            if hasattr(norm, "epsilon"):
+                norm.epsilon = 1e12
+    return model
+
+
+def _identity_gammas(model: keras.Model) -> keras.Model:
+    for v in model.weights:
+        if v.path.endswith(("gamma", "scale")):
+            v.assign(np.full(v.shape, 1e6, v.dtype))
+    return model
+
+
+# Parameters of `_hub_lm(kind)` at hidden width d, counted by hand: `a * d + b`. Per
+# BERT/GPT-2 block: 2 LayerNorms (4d), query/key/value (3 x (16d + 16): 4 heads of 4) and
+# output (16d + d) projections, the MLP (24d + 24 and 24d + d): 118d + 72. BERT adds token,
+# position, segment embeddings and their norm (62d), the pooler (16d + 16) and the
+# classifier (51); GPT-2 token and position embeddings and the final norm (60d). Mistral,
+# without biases: an untied token embedding (100d), per block 2 norms, query/output (16d
+# each), key/value (8d each: 2 heads of 4) and a gated MLP (72d), the final norm (d).
+_HUB_PARAMS = {"bert": (314, 211), "gpt2": (296, 144), "mistral": (345, 0)}
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "mistral"])
+def test_hub_hidden_width_halves_exactly_with_identity_norms_and_round_trips(kind, tmp_path):
+    model = _identity_gammas(_randomised(_hub_lm(kind), scale=0.2))
+    stream = tfprune.graph.channel_groups(model, through_norms=True)[0]
+    assert (stream.channels, stream.prunable) == (D, True)
+    feed = _hub_feed(model)
+    with pytest.warns(UserWarning, match="not exact"):
+        pruned = tfprune.prune_channels(
+            model, 0.0, ratios={"token_embedding": 0.5}, through_norms=True
         )
+    with pytest.warns(UserWarning, match="not exact"):
+        small = tfprune.shrink(pruned, through_norms=True)
+    blocks = [small.get_layer(f"transformer_layer_{i}") for i in range(2)]
+    sized = {"bert": "HeadSizedTransformerEncoder", "gpt2": "HeadSizedTransformerDecoder"}
+    assert [type(b).__name__ for b in blocks] == [sized.get(kind, "MistralTransformerDecoder")] * 2
+    heads = "num_query_heads" if kind == "mistral" else "num_heads"
+    assert [(b.get_config()["head_dim"], b.get_config()[heads]) for b in blocks] == [(4, 4)] * 2
+    a, b = _HUB_PARAMS[kind]
+    assert (model.count_params(), small.count_params()) == (a * D + b, a * D // 2 + b)
+    small.save(tmp_path / "small.keras")
+    loaded = keras.saving.load_model(tmp_path / "small.keras", safe_mode=True)
+    for got, want in zip(keras.tree.flatten(loaded(feed)), keras.tree.flatten(small(feed))):
+        np.testing.assert_allclose(_np(got), _np(want), rtol=1e-6)
+    # Removing the channels is exact when the norms are the identity.
+    expected = keras.tree.flatten(_identity_layer_norms(pruned)(feed))
+    original = keras.tree.flatten(_identity_layer_norms(model)(feed))
+    assert np.abs(_np(expected[0]) - _np(original[0])).max() > 0.1
+    for got, want in zip(keras.tree.flatten(_identity_layer_norms(small)(feed)), expected):
+        np.testing.assert_allclose(_np(got), _np(want), rtol=1e-4, atol=1e-4)
 
 
 def _rms(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:

@@ -207,10 +207,15 @@ def block_stream(g: Graph, call: Call, block: hub_blocks.Block) -> str | None:
         inputs are then frozen with that reason by the caller).
     """
     layer = call.layer
-    if block.head_size is None:
+    if block.head_size is None and block.sized is None:
         return (
             f"{call.name} computes its head size as hidden_dim // num_heads, so it cannot be "
             "rebuilt with a smaller hidden width and the same heads"
+        )
+    if len(hub_blocks.attention_layers(layer, block)) > 1:
+        return (
+            f"{call.name} has cross attention, whose key and value read another sequence "
+            "(the encoder's) of its own width"
         )
     if keras.saving.get_registered_name(type(layer)) not in hub_hidden.STREAMS:
         return (
@@ -306,6 +311,7 @@ for _norm in (
     _L.RMSNormalization,
     "keras_hub>RMSNormalization",
     "RMSNormalization",  # the bare name of the RMSNormalization inside keras-hub's models
+    "MistralLayerNormalization",  # an RMSNorm (`scale`) of keras-hub's Mistral
 ):
     register(_norm, normalization, "hidden_norm")
 register(_L.MultiHeadAttention, attention, "attention")
