@@ -289,6 +289,47 @@ def test_hub_hidden_width_halves_exactly_with_identity_norms_and_round_trips(kin
         np.testing.assert_allclose(_np(got), _np(want), rtol=1e-4, atol=1e-4)
 
 
+def test_gpt2_heads_mlp_and_hidden_width_together_are_exact_with_identity_norms():
+    model = _identity_gammas(_randomised(_hub_lm("gpt2"), scale=0.2))
+    pruned = tfprune.prune_heads(model, 0.5)
+    with pytest.warns(UserWarning, match="not exact"):
+        pruned = tfprune.prune_channels(pruned, 0.5, through_norms=True)
+    with pytest.warns(UserWarning, match="not exact"):
+        small = tfprune.shrink(pruned, through_norms=True)
+    block = small.get_layer("transformer_layer_1")
+    config = block.get_config()
+    assert type(block).__name__ == "HeadSizedTransformerDecoder"
+    assert [config[k] for k in ("num_heads", "head_dim", "intermediate_dim")] == [2, 4, 12]
+    assert tuple(block._self_attention_layer.query_dense.kernel.shape) == (D // 2, 2, 4)
+    assert tuple(block._self_attention_layer.output_dense.kernel.shape) == (2, 4, D // 2)
+    feed = _feed()
+    expected = _np(_identity_layer_norms(pruned)(feed))
+    np.testing.assert_allclose(
+        _np(_identity_layer_norms(small)(feed)), expected, rtol=1e-4, atol=1e-4
+    )
+
+
+def test_qwen_and_cross_attention_blocks_keep_their_hidden_width_with_the_reason():
+    qwen = M.QwenBackbone(num_query_heads=4, num_key_value_heads=2, **_TINY)
+    model = keras.Model(qwen.input, qwen.token_embedding(qwen.output, reverse=True))
+    stream = tfprune.graph.channel_groups(model, through_norms=True)[0]
+    assert (stream.channels, stream.prunable) == (D, False)
+    assert stream.reason == (
+        "QwenTransformerDecoder 'transformer_layer_0' computes its head size as "
+        "hidden_dim // num_heads, so it cannot be rebuilt with a smaller hidden width and "
+        "the same heads"
+    )
+    decoder, encoder = keras.Input((SEQ, D)), keras.Input((SEQ, D))
+    block = keras_hub.layers.TransformerDecoder(24, 4, name="dec")
+    model = keras.Model([decoder, encoder], block(L.Dense(D, name="pre")(decoder), encoder))
+    stream = tfprune.graph.channel_groups(model, through_norms=True)[0]
+    assert (stream.producers, stream.prunable) == (["pre"], False)
+    assert stream.reason == (
+        "TransformerDecoder 'dec' has cross attention, whose key and value read another "
+        "sequence (the encoder's) of its own width"
+    )
+
+
 def _rms(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return x / np.sqrt((x**2).mean(-1, keepdims=True) + eps)
 
