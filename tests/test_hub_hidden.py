@@ -289,6 +289,58 @@ def test_hub_hidden_width_halves_exactly_with_identity_norms_and_round_trips(kin
         np.testing.assert_allclose(_np(got), _np(want), rtol=1e-4, atol=1e-4)
 
 
+def _layer_norm(x: np.ndarray, norm, keep: np.ndarray, eps: float) -> np.ndarray:
+    gamma, beta = (_np(v).astype(np.float64)[keep] for v in (norm.gamma, norm.beta))
+    x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
+    return x * gamma + beta
+
+
+def _gpt2_block(x: np.ndarray, block, keep: np.ndarray) -> np.ndarray:
+    """keras-hub's GPT-2 block (pre-norm, causal, 4 heads of 4, GELU) on the kept channels."""
+    attention = block._self_attention_layer
+    w = {
+        n: [_np(v).astype(np.float64) for v in getattr(attention, n).weights]
+        for n in ("query_dense", "key_dense", "value_dense", "output_dense")
+    }
+    h = _layer_norm(x, block._self_attention_layer_norm, keep, 1e-5)
+    q, k, v = (np.einsum("btd,dnh->btnh", h, w[n][0][keep]) + w[n][1] for n in list(w)[:3])
+    scores = np.einsum("bsnh,btnh->bnts", k, q / 2.0)  # 1 / sqrt(head size 4)
+    scores = np.where(np.tril(np.ones((SEQ, SEQ), bool)), scores, -1e9)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    context = np.einsum("bnts,bsnh->btnh", probs, v)
+    kernel, bias = w["output_dense"]
+    x = x + np.einsum("btnh,nhd->btd", context, kernel[..., keep]) + bias[keep]
+    h = _layer_norm(x, block._feedforward_layer_norm, keep, 1e-5)
+    up, up_bias = (_np(v).astype(np.float64) for v in block._feedforward_intermediate_dense.weights)
+    down, down_bias = (_np(v).astype(np.float64) for v in block._feedforward_output_dense.weights)
+    h = h @ up[keep] + up_bias
+    h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+    return x + h @ down[:, keep] + down_bias[keep]
+
+
+def test_gpt2_randomised_norms_match_a_numpy_gpt2_on_the_kept_channels():
+    model = _randomised(_hub_lm("gpt2"))
+    with pytest.warns(UserWarning, match="not exact"):
+        pruned = tfprune.prune_channels(
+            model, 0.0, ratios={"token_embedding": 0.5}, through_norms=True
+        )
+    keep = np.flatnonzero(_np(pruned.get_layer("token_embedding").embeddings).any(axis=0))
+    assert keep.size == D // 2
+    with pytest.warns(UserWarning, match="not exact"):
+        small = tfprune.shrink(pruned, through_norms=True)
+    feed = _feed()
+    table = _np(model.get_layer("token_embedding").embeddings).astype(np.float64)
+    positions = _np(model.get_layer("position_embedding").position_embeddings)
+    x = table[feed["token_ids"]][..., keep] + positions[:, keep]
+    for i in range(2):
+        x = _gpt2_block(x, model.get_layer(f"transformer_layer_{i}"), keep)
+    x = _layer_norm(x, model.get_layer("layer_norm"), keep, 1e-5)
+    np.testing.assert_allclose(_np(small(feed)), x @ table[:, keep].T, rtol=1e-4, atol=1e-4)
+    # Not exact: the zeroed model normalizes over all 16 channels.
+    assert np.abs(_np(pruned(feed)) - x @ table[:, keep].T).max() > 1e-2
+
+
 def test_gpt2_heads_mlp_and_hidden_width_together_are_exact_with_identity_norms():
     model = _identity_gammas(_randomised(_hub_lm("gpt2"), scale=0.2))
     pruned = tfprune.prune_heads(model, 0.5)
