@@ -517,6 +517,21 @@ def test_hub_hidden_width_example_halves_gemma_and_warns(capsys):
     )
 
 
+def test_hub_hidden_width_example_halves_gpt2_with_its_heads(capsys):
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples"
+    spec = importlib.util.spec_from_file_location("ex", path / "prune_hub_hidden_width.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.warns(UserWarning, match=NOT_EXACT.format(n=5)):
+        model, _, small = module.main_gpt2()
+    # `_HUB_PARAMS["gpt2"]` with 32 MLP units: per block 16 more per hidden channel, 8 biases.
+    assert (model.count_params(), small.count_params()) == (328 * D + 160, 328 * D // 2 + 160)
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "HeadSizedTransformerDecoder num_heads: 4 head_dim: 4",
+        f"parameters: {328 * D + 160} -> {328 * D // 2 + 160}",
+    ]
+
+
 def test_untied_reversible_embedding_slices_its_reverse_rows():
     tokens = keras.Input((SEQ,), dtype="int32")
     embed = keras_hub.layers.ReversibleEmbedding(VOCAB, D, tie_weights=False, name="embed")
