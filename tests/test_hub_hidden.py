@@ -202,15 +202,16 @@ def test_gemma_randomised_norms_match_a_gemma_built_at_the_kept_width():
 
 def _hub_lm(kind: str, **kwargs) -> keras.Model:
     """A BERT (token logits and a classifier on the pooled output), GPT-2 or Mistral LM."""
+    kwargs = {**_TINY, **kwargs}
     if kind == "bert":
-        backbone = M.BertBackbone(num_heads=4, max_sequence_length=SEQ, **_TINY, **kwargs)
+        backbone = M.BertBackbone(num_heads=4, max_sequence_length=SEQ, **kwargs)
         out = backbone.output
         logits = backbone.token_embedding(out["sequence_output"], reverse=True)
         return keras.Model(backbone.input, [logits, L.Dense(3, name="cls")(out["pooled_output"])])
     if kind == "gpt2":
-        backbone = M.GPT2Backbone(num_heads=4, max_sequence_length=SEQ, **_TINY, **kwargs)
+        backbone = M.GPT2Backbone(num_heads=4, max_sequence_length=SEQ, **kwargs)
     else:
-        backbone = M.MistralBackbone(num_query_heads=4, num_key_value_heads=2, **_TINY, **kwargs)
+        backbone = M.MistralBackbone(num_query_heads=4, num_key_value_heads=2, **kwargs)
     return keras.Model(backbone.input, backbone.token_embedding(backbone.output, reverse=True))
 
 
@@ -339,6 +340,54 @@ def test_gpt2_randomised_norms_match_a_numpy_gpt2_on_the_kept_channels():
     np.testing.assert_allclose(_np(small(feed)), x @ table[:, keep].T, rtol=1e-4, atol=1e-4)
     # Not exact: the zeroed model normalizes over all 16 channels.
     assert np.abs(_np(pruned(feed)) - x @ table[:, keep].T).max() > 1e-2
+
+
+def test_bert_stream_reaches_its_segment_embedding_norms_and_pooler():
+    model = _hub_lm("bert")
+    stream = tfprune.graph.channel_groups(model, through_norms=True)[0]
+    per_block = {
+        (f"{norm}.{w}", 0, "norm")
+        for norm in ("_self_attention_layer_norm", "_feedforward_layer_norm")
+        for w in ("gamma", "beta")
+    } | {
+        *((f"_self_attention_layer.{p}_dense.kernel", 0, "input") for p in ("query", "key")),
+        ("_self_attention_layer.value_dense.kernel", 0, "input"),
+        ("_self_attention_layer.output_dense.kernel", 2, "output"),
+        ("_self_attention_layer.output_dense.bias", 0, "output"),
+        ("_feedforward_intermediate_dense.kernel", 0, "input"),
+        ("_feedforward_output_dense.kernel", 1, "output"),
+        ("_feedforward_output_dense.bias", 0, "output"),
+    }
+    assert {(m.layer.name, m.weight, m.axis, m.role) for m in stream.members} == {
+        ("token_embedding", "embeddings", 1, "output"),
+        ("position_embedding", "position_embeddings", 1, "output"),
+        ("segment_embedding", "embeddings", 1, "output"),
+        ("embeddings_layer_norm", "gamma", 0, "norm"),
+        ("embeddings_layer_norm", "beta", 0, "norm"),
+        ("pooled_dense", "kernel", 0, "input"),
+        *((f"transformer_layer_{i}", *m) for i in range(2) for m in per_block),
+    }
+    # A block whose width does not change keeps its class (and its derived head size).
+    block = tfprune.shrink(model, through_norms=True).get_layer("transformer_layer_0")
+    assert (type(block).__name__, block.num_heads) == ("TransformerEncoder", 4)
+
+
+def test_mistral_randomised_norms_match_a_mistral_built_at_the_kept_width():
+    model = _randomised(_hub_lm("mistral"))
+    with pytest.warns(UserWarning, match="not exact"):
+        pruned = tfprune.prune_channels(
+            model, 0.0, ratios={"token_embedding": 0.5}, through_norms=True
+        )
+    keep = np.flatnonzero(_np(pruned.get_layer("token_embedding").embeddings).any(axis=0))
+    with pytest.warns(UserWarning, match="not exact"):
+        small = tfprune.shrink(pruned, through_norms=True)
+    # keras-hub's own Mistral at hidden_dim 8 with heads of 4 (its config holds head_dim).
+    reference = _hub_lm("mistral", hidden_dim=D // 2, head_dim=4)
+    _kept_slices(model, reference, keep)
+    feed = _feed()
+    expected = _np(reference(feed))
+    np.testing.assert_allclose(_np(small(feed)), expected, rtol=1e-4, atol=1e-4)
+    assert np.abs(_np(pruned(feed)) - expected).max() > 1e-2
 
 
 def test_gpt2_heads_mlp_and_hidden_width_together_are_exact_with_identity_norms():

@@ -132,14 +132,14 @@ def shrunk_config(layer: keras.layers.Layer, kept: dict[str, int]) -> dict:
             channel graph recorded for the layer.
 
     Returns:
-        For a block of the table whose norms the graph recorded: its head size under the
+        For a block of the table whose hidden width changes: its head size under the
         block's head-size key (`head_dim`: it no longer follows from the new width), and
         `{width key: new width}` when its config holds its width (or the input shape
         it builds from); else `{}`.
     """
     stream = STREAMS.get(keras.saving.get_registered_name(type(layer)))
     paths = [p for p in norm_paths(layer) if p in kept]
-    if stream is None or not paths:
+    if not paths or kept[paths[0]] == registry.resolve(layer, paths[0]).shape[0]:
         return {}
     block = hub_blocks.block_of(layer)
     _, attention = hub_blocks.attention_layers(layer, block)[0]
@@ -163,7 +163,7 @@ def shrunk_class(layer: keras.layers.Layer, kept: dict[str, int]) -> type | None
     Returns:
         The `tfprune.hub_sized` subclass of a block that derives its head size from
         `hidden_dim // num_heads` (keras-hub's `TransformerEncoder`/`TransformerDecoder`)
-        when the graph recorded its norms, else `None` (its own class).
+        when its hidden width changes, else `None` (its own class).
     """
     block = hub_blocks.block_of(layer)
     if block is None or block.sized is None or not shrunk_config(layer, kept):
