@@ -200,7 +200,10 @@ def block_stream(g: Graph, call: Call, block: hub_blocks.Block) -> str | None:
     The stream is the block's first input and its output (residual): the norms' vectors
     follow it, the attention projections and the MLP's first kernels read it on their input
     axis, the attention output projection and the MLP's last kernel write it on their
-    output axis (with their biases). Other inputs (the padding mask) are frozen.
+    output axis (with their biases). Other inputs (the padding mask) are frozen. A block
+    whose head size follows from its width passes only if `tfprune.shrink` can write it into
+    its config (`Block.head_size`, or a `tfprune.hub_sized` class); one with cross attention
+    (a second sequence of its own width) does not.
 
     Returns:
         `None` when the stream passes, else why the block keeps its hidden width (its
