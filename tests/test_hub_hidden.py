@@ -390,6 +390,29 @@ def test_mistral_randomised_norms_match_a_mistral_built_at_the_kept_width():
     assert np.abs(_np(pruned(feed)) - expected).max() > 1e-2
 
 
+def test_activation_scores_read_the_layer_norms_inside_gpt2_blocks():
+    model = _randomised(_hub_lm("gpt2"))
+    feed = _feed(4)
+    means = tfprune.activation_scores.norm_activations(model, [feed])
+    assert list(means) == [
+        "layer_norm",
+        *(
+            f"transformer_layer_{i}/{n}"
+            for i in range(2)
+            for n in ("_self_attention_layer_norm", "_feedforward_layer_norm")
+        ),
+    ]
+    table = _np(model.get_layer("token_embedding").embeddings).astype(np.float64)
+    positions = _np(model.get_layer("position_embedding").position_embeddings)
+    norm = model.get_layer("transformer_layer_0")._self_attention_layer_norm
+    y = _layer_norm(table[feed["token_ids"]] + positions, norm, np.arange(D), 1e-5)
+    np.testing.assert_allclose(
+        means["transformer_layer_0/_self_attention_layer_norm"],
+        np.abs(y).reshape(-1, D).mean(0),
+        rtol=1e-5,
+    )
+
+
 def test_gpt2_heads_mlp_and_hidden_width_together_are_exact_with_identity_norms():
     model = _identity_gammas(_randomised(_hub_lm("gpt2"), scale=0.2))
     pruned = tfprune.prune_heads(model, 0.5)
