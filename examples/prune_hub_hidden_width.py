@@ -8,6 +8,10 @@ by hooks inside the blocks. `tfprune.shrink` rebuilds each block with the smalle
 `hidden_dim`. Not exact (the norms now average over fewer channels): both calls warn, and
 the result is meant to be fine-tuned or distilled (`tfprune.distill`).
 
+`main_gpt2` does the same to a keras-hub GPT-2, whose `TransformerDecoder` blocks derive
+their head size from the hidden width: `shrink` rebuilds them as
+`tfprune.hub_sized.HeadSizedTransformerDecoder` with the old head size.
+
 Run: python examples/prune_hub_hidden_width.py
 """
 
@@ -58,5 +62,29 @@ def main() -> tuple:
     return model, pruned, small
 
 
+def main_gpt2() -> tuple:
+    # A tiny GPT-2 (4 heads of size 4) with its tied output head.
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=50,
+        num_layers=2,
+        num_heads=4,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=8,
+    )
+    model = keras.Model(backbone.input, backbone.token_embedding(backbone.output, reverse=True))
+    # --8<-- [start:gpt2]
+    pruned = tfprune.prune_channels(
+        model, ratio=0.0, ratios={"token_embedding": 0.5}, through_norms=True
+    )
+    small = tfprune.shrink(pruned, through_norms=True)
+    block = small.get_layer("transformer_layer_0")
+    print(type(block).__name__, "num_heads:", block.num_heads, "head_dim:", block.head_dim)
+    print("parameters:", model.count_params(), "->", small.count_params())
+    # --8<-- [end:gpt2]
+    return model, pruned, small
+
+
 if __name__ == "__main__":
     main()
+    main_gpt2()

@@ -200,20 +200,258 @@ def test_gemma_randomised_norms_match_a_gemma_built_at_the_kept_width():
     assert np.abs(_np(zeroed(feed))[..., keep] - _np(expected)).max() > 1e-2
 
 
-def test_bert_and_gpt2_blocks_keep_their_hidden_width_with_the_reason():
-    for backbone in (
-        M.BertBackbone(num_heads=4, max_sequence_length=SEQ, **_TINY),
-        M.GPT2Backbone(num_heads=4, max_sequence_length=SEQ, **_TINY),
-    ):
-        stream = backbone.get_layer("transformer_layer_1").output
-        model = keras.Model(backbone.input, backbone.token_embedding(stream, reverse=True))
-        stream = tfprune.graph.channel_groups(model, through_norms=True)[0]
-        kind = type(backbone.get_layer("transformer_layer_0")).__name__
-        assert (stream.channels, stream.prunable) == (D, False)
-        assert stream.reason == (
-            f"{kind} 'transformer_layer_0' computes its head size as hidden_dim // num_heads, "
-            "so it cannot be rebuilt with a smaller hidden width and the same heads"
+def _hub_lm(kind: str, **kwargs) -> keras.Model:
+    """A BERT (token logits and a classifier on the pooled output), GPT-2 or Mistral LM."""
+    kwargs = {**_TINY, **kwargs}
+    if kind == "bert":
+        backbone = M.BertBackbone(num_heads=4, max_sequence_length=SEQ, **kwargs)
+        out = backbone.output
+        logits = backbone.token_embedding(out["sequence_output"], reverse=True)
+        return keras.Model(backbone.input, [logits, L.Dense(3, name="cls")(out["pooled_output"])])
+    if kind == "gpt2":
+        backbone = M.GPT2Backbone(num_heads=4, max_sequence_length=SEQ, **kwargs)
+    else:
+        backbone = M.MistralBackbone(num_query_heads=4, num_key_value_heads=2, **kwargs)
+    return keras.Model(backbone.input, backbone.token_embedding(backbone.output, reverse=True))
+
+
+def _hub_feed(model: keras.Model) -> dict:
+    feed = _feed()
+    if "segment_ids" in model.input:
+        feed["segment_ids"] = np.random.default_rng(4).integers(0, 2, (2, SEQ))
+    return feed
+
+
+def _identity_layer_norms(model: keras.Model) -> keras.Model:
+    """Every LayerNormalization / Mistral RMSNorm of `model` becomes the identity.
+
+    LayerNormalization subtracts the mean over the channels, which depends on how many
+    there are; with `rms_scaling` it does not (`x * rsqrt(var + epsilon) * gamma`), and with
+    epsilon 1e12 it is `x * 1e-6 * gamma` (as in `_identity_norms`). The blocks build their
+    norms from their config, so this is set on every model before it is called; the gammas
+    (`1e6`) are weights and are set once, on the original model.
+    """
+    for layer in model.layers:
+        stream = tfprune.hub_hidden.STREAMS.get(keras.saving.get_registered_name(type(layer)))
+        norms = [getattr(layer, n) for n in stream.norms] if stream else [layer]
+        for norm in norms:
+            if isinstance(norm, L.LayerNormalization):
+                norm.rms_scaling = True
+            if hasattr(norm, "epsilon"):
+                norm.epsilon = 1e12
+    return model
+
+
+def _identity_gammas(model: keras.Model) -> keras.Model:
+    for v in model.weights:
+        if v.path.endswith(("gamma", "scale")):
+            v.assign(np.full(v.shape, 1e6, v.dtype))
+    return model
+
+
+# Parameters of `_hub_lm(kind)` at hidden width d, counted by hand: `a * d + b`. Per
+# BERT/GPT-2 block: 2 LayerNorms (4d), query/key/value (3 x (16d + 16): 4 heads of 4) and
+# output (16d + d) projections, the MLP (24d + 24 and 24d + d): 118d + 72. BERT adds token,
+# position, segment embeddings and their norm (62d), the pooler (16d + 16) and the
+# classifier (51); GPT-2 token and position embeddings and the final norm (60d). Mistral,
+# without biases: an untied token embedding (100d), per block 2 norms, query/output (16d
+# each), key/value (8d each: 2 heads of 4) and a gated MLP (72d), the final norm (d).
+_HUB_PARAMS = {"bert": (314, 211), "gpt2": (296, 144), "mistral": (345, 0)}
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "mistral"])
+def test_hub_hidden_width_halves_exactly_with_identity_norms_and_round_trips(kind, tmp_path):
+    model = _identity_gammas(_randomised(_hub_lm(kind), scale=0.2))
+    stream = tfprune.graph.channel_groups(model, through_norms=True)[0]
+    assert (stream.channels, stream.prunable) == (D, True)
+    feed = _hub_feed(model)
+    with pytest.warns(UserWarning, match="not exact"):
+        pruned = tfprune.prune_channels(
+            model, 0.0, ratios={"token_embedding": 0.5}, through_norms=True
         )
+    with pytest.warns(UserWarning, match="not exact"):
+        small = tfprune.shrink(pruned, through_norms=True)
+    blocks = [small.get_layer(f"transformer_layer_{i}") for i in range(2)]
+    sized = {"bert": "HeadSizedTransformerEncoder", "gpt2": "HeadSizedTransformerDecoder"}
+    assert [type(b).__name__ for b in blocks] == [sized.get(kind, "MistralTransformerDecoder")] * 2
+    heads = "num_query_heads" if kind == "mistral" else "num_heads"
+    assert [(b.get_config()["head_dim"], b.get_config()[heads]) for b in blocks] == [(4, 4)] * 2
+    a, b = _HUB_PARAMS[kind]
+    assert (model.count_params(), small.count_params()) == (a * D + b, a * D // 2 + b)
+    small.save(tmp_path / "small.keras")
+    loaded = keras.saving.load_model(tmp_path / "small.keras", safe_mode=True)
+    for got, want in zip(keras.tree.flatten(loaded(feed)), keras.tree.flatten(small(feed))):
+        np.testing.assert_allclose(_np(got), _np(want), rtol=1e-6)
+    # Removing the channels is exact when the norms are the identity.
+    expected = keras.tree.flatten(_identity_layer_norms(pruned)(feed))
+    original = keras.tree.flatten(_identity_layer_norms(model)(feed))
+    assert np.abs(_np(expected[0]) - _np(original[0])).max() > 0.1
+    for got, want in zip(keras.tree.flatten(_identity_layer_norms(small)(feed)), expected):
+        np.testing.assert_allclose(_np(got), _np(want), rtol=1e-4, atol=1e-4)
+
+
+def _layer_norm(x: np.ndarray, norm, keep: np.ndarray, eps: float) -> np.ndarray:
+    gamma, beta = (_np(v).astype(np.float64)[keep] for v in (norm.gamma, norm.beta))
+    x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
+    return x * gamma + beta
+
+
+def _gpt2_block(x: np.ndarray, block, keep: np.ndarray) -> np.ndarray:
+    """keras-hub's GPT-2 block (pre-norm, causal, 4 heads of 4, GELU) on the kept channels."""
+    attention = block._self_attention_layer
+    w = {
+        n: [_np(v).astype(np.float64) for v in getattr(attention, n).weights]
+        for n in ("query_dense", "key_dense", "value_dense", "output_dense")
+    }
+    h = _layer_norm(x, block._self_attention_layer_norm, keep, 1e-5)
+    q, k, v = (np.einsum("btd,dnh->btnh", h, w[n][0][keep]) + w[n][1] for n in list(w)[:3])
+    scores = np.einsum("bsnh,btnh->bnts", k, q / 2.0)  # 1 / sqrt(head size 4)
+    scores = np.where(np.tril(np.ones((SEQ, SEQ), bool)), scores, -1e9)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    context = np.einsum("bnts,bsnh->btnh", probs, v)
+    kernel, bias = w["output_dense"]
+    x = x + np.einsum("btnh,nhd->btd", context, kernel[..., keep]) + bias[keep]
+    h = _layer_norm(x, block._feedforward_layer_norm, keep, 1e-5)
+    up, up_bias = (_np(v).astype(np.float64) for v in block._feedforward_intermediate_dense.weights)
+    down, down_bias = (_np(v).astype(np.float64) for v in block._feedforward_output_dense.weights)
+    h = h @ up[keep] + up_bias
+    h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+    return x + h @ down[:, keep] + down_bias[keep]
+
+
+def test_gpt2_randomised_norms_match_a_numpy_gpt2_on_the_kept_channels():
+    model = _randomised(_hub_lm("gpt2"))
+    with pytest.warns(UserWarning, match="not exact"):
+        pruned = tfprune.prune_channels(
+            model, 0.0, ratios={"token_embedding": 0.5}, through_norms=True
+        )
+    keep = np.flatnonzero(_np(pruned.get_layer("token_embedding").embeddings).any(axis=0))
+    assert keep.size == D // 2
+    with pytest.warns(UserWarning, match="not exact"):
+        small = tfprune.shrink(pruned, through_norms=True)
+    feed = _feed()
+    table = _np(model.get_layer("token_embedding").embeddings).astype(np.float64)
+    positions = _np(model.get_layer("position_embedding").position_embeddings)
+    x = table[feed["token_ids"]][..., keep] + positions[:, keep]
+    for i in range(2):
+        x = _gpt2_block(x, model.get_layer(f"transformer_layer_{i}"), keep)
+    x = _layer_norm(x, model.get_layer("layer_norm"), keep, 1e-5)
+    np.testing.assert_allclose(_np(small(feed)), x @ table[:, keep].T, rtol=1e-4, atol=1e-4)
+    # Not exact: the zeroed model normalizes over all 16 channels.
+    assert np.abs(_np(pruned(feed)) - x @ table[:, keep].T).max() > 1e-2
+
+
+def test_bert_stream_reaches_its_segment_embedding_norms_and_pooler():
+    model = _hub_lm("bert")
+    stream = tfprune.graph.channel_groups(model, through_norms=True)[0]
+    per_block = {
+        (f"{norm}.{w}", 0, "norm")
+        for norm in ("_self_attention_layer_norm", "_feedforward_layer_norm")
+        for w in ("gamma", "beta")
+    } | {
+        *((f"_self_attention_layer.{p}_dense.kernel", 0, "input") for p in ("query", "key")),
+        ("_self_attention_layer.value_dense.kernel", 0, "input"),
+        ("_self_attention_layer.output_dense.kernel", 2, "output"),
+        ("_self_attention_layer.output_dense.bias", 0, "output"),
+        ("_feedforward_intermediate_dense.kernel", 0, "input"),
+        ("_feedforward_output_dense.kernel", 1, "output"),
+        ("_feedforward_output_dense.bias", 0, "output"),
+    }
+    assert {(m.layer.name, m.weight, m.axis, m.role) for m in stream.members} == {
+        ("token_embedding", "embeddings", 1, "output"),
+        ("position_embedding", "position_embeddings", 1, "output"),
+        ("segment_embedding", "embeddings", 1, "output"),
+        ("embeddings_layer_norm", "gamma", 0, "norm"),
+        ("embeddings_layer_norm", "beta", 0, "norm"),
+        ("pooled_dense", "kernel", 0, "input"),
+        *((f"transformer_layer_{i}", *m) for i in range(2) for m in per_block),
+    }
+    # A block whose width does not change keeps its class (and its derived head size).
+    block = tfprune.shrink(model, through_norms=True).get_layer("transformer_layer_0")
+    assert (type(block).__name__, block.num_heads) == ("TransformerEncoder", 4)
+
+
+def test_mistral_randomised_norms_match_a_mistral_built_at_the_kept_width():
+    model = _randomised(_hub_lm("mistral"))
+    with pytest.warns(UserWarning, match="not exact"):
+        pruned = tfprune.prune_channels(
+            model, 0.0, ratios={"token_embedding": 0.5}, through_norms=True
+        )
+    keep = np.flatnonzero(_np(pruned.get_layer("token_embedding").embeddings).any(axis=0))
+    with pytest.warns(UserWarning, match="not exact"):
+        small = tfprune.shrink(pruned, through_norms=True)
+    # keras-hub's own Mistral at hidden_dim 8 with heads of 4 (its config holds head_dim).
+    reference = _hub_lm("mistral", hidden_dim=D // 2, head_dim=4)
+    _kept_slices(model, reference, keep)
+    feed = _feed()
+    expected = _np(reference(feed))
+    np.testing.assert_allclose(_np(small(feed)), expected, rtol=1e-4, atol=1e-4)
+    assert np.abs(_np(pruned(feed)) - expected).max() > 1e-2
+
+
+def test_activation_scores_read_the_layer_norms_inside_gpt2_blocks():
+    model = _randomised(_hub_lm("gpt2"))
+    feed = _feed(4)
+    means = tfprune.activation_scores.norm_activations(model, [feed])
+    assert list(means) == [
+        "layer_norm",
+        *(
+            f"transformer_layer_{i}/{n}"
+            for i in range(2)
+            for n in ("_self_attention_layer_norm", "_feedforward_layer_norm")
+        ),
+    ]
+    table = _np(model.get_layer("token_embedding").embeddings).astype(np.float64)
+    positions = _np(model.get_layer("position_embedding").position_embeddings)
+    norm = model.get_layer("transformer_layer_0")._self_attention_layer_norm
+    y = _layer_norm(table[feed["token_ids"]] + positions, norm, np.arange(D), 1e-5)
+    np.testing.assert_allclose(
+        means["transformer_layer_0/_self_attention_layer_norm"],
+        np.abs(y).reshape(-1, D).mean(0),
+        rtol=1e-5,
+    )
+
+
+def test_gpt2_heads_mlp_and_hidden_width_together_are_exact_with_identity_norms():
+    model = _identity_gammas(_randomised(_hub_lm("gpt2"), scale=0.2))
+    pruned = tfprune.prune_heads(model, 0.5)
+    with pytest.warns(UserWarning, match="not exact"):
+        pruned = tfprune.prune_channels(pruned, 0.5, through_norms=True)
+    with pytest.warns(UserWarning, match="not exact"):
+        small = tfprune.shrink(pruned, through_norms=True)
+    block = small.get_layer("transformer_layer_1")
+    config = block.get_config()
+    assert type(block).__name__ == "HeadSizedTransformerDecoder"
+    assert [config[k] for k in ("num_heads", "head_dim", "intermediate_dim")] == [2, 4, 12]
+    assert tuple(block._self_attention_layer.query_dense.kernel.shape) == (D // 2, 2, 4)
+    assert tuple(block._self_attention_layer.output_dense.kernel.shape) == (2, 4, D // 2)
+    feed = _feed()
+    expected = _np(_identity_layer_norms(pruned)(feed))
+    np.testing.assert_allclose(
+        _np(_identity_layer_norms(small)(feed)), expected, rtol=1e-4, atol=1e-4
+    )
+
+
+def test_qwen_and_cross_attention_blocks_keep_their_hidden_width_with_the_reason():
+    qwen = M.QwenBackbone(num_query_heads=4, num_key_value_heads=2, **_TINY)
+    model = keras.Model(qwen.input, qwen.token_embedding(qwen.output, reverse=True))
+    stream = tfprune.graph.channel_groups(model, through_norms=True)[0]
+    assert (stream.channels, stream.prunable) == (D, False)
+    assert stream.reason == (
+        "QwenTransformerDecoder 'transformer_layer_0' computes its head size as "
+        "hidden_dim // num_heads, so it cannot be rebuilt with a smaller hidden width and "
+        "the same heads"
+    )
+    decoder, encoder = keras.Input((SEQ, D)), keras.Input((SEQ, D))
+    block = keras_hub.layers.TransformerDecoder(24, 4, name="dec")
+    model = keras.Model([decoder, encoder], block(L.Dense(D, name="pre")(decoder), encoder))
+    stream = tfprune.graph.channel_groups(model, through_norms=True)[0]
+    assert (stream.producers, stream.prunable) == (["pre"], False)
+    assert stream.reason == (
+        "TransformerDecoder 'dec' has cross attention, whose key and value read another "
+        "sequence (the encoder's) of its own width"
+    )
 
 
 def _rms(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -349,6 +587,21 @@ def test_hub_hidden_width_example_halves_gemma_and_warns(capsys):
         _np(small.get_layer("token_embedding").embeddings),
         _np(model.get_layer("token_embedding").embeddings)[:, kept],
     )
+
+
+def test_hub_hidden_width_example_halves_gpt2_with_its_heads(capsys):
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples"
+    spec = importlib.util.spec_from_file_location("ex", path / "prune_hub_hidden_width.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.warns(UserWarning, match=NOT_EXACT.format(n=5)):
+        model, _, small = module.main_gpt2()
+    # `_HUB_PARAMS["gpt2"]` with 32 MLP units: per block 16 more per hidden channel, 8 biases.
+    assert (model.count_params(), small.count_params()) == (328 * D + 160, 328 * D // 2 + 160)
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "HeadSizedTransformerDecoder num_heads: 4 head_dim: 4",
+        f"parameters: {328 * D + 160} -> {328 * D // 2 + 160}",
+    ]
 
 
 def test_untied_reversible_embedding_slices_its_reverse_rows():

@@ -9,10 +9,11 @@ norms' scales, the MLP's input and output axes). This table says which normaliza
 layers each block holds, and which config entry says its hidden width, so that
 `tfprune.shrink` rebuilds the block at the new width.
 
-A block that computes its head size as `hidden_dim // num_heads` (keras-hub's
-`TransformerEncoder`/`TransformerDecoder` of BERT and GPT-2, Llama, Mistral, Qwen:
-`tfprune.hub_blocks.Block.heads` is `None` for them) cannot be rebuilt with a smaller hidden
-width and the same heads, so it has no entry here and its stream stays frozen.
+A block that computes its head size as `hidden_dim // num_heads` comes back with it in
+its config: Mistral's `head_dim` is set, keras-hub's `TransformerEncoder`/`TransformerDecoder`
+(BERT, DistilBERT, RoBERTa, GPT-2) are rebuilt as their `tfprune.hub_sized` subclasses
+(`shrunk_class`), so a narrower stream keeps the same heads. Llama and Qwen have neither,
+so they have no entry here and their stream stays frozen.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ import numpy as np
 from tfprune import hub_blocks
 from tfprune import layers as registry
 
-__all__ = ["STREAMS", "Stream", "norm_paths", "rebuild", "shrunk_config", "stream_biases"]
+__all__ = [
+    "STREAMS",
+    "Stream",
+    "norm_paths",
+    "rebuild",
+    "shrunk_class",
+    "shrunk_config",
+    "stream_biases",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,17 +46,35 @@ class Stream:
             missing one, such as Gemma's optional post-attention norm, is skipped).
         width_key: Config key of the hidden width, or `None` when the block reads it
             from its input shape.
+        shape_key: Config key of the input shape the block records to build itself from
+            its config (keras-hub's `TransformerDecoder`), or `None`.
     """
 
     norms: tuple[str, ...]
     width_key: str | None = None
+    shape_key: str | None = None
 
+
+_KERAS_HUB = Stream(("_self_attention_layer_norm", "_feedforward_layer_norm"))
 
 STREAMS: dict[str, Stream] = {
     "GemmaDecoderBlock": Stream(
         ("pre_attention_norm", "post_attention_norm", "pre_ffw_norm", "post_ffw_norm"),
         width_key="hidden_dim",
     ),
+    # keras-hub's own blocks and Mistral's read their hidden width from their input.
+    **{
+        name: _KERAS_HUB
+        for name in (
+            "keras_hub>TransformerEncoder",
+            "tfprune>HeadSizedTransformerEncoder",
+        )
+    },
+    **{
+        name: dataclasses.replace(_KERAS_HUB, shape_key="decoder_sequence_shape")
+        for name in ("keras_hub>TransformerDecoder", "tfprune>HeadSizedTransformerDecoder")
+    },
+    "MistralTransformerDecoder": Stream(("_self_attention_layernorm", "_feedforward_layernorm")),
 }
 
 _NORM_WEIGHTS = ("gamma", "beta", "scale")
@@ -105,14 +132,43 @@ def shrunk_config(layer: keras.layers.Layer, kept: dict[str, int]) -> dict:
             channel graph recorded for the layer.
 
     Returns:
-        `{width key: new width}` for a block of the table whose config holds its width
-        and whose norms the graph recorded, else `{}`.
+        For a block of the table whose hidden width changes: its head size under the
+        block's head-size key (`head_dim`: it no longer follows from the new width), and
+        `{width key: new width}` when its config holds its width (or the input shape
+        it builds from); else `{}`.
     """
     stream = STREAMS.get(keras.saving.get_registered_name(type(layer)))
     paths = [p for p in norm_paths(layer) if p in kept]
-    if stream is None or stream.width_key is None or not paths:
+    if not paths or kept[paths[0]] == registry.resolve(layer, paths[0]).shape[0]:
         return {}
-    return {stream.width_key: kept[paths[0]]}
+    block = hub_blocks.block_of(layer)
+    _, attention = hub_blocks.attention_layers(layer, block)[0]
+    query = registry.resolve(attention, f"{block.projections[0]}.kernel")
+    config = {block.head_size or "head_dim": int(query.shape[-1])}
+    if stream.width_key is not None:
+        config[stream.width_key] = kept[paths[0]]
+    shape = layer.get_config().get(stream.shape_key) if stream.shape_key else None
+    if shape is not None:
+        config[stream.shape_key] = (*shape[:-1], kept[paths[0]])
+    return config
+
+
+def shrunk_class(layer: keras.layers.Layer, kept: dict[str, int]) -> type | None:
+    """The class that rebuilds a block at the hidden width `tfprune.shrink` keeps.
+
+    Args:
+        layer: Any layer.
+        kept: As for `shrunk_config`.
+
+    Returns:
+        The `tfprune.hub_sized` subclass of a block that derives its head size from
+        `hidden_dim // num_heads` (keras-hub's `TransformerEncoder`/`TransformerDecoder`)
+        when its hidden width changes, else `None` (its own class).
+    """
+    block = hub_blocks.block_of(layer)
+    if block is None or block.sized is None or not shrunk_config(layer, kept):
+        return None
+    return hub_blocks.sized_class(block)
 
 
 def rebuild(layer: keras.layers.Layer, config: dict) -> keras.layers.Layer | None:

@@ -469,6 +469,7 @@ def shrink(model: keras.Model, through_norms: bool = False) -> keras.Model:
             width = int(_positions(outputs[id(layer)], keep_id).size)
             config["target_shape"] = (*target[:-1], width)
         cls = attention[id(layer)][2] if id(layer) in attention else None
+        cls = cls or hub_hidden.shrunk_class(layer, kept)
         return surgery.from_config(layer, config, cls)
 
     def call(op, *args, **kwargs):

@@ -200,17 +200,25 @@ def block_stream(g: Graph, call: Call, block: hub_blocks.Block) -> str | None:
     The stream is the block's first input and its output (residual): the norms' vectors
     follow it, the attention projections and the MLP's first kernels read it on their input
     axis, the attention output projection and the MLP's last kernel write it on their
-    output axis (with their biases). Other inputs (the padding mask) are frozen.
+    output axis (with their biases). Other inputs (the padding mask) are frozen. A block
+    whose head size follows from its width passes only if `tfprune.shrink` can write it into
+    its config (`Block.head_size`, or a `tfprune.hub_sized` class); one with cross attention
+    (a second sequence of its own width) does not.
 
     Returns:
         `None` when the stream passes, else why the block keeps its hidden width (its
         inputs are then frozen with that reason by the caller).
     """
     layer = call.layer
-    if block.head_size is None:
+    if block.head_size is None and block.sized is None:
         return (
             f"{call.name} computes its head size as hidden_dim // num_heads, so it cannot be "
             "rebuilt with a smaller hidden width and the same heads"
+        )
+    if len(hub_blocks.attention_layers(layer, block)) > 1:
+        return (
+            f"{call.name} has cross attention, whose key and value read another sequence "
+            "(the encoder's) of its own width"
         )
     if keras.saving.get_registered_name(type(layer)) not in hub_hidden.STREAMS:
         return (
@@ -306,6 +314,7 @@ for _norm in (
     _L.RMSNormalization,
     "keras_hub>RMSNormalization",
     "RMSNormalization",  # the bare name of the RMSNormalization inside keras-hub's models
+    "MistralLayerNormalization",  # an RMSNorm (`scale`) of keras-hub's Mistral
 ):
     register(_norm, normalization, "hidden_norm")
 register(_L.MultiHeadAttention, attention, "attention")
