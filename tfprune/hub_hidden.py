@@ -11,9 +11,9 @@ layers each block holds, and which config entry says its hidden width, so that
 
 A block that computes its head size as `hidden_dim // num_heads` comes back with it in
 its config: Mistral's `head_dim` is set, keras-hub's `TransformerEncoder`/`TransformerDecoder`
-(BERT, DistilBERT, RoBERTa, GPT-2) are rebuilt as their `tfprune.hub_sized` subclasses
-(`shrunk_class`), so a narrower stream keeps the same heads. Llama and Qwen have neither,
-so they have no entry here and their stream stays frozen.
+(BERT, DistilBERT, RoBERTa, GPT-2) and Qwen's block are rebuilt as their
+`tfprune.hub_sized` subclasses (`shrunk_class`), so a narrower stream keeps the same heads.
+Llama has neither (and keras-hub 0.32 cannot read its config), so its stream stays frozen.
 """
 
 from __future__ import annotations
@@ -74,7 +74,14 @@ STREAMS: dict[str, Stream] = {
         name: dataclasses.replace(_KERAS_HUB, shape_key="decoder_sequence_shape")
         for name in ("keras_hub>TransformerDecoder", "tfprune>HeadSizedTransformerDecoder")
     },
-    "MistralTransformerDecoder": Stream(("_self_attention_layernorm", "_feedforward_layernorm")),
+    **{
+        name: Stream(("_self_attention_layernorm", "_feedforward_layernorm"))
+        for name in (
+            "MistralTransformerDecoder",
+            "QwenTransformerDecoder",
+            "tfprune>HeadSizedQwenTransformerDecoder",
+        )
+    },
 }
 
 _NORM_WEIGHTS = ("gamma", "beta", "scale")

@@ -315,6 +315,7 @@ for _norm in (
     "keras_hub>RMSNormalization",
     "RMSNormalization",  # the bare name of the RMSNormalization inside keras-hub's models
     "MistralLayerNormalization",  # an RMSNorm (`scale`) of keras-hub's Mistral
+    "QwenLayerNorm",  # an RMSNorm (`scale`) of keras-hub's Qwen
 ):
     register(_norm, normalization, "hidden_norm")
 register(_L.MultiHeadAttention, attention, "attention")
