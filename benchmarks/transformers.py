@@ -18,7 +18,7 @@ with an informed criterion, a magnitude baseline and a random baseline:
 - with `--hidden`, also hidden width 50 %: `tfprune.prune_channels(through_norms=True)`
   on the residual stream (activation = Minitron mean |LayerNorm output|; l1; random), not
   exact before fine-tuning;
-then shrunk and fine-tuned for the same budget (default 1 epoch of the first 16,384 training
+then shrunk and fine-tuned for the same budget (default 1 epoch of the first 8,192 training
 images, Adam 1e-3 cosine to 0) without and with distillation (`tfprune.Distiller`, T=2,
 alpha=0.5, the unpruned model as teacher). `--validate N` scores on the last N training
 images instead of the test set (for choosing the fine-tuning recipe). Each structure's
@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=8, help="ViT heads per block")
     parser.add_argument("--mlp", type=int, default=256, help="ViT MLP units per block")
     parser.add_argument("--epochs", type=int, default=4, help="ViT training epochs")
-    parser.add_argument("--tune", type=int, default=16_384, help="ViT fine-tuning images")
+    parser.add_argument("--tune", type=int, default=8192, help="ViT fine-tuning images")
     parser.add_argument("--tune-epochs", type=int, default=1, help="ViT fine-tuning epochs")
     parser.add_argument("--tune-lr", type=float, default=1e-3, help="ViT fine-tuning Adam lr")
     parser.add_argument("--kd-temperature", type=float, default=2.0, help="ViT KD temperature")
