@@ -1,8 +1,9 @@
 """Structured pruning of transformers: a ViT on Fashion-MNIST and a byte-level language model.
 
-Usage: `python benchmarks/transformers.py [--epochs N] [--tune N] [--lm-bytes N]
-[--lm-epochs N] [--skip-vit] [--skip-lm] [--hidden] [--tiny] [--no-write]` (`--help` for all
-options).
+Usage: `python benchmarks/transformers.py [--epochs N] [--tune N] [--tune-epochs N]
+[--tune-lr LR] [--kd-temperature T] [--kd-alpha A] [--kinds heads,mlp,both,depth]
+[--validate N] [--profile] [--lm-bytes N] [--lm-epochs N] [--skip-vit] [--skip-lm] [--hidden]
+[--tiny] [--no-write]` (`--help` for all options).
 
 ViT (`_transformers.vit`; default 4 pre-LN blocks, width 64, 8 heads, MLP 256, 7x7 patches,
 so 16 tokens) is trained on Fashion-MNIST; the trained model is cached on disk (`--cache`),
@@ -17,12 +18,15 @@ with an informed criterion, a magnitude baseline and a random baseline:
 - with `--hidden`, also hidden width 50 %: `tfprune.prune_channels(through_norms=True)`
   on the residual stream (activation = Minitron mean |LayerNorm output|; l1; random), not
   exact before fine-tuning;
-then shrunk and fine-tuned for the same short budget without and with distillation
-(`tfprune.Distiller`, T=2, alpha=0.5, the unpruned model as teacher). Each structure's
+then shrunk and fine-tuned for the same budget (default 1 epoch of the first 8,192 training
+images, Adam 1e-3 cosine to 0) without and with distillation (`tfprune.Distiller`, T=2,
+alpha=0.5, the unpruned model as teacher). `--validate N` scores on the last N training
+images instead of the test set (for choosing the fine-tuning recipe). Each structure's
 informed, distilled model is exported to int8 TFLite (verified in LiteRT) and timed against
-the dense one (1 thread, interleaved rounds). A latency study times untrained int8 ViTs of
-the same width with more tokens (smaller patches), dense and with heads + MLP halved, to
-show how the speed-up depends on the token count.
+the dense one (1 thread, interleaved rounds); `--profile` adds where the int8 time goes,
+stage by stage (`_vit_profile`), dense against heads + MLP 50 %. A latency study times
+untrained int8 ViTs of the same width with more tokens (smaller patches), dense and with
+heads + MLP halved, to show how the speed-up depends on the token count.
 
 Byte LM (`_transformers.byte_lm`, 4 causal blocks, width 64, 4 heads, SwiGLU MLP 128,
 context 64) is trained on the Python standard library's top-level `.py` sources (cached
@@ -45,6 +49,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import _transformers as T
+import _vit_profile
 import keras
 import numpy as np
 from _bench import compile_classifier, fashion_mnist, latencies, machine
@@ -114,14 +119,26 @@ def _copy(model: keras.Model) -> keras.Model:
     return clone
 
 
-def _tune(student, teacher, x, y, epochs: int, distill: bool, loss, lr: float) -> float:
-    """Fine-tunes `student` in place (Adam, cosine to 0), optionally distilled; seconds."""
+def _tune(
+    student,
+    teacher,
+    x,
+    y,
+    epochs: int,
+    distill: bool,
+    loss,
+    lr: float,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+) -> float:
+    """Fine-tunes `student` in place (Adam, cosine to 0), optionally distilled (`temperature`,
+    `alpha`: the Distiller's); seconds."""
     t0 = time.time()
     steps = epochs * int(np.ceil(len(x) / BATCH))
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(lr, steps))
     # The Distiller freezes its teacher: give it a copy, so the dense model (from which the
     # next variants are pruned) stays trainable.
-    target = tfprune.Distiller(student, _copy(teacher), 2.0, 0.5) if distill else student
+    target = tfprune.Distiller(student, _copy(teacher), temperature, alpha) if distill else student
     # No XLA: a few dozen steps on each new model cost less than compiling them.
     target.compile(optimizer=optimizer, loss=loss, jit_compile=False)
     target.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
@@ -136,7 +153,8 @@ def _logits(model, x, batch: int = 256) -> np.ndarray:
 
 
 def _accuracy(model, x, y) -> float:
-    return float((_logits(model, x).argmax(-1) == y).mean())
+    """Top-1 accuracy; one traced `predict` (faster than eager calls on 10,000 images)."""
+    return float((model.predict(x, batch_size=1000, verbose=0).argmax(-1) == y).mean())
 
 
 def _perplexity(model, x, y) -> float:
@@ -254,7 +272,14 @@ def _vit(args, conditions: str) -> list[str]:
     (x_train, y_train), (x_test, y_test) = fashion_mnist(args.tiny)
     x_train, y_train = x_train[: args.vit_train], y_train[: args.vit_train]
     x_test, y_test = x_test[: args.vit_test], y_test[: args.vit_test]
+    if args.validate:  # recipe choices: held-out training images, never the test set
+        x_test, y_test = x_train[-args.validate :], y_train[-args.validate :]
     x_tune, y_tune = x_train[: args.tune], y_train[: args.tune]
+    if args.tune + args.validate > len(x_train):
+        raise ValueError(
+            f"--tune {args.tune} and --validate {args.validate} overlap in the "
+            f"{len(x_train):,} training images; lower one of them."
+        )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     config = dict(_vit_config(args), patch=args.patch)
 
@@ -271,9 +296,11 @@ def _vit(args, conditions: str) -> list[str]:
     base = _accuracy(dense, x_test, y_test)
     print(f"dense ViT: accuracy {base:.4f}, trained in {train_s:.0f} s", flush=True)
     rows, exports, tune_s = [], {"dense": dense}, []
-    for kind in KINDS + (("hidden",) if args.hidden else ()):
+    for kind in args.kinds + (["hidden"] if args.hidden else []):
         for name, criterion in CRITERIA.items():
-            if kind == "depth" and name == "magnitude":
+            if (kind == "depth" and name == "magnitude") or (
+                args.informed_only and name != "informed"
+            ):
                 continue
             small = _prune(dense, kind, criterion, calib, loss, args.blocks)
             oneshot = _accuracy(small, x_test, y_test)
@@ -282,15 +309,30 @@ def _vit(args, conditions: str) -> list[str]:
                 (False, True) if name == "informed" or not args.kd_informed_only else (False,)
             ):
                 student = _copy(small)
-                tune_s.append(_tune(student, dense, x_tune, y_tune, 1, distill, loss, 5e-4))
+                tune_s.append(
+                    _tune(
+                        student,
+                        dense,
+                        x_tune,
+                        y_tune,
+                        args.tune_epochs,
+                        distill,
+                        loss,
+                        args.tune_lr,
+                        args.kd_temperature,
+                        args.kd_alpha,
+                    )
+                )
                 tuned[distill] = _accuracy(student, x_test, y_test)
                 if name == "informed" and distill:
                     exports[kind] = student
             summary = tfprune.summary(small, print_fn=None)
             rows.append((kind, name, criterion, oneshot, tuned, small.count_params(), summary.macs))
             print(kind, name, f"{oneshot:.4f}", tuned, flush=True)
-    with tempfile.TemporaryDirectory() as folder:
-        files = _int8(exports, folder, x_train[:200], (x_test, y_test), args.rounds)
+    files = {}
+    if not args.validate:
+        with tempfile.TemporaryDirectory() as folder:
+            files = _int8(exports, folder, x_train[:200], (x_test, y_test), args.rounds)
     dense_macs = tfprune.summary(dense, print_fn=None).macs
     lines = [
         "| pruning | criterion | params | MACs | acc one-shot | acc tuned | acc tuned + KD |",
@@ -307,17 +349,35 @@ def _vit(args, conditions: str) -> list[str]:
             f"| {kind} | {crit} | {params:,} | {macs / 1e6:.2f} M | {oneshot:.4f} | "
             f"{tuned[False]:.4f} | {f'{tuned[True]:.4f}' if True in tuned else '-'} |"
         )
-    lines += [
-        "",
-        "| int8 TFLite | file | ops | latency | speed-up | int8 accuracy (LiteRT) |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    if files:
+        lines += [
+            "",
+            "| int8 TFLite | file | ops | latency | speed-up | int8 accuracy (LiteRT) |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
     for key, (size, seconds, acc, ops) in files.items():
         lines.append(
             f"| {key} | {size / 1024:.1f} KB | {ops} | {seconds * 1e3:.3f} ms | "
             f"{files['dense'][1] / seconds:.2f}x | {acc:.4f} |"
         )
+    if args.profile and "both" in exports:
+        models = {"dense": dense, "heads + MLP 50 %": exports["both"]}
+        lines += [
+            "",
+            "Where the int8 time goes (`_vit_profile.profile`: prefix models cut after each "
+            "stage, time = latency of the prefix minus that of the previous one; operators = "
+            "those the stage adds):",
+            "",
+            *_vit_profile.profile(models, x_train[:200], args.blocks, args.rounds),
+        ]
     source = "loaded from the cache; trained" if cached else "trained"
+    evaluation = (
+        f"validation: the last {len(x_test):,} training images (seen by the dense model's "
+        "training, never by fine-tuning; for recipe choices)"
+        if args.validate
+        else f"test: {len(x_test):,} test images"
+    )
+    kd = f"T={args.kd_temperature:g}, alpha={args.kd_alpha:g}"
     return [
         "## Transformers: ViT on Fashion-MNIST (benchmarks/transformers.py)",
         "",
@@ -326,18 +386,20 @@ def _vit(args, conditions: str) -> list[str]:
         f"width {args.dim}, {args.heads} heads, MLP {args.mlp}, {args.patch}x{args.patch} "
         f"patches = {(28 // args.patch) ** 2} tokens) {source} {args.epochs} epochs on "
         f"{len(x_train):,} training images ({train_s:.0f} s; Adam 1e-3 cosine to 0, batch "
-        f"{BATCH}); test: {len(x_test):,} test images. Every pruned model: one-shot prune "
-        "(calibration: 512 training images) -> shrink -> fine-tune 1 epoch on "
-        f"{len(x_tune):,} training images (Adam 5e-4 cosine to 0; "
-        f"{np.median(tune_s):.0f} s median), without and with distillation (KD: "
-        "tfprune.Distiller, T=2, alpha=0.5, teacher = dense). Heads 50 %: prune_heads; MLP "
+        f"{BATCH}); {evaluation}. Every pruned model: one-shot prune "
+        f"(calibration: 512 training images) -> shrink -> fine-tune {args.tune_epochs} "
+        f"epoch(s) on the first {len(x_tune):,} training images (Adam {args.tune_lr:g} "
+        f"cosine to 0, batch {BATCH}: {args.tune_epochs * int(np.ceil(len(x_tune) / BATCH))} "
+        f"steps; {np.median(tune_s):.0f} s median), without and with distillation (KD: "
+        f"tfprune.Distiller, {kd}, teacher = dense). Heads 50 %: prune_heads; MLP "
         "50 %: prune_channels on the MLP hidden units; both: the two; depth: prune_blocks "
         f"removes {max(1, args.blocks // 4)} of {args.blocks} transformer layers (attention + "
         "MLP halves as one unit). Criteria in the order heads/MLP. int8 files from the "
         "informed, distilled models, calibrated on 200 images; ops: operators in the file; "
         "latency: LiteRT default (XNNPACK), 1 thread, batch 1, median of 300 invoke(), "
         f"best of {args.rounds} interleaved rounds."
-        + (" -: not run (baselines fine-tuned without KD only)." if args.kd_informed_only else ""),
+        + (" -: not run (baselines fine-tuned without KD only)." if args.kd_informed_only else "")
+        + (" Variants: informed criteria only." if args.informed_only else ""),
         "",
         *lines,
         "",
@@ -423,6 +485,11 @@ def _command(args) -> str:
         + (" --kd-informed-only" if args.kd_informed_only else "")
         + (" --token-study-only" if args.token_study_only else "")
         + (" --hidden" if args.hidden else "")
+        + f" --kinds {','.join(args.kinds)} --tune-epochs {args.tune_epochs} --tune-lr "
+        f"{args.tune_lr:g} --kd-temperature {args.kd_temperature:g} --kd-alpha {args.kd_alpha:g}"
+        + (f" --validate {args.validate}" if args.validate else "")
+        + (" --informed-only" if args.informed_only else "")
+        + (" --profile" if args.profile else "")
     )
 
 
@@ -436,7 +503,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=8, help="ViT heads per block")
     parser.add_argument("--mlp", type=int, default=256, help="ViT MLP units per block")
     parser.add_argument("--epochs", type=int, default=4, help="ViT training epochs")
-    parser.add_argument("--tune", type=int, default=4096, help="ViT fine-tuning images")
+    parser.add_argument("--tune", type=int, default=8192, help="ViT fine-tuning images")
+    parser.add_argument("--tune-epochs", type=int, default=1, help="ViT fine-tuning epochs")
+    parser.add_argument("--tune-lr", type=float, default=1e-3, help="ViT fine-tuning Adam lr")
+    parser.add_argument("--kd-temperature", type=float, default=2.0, help="ViT KD temperature")
+    parser.add_argument(
+        "--kd-alpha", type=float, default=0.5, help="ViT KD task-loss weight (1 - KD weight)"
+    )
+    parser.add_argument(
+        "--kinds",
+        type=lambda text: text.split(","),
+        default=list(KINDS),
+        help=f"ViT prunings, comma-separated (default {','.join(KINDS)})",
+    )
+    parser.add_argument(
+        "--validate",
+        type=int,
+        default=0,
+        help="evaluate the ViT on the last N training images instead of the test set "
+        "(recipe choices; no int8 export)",
+    )
+    parser.add_argument(
+        "--informed-only", action="store_true", help="ViT: no magnitude or random baselines"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="ViT: per-stage int8 latency of the dense and heads + MLP 50 %% models",
+    )
     parser.add_argument("--lm-bytes", type=int, default=300_000, help="LM training bytes")
     parser.add_argument("--lm-epochs", type=int, default=3, help="LM training epochs")
     parser.add_argument("--tune-lm", type=int, default=1024, help="LM fine-tuning windows")
