@@ -27,6 +27,7 @@ import numpy as np
 
 from tfprune import criteria as criteria_lib
 from tfprune import export
+from tfprune.budget_give_back import give_back, snapshot_weights
 from tfprune.budget_search import Search, WidthModel
 from tfprune.budget_sharing import WeightSharing
 from tfprune.channel_pruning import prune_channels, zero_channels
@@ -110,6 +111,7 @@ class BudgetReport:
         after: Resources of the model returned.
         widths: `{producer layers: (channels before, channels after)}` per channel group.
         iterations: Pruning steps taken.
+        given_back: Channels added back once every limit was met (`Search.give_back`).
     """
 
     budget: Budget
@@ -117,6 +119,7 @@ class BudgetReport:
     after: Resources
     widths: dict[str, tuple[int, int]]
     iterations: int
+    given_back: int = 0
 
     @property
     def met(self) -> dict[str, bool]:
@@ -134,7 +137,10 @@ class BudgetReport:
             cells = [_fmt(name, v) if v is not None else "-" for v in (b, a, limit)]
             met = "" if limit is None else ("yes" if a <= limit else "NO")
             lines.append(f"{name:<9} {cells[0]:>12} {cells[1]:>12} {cells[2]:>12}  {met}")
-        lines.append(f"arena: {self.after.arena_source}; {self.iterations} pruning steps")
+        lines.append(
+            f"arena: {self.after.arena_source}; {self.iterations} pruning steps, "
+            f"{self.given_back} channels given back"
+        )
         if self.after.latency_source is not None:
             lines.append(f"latency: LiteRT on this machine, {self.after.latency_source}")
         lines.append("channels per group (before -> after):")
@@ -295,6 +301,10 @@ def fit_budget(
     or `step` of the remaining channels are gone; then `fine_tune(model, iteration)` runs if
     given, and the model is converted and measured again (`measure`). Each group keeps
     `min_keep` of its channels while other groups can still be cut, and at least one.
+    Once every limit is met (the arena confirmed as `arena` says), channels are given back
+    while the models say every limit still holds, the most important per share of the
+    tightest remaining slack first, with the weights they had before they were zeroed;
+    the file is measured again and the last additions undone while a limit is broken.
     Steps are measured without running the file in LiteRT (some thin int8 files fail to
     prepare in LiteRT's XNNPACK delegate); the returned model's file is test-run once.
 
@@ -368,6 +378,8 @@ def fit_budget(
     for group in groups:
         scores = np.asarray(fn(group, context), np.float64)
         means.append(scores.mean() if scores.mean() > 0 else 1.0)
+    snapshot = snapshot_weights(groups)
+    last = [np.asarray(fn(g, context), np.float64) / m for g, m in zip(groups, means)]
     current = measure(copy, data, want_latency, mode, sharing=sharing, litert_check=False)
     start = max(_excess(current, budget).values(), default=0.0)
     bar = keras.utils.Progbar(100, verbose=1 if verbose else 0, unit_name="% of the way")
@@ -386,6 +398,8 @@ def fit_budget(
             )
         search.anchor(dataclasses.asdict(current))
         scores = [np.asarray(fn(g, context), np.float64) / m for g, m in zip(groups, means)]
+        for score, keep, kept in zip(last, keeps, scores):
+            score[keep] = kept[keep]  # dropped channels keep their last score for give-back
         quota = max(1, int(step * sum(int(k.sum()) for k in keeps)))
         if not search.select(scores, keeps, quota):
             raise _unmeetable(current, budget)
@@ -399,6 +413,16 @@ def fit_budget(
         current = measure(copy, data, want_latency, mode, sharing=sharing, litert_check=False)
         left = max(_excess(current, budget).values(), default=0.0)
         bar.update(int(100 * (1 - left / start)) if start else 100)
+    current, given = give_back(
+        search,
+        last,
+        keeps,
+        current,
+        groups,
+        snapshot,
+        lambda: measure(copy, data, want_latency, arena, sharing=sharing, litert_check=False),
+        lambda res: bool(_excess(res, budget)),
+    )
     if verbose:
         sys.stdout.write("\n")
     small = shrink(copy)
@@ -409,5 +433,6 @@ def fit_budget(
         after=current,
         widths={"+".join(g.producers): (g.channels, int(k.sum())) for g, k in zip(groups, keeps)},
         iterations=iteration,
+        given_back=given,
     )
     return small, report
