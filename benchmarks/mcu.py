@@ -149,7 +149,7 @@ def _uniform(model, limits, x_cal, dense):
         ratio += -1 / 64 if fits else 1 / 64
 
 
-def _row(name, method, model, x_cal, x_test, y_test, limits, note=""):
+def _row(name, method, model, x_cal, evals, limits, note=""):
     try:
         res = budget_lib.measure(model, x_cal, latency=True, arena="auto")
         latency = f"{res.latency * 1e3:.3f}"
@@ -157,17 +157,43 @@ def _row(name, method, model, x_cal, x_test, y_test, limits, note=""):
         res = budget_lib.measure(model, x_cal, arena="auto", litert_check=False)
         latency, note = "-", f"{note}; LiteRT (XNNPACK) cannot run the file".lstrip("; ")
     met = (res.flash <= limits.flash, res.arena <= limits.arena)
+    accuracy = " | ".join(f"{_accuracy(model, x, y):.4f}" for x, y in evals)
     return (
-        f"| {name} | {method} | {_accuracy(model, x_test, y_test):.4f} | {res.flash:,} | "
+        f"| {name} | {method} | {accuracy} | {res.flash:,} | "
         f"{res.arena:,} | {res.macs:,} | {latency} | "
         f"{'yes' if met[0] else 'NO'} / {'yes' if met[1] else 'NO'} | {note} |"
     )
+
+
+def _budget_row(label, model, xt, y_train, evals, limits, args) -> str:
+    options = {} if args.min_keep is None else {"min_keep": args.min_keep}
+    try:
+        small, report = tfprune.fit_budget(
+            model,
+            limits,
+            (xt[:512], y_train[:512]),
+            criterion=args.criterion,
+            step=args.step,
+            verbose=False,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            **options,
+        )
+    except ValueError as e:
+        return f"| {label} | budget | - | - | - | - | - | - | unmeetable | {e} |"
+    _fit(small, xt, y_train, args.tune_epochs, 1e-3)
+    note = f"{args.criterion}, {report.iterations} steps, {report.given_back} given back"
+    return _row(label, "budget", small, xt[:200], evals, limits, note)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=8000, help="training images used")
     parser.add_argument("--test", type=int, default=2000, help="test images used")
+    parser.add_argument(
+        "--val", type=int, default=2000, help="validation images (training images after --train)"
+    )
+    parser.add_argument("--criterion", default="l1", help="fit_budget's criterion")
+    parser.add_argument("--methods", default="budget,uniform")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--tune-epochs", type=int, default=1)
     parser.add_argument("--step", type=float, default=0.5, help="fit_budget's step")
@@ -182,45 +208,36 @@ def main(argv=None) -> int:
     keras.utils.set_random_seed(0)
     start = time.time()
     (x_train, y_train), (x_test, y_test) = fashion_mnist()
+    x_val, y_val = x_train[args.train : args.train + args.val], y_train[args.train :][: args.val]
     x_train, y_train = x_train[: args.train], y_train[: args.train]
     x_test, y_test = x_test[: args.test], y_test[: args.test]
     rows = []
     for name in args.models.split(","):
         pad = (MODELS[name]().inputs[0].shape[1] - 28) // 2
-        xt, xs = (np.pad(a, ((0, 0), (pad, pad), (pad, pad), (0, 0))) for a in (x_train, x_test))
+        xt, xv, xs = (
+            np.pad(a, ((0, 0), (pad, pad), (pad, pad), (0, 0))) for a in (x_train, x_val, x_test)
+        )
+        evals = [(xv, y_val), (xs, y_test)]
         x_cal = xt[:200]
         model = _dense(name, xt, y_train, args)
         dense = budget_lib.measure(model, x_cal, arena="auto")
         limits0 = tfprune.Budget(flash=dense.flash, arena=dense.arena)
-        rows.append(_row(name, "dense", model, x_cal, xs, y_test, limits0))
+        rows.append(_row(name, "dense", model, x_cal, evals, limits0))
         print(rows[-1], flush=True)
         for fraction in (float(f) for f in args.budgets.split(",")):
             limits = tfprune.Budget(
                 flash=int(dense.flash * fraction), arena=int(dense.arena * fraction)
             )
             label = f"{name} @ {fraction:.0%}"
-            try:
-                options = {} if args.min_keep is None else {"min_keep": args.min_keep}
-                small, report = tfprune.fit_budget(
-                    model, limits, x_cal, step=args.step, verbose=False, **options
-                )
-            except ValueError as e:
-                rows.append(f"| {label} | budget | - | - | - | - | - | unmeetable | {e} |")
+            if "budget" in args.methods:
+                rows.append(_budget_row(label, model, xt, y_train, evals, limits, args))
                 print(rows[-1], flush=True)
-                continue
-            _fit(small, xt, y_train, args.tune_epochs, 1e-3)
-            rows.append(
-                _row(
-                    label, "budget", small, x_cal, xs, y_test, limits, f"{report.iterations} steps"
-                )
-            )
-            print(rows[-1], flush=True)
-            uniform, ratio = _uniform(model, limits, x_cal, dense)
-            small_u = _fit(tfprune.shrink(uniform), xt, y_train, args.tune_epochs, 1e-3)
-            rows.append(
-                _row(label, "uniform", small_u, x_cal, xs, y_test, limits, f"ratio {ratio:.3f}")
-            )
-            print(rows[-1], flush=True)
+            if "uniform" in args.methods:
+                uniform, ratio = _uniform(model, limits, x_cal, dense)
+                small_u = _fit(tfprune.shrink(uniform), xt, y_train, args.tune_epochs, 1e-3)
+                note = f"ratio {ratio:.3f}"
+                rows.append(_row(label, "uniform", small_u, x_cal, evals, limits, note))
+                print(rows[-1], flush=True)
     lines = [
         f"## MCU budgets: budget-driven vs uniform pruning ({datetime.date.today()})",
         "",
@@ -234,9 +251,9 @@ def main(argv=None) -> int:
         "host) when tflite-micro is installed; latency: LiteRT, 1 thread, median of 50 "
         "invokes.",
         "",
-        "| model @ budget | method | accuracy | flash B | arena B | MACs | latency ms "
-        "| flash / arena met | note |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model @ budget | method | val accuracy | test accuracy | flash B | arena B | MACs "
+        "| latency ms | flash / arena met | note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
     ]
     publish(lines, not args.no_write)
