@@ -2,7 +2,7 @@
 
 Usage: `python benchmarks/mcu.py [--train N] [--epochs N] [--tune-epochs N]
 [--models ds_cnn,resnet8,mobilenet] [--budgets 0.5,0.35,0.25] [--step F] [--tiny]
-[--no-write]`
+[--criterion l1|taylor] [--methods budget,uniform] [--val N] [--no-write]`
 
 Three MLPerf Tiny reference architectures, built here at small size and trained on
 Fashion-MNIST (offline; not their own data sets: keyword spotting, CIFAR-10 and Visual Wake
@@ -16,15 +16,18 @@ Words are not available here):
 Each is trained on a subset (`--train` images, `--epochs`, Adam + cosine decay; the trained
 model is cached in `$TFPRUNE_CACHE` or `~/.cache/tfprune`), exported to int8, and pruned to
 budgets of 50 / 35 / 25 % of its int8 flash AND of its TFLite Micro arena:
-- budget-driven: `tfprune.fit_budget` (L1 importance per resource saved at the current
-  widths, re-measured every step, arena confirmed in TFLite Micro);
+- budget-driven: `tfprune.fit_budget` (`--criterion` importance per resource saved at the
+  current widths, re-measured every step, arena confirmed in TFLite Micro, then channels
+  given back while every limit holds);
 - uniform: `tfprune.prune_channels(ratio=r)` with the same ratio in every layer, `r` the
   smallest (1/64 steps) whose int8 file meets both limits (found on the width model,
   confirmed on the file).
-Both get the same fine-tuning (`--tune-epochs` on the same subset). Reported per model: test
-accuracy of the fine-tuned Keras model, int8 flash, TFLite Micro arena (measured; estimate
-without tflite-micro), MACs, LiteRT latency (1 thread, XNNPACK, median of 50 invokes), and
-whether each limit is met. Appends the table to benchmarks/RESULTS.md. Run it from the
+Both get the same fine-tuning (`--tune-epochs` on the same subset). Reported per model:
+accuracy of the fine-tuned Keras model on a validation split (`--val` training images after
+the first `--train`, never trained on; used to choose between criteria) and on the test
+set, int8 flash, TFLite Micro arena (measured; estimate without tflite-micro), MACs, LiteRT
+latency (1 thread, XNNPACK, median of 50 invokes), and whether each limit is met. Appends
+the table to benchmarks/RESULTS.md. Run it from the
 repository root with `PYTHONPATH=.`.
 """
 
@@ -247,9 +250,10 @@ def main(argv=None) -> int:
         "MLPerf Tiny data sets); dense training "
         f"{args.epochs} epochs, fine-tuning {args.tune_epochs} epoch(s) for every pruned model. "
         "Budgets are fractions of the dense int8 flash AND TFLite Micro arena. Accuracy: the "
-        "Keras model (float); flash: int8 file bytes; arena: TFLite Micro measured (64-bit "
-        "host) when tflite-micro is installed; latency: LiteRT, 1 thread, median of 50 "
-        "invokes.",
+        f"Keras model (float) on {args.val} validation images (training images after the "
+        "first --train) and on the test images; flash: int8 file bytes; arena: TFLite "
+        "Micro measured (64-bit host) when tflite-micro is installed; latency: LiteRT, 1 "
+        "thread, median of 50 invokes.",
         "",
         "| model @ budget | method | val accuracy | test accuracy | flash B | arena B | MACs "
         "| latency ms | flash / arena met | note |",
