@@ -134,9 +134,12 @@ def _uniform(model, limits, x_cal, dense):
     search.anchor(dataclasses.asdict(dense))
     full = search.model.full
     ratio = next(
-        r / 64
-        for r in range(64)
-        if not search.excess(np.maximum(1, full - np.round(full * r / 64)).astype(np.int64))
+        (
+            r / 64
+            for r in range(64)
+            if not search.excess(np.maximum(1, full - np.round(full * r / 64)).astype(np.int64))
+        ),
+        63 / 64,  # nothing fits: the thinnest is measured and reported as not met
     )
     best = None
     while True:  # from the model's guess: down while the file fits, else up until it does
