@@ -2,7 +2,7 @@
 
 Usage: `python benchmarks/mcu.py [--train N] [--epochs N] [--tune-epochs N]
 [--models ds_cnn,resnet8,mobilenet] [--budgets 0.5,0.35,0.25] [--step F] [--tiny]
-[--no-write]`
+[--criterion l1|taylor] [--methods budget,uniform] [--val N] [--no-write]`
 
 Three MLPerf Tiny reference architectures, built here at small size and trained on
 Fashion-MNIST (offline; not their own data sets: keyword spotting, CIFAR-10 and Visual Wake
@@ -16,15 +16,18 @@ Words are not available here):
 Each is trained on a subset (`--train` images, `--epochs`, Adam + cosine decay; the trained
 model is cached in `$TFPRUNE_CACHE` or `~/.cache/tfprune`), exported to int8, and pruned to
 budgets of 50 / 35 / 25 % of its int8 flash AND of its TFLite Micro arena:
-- budget-driven: `tfprune.fit_budget` (L1 importance per resource saved at the current
-  widths, re-measured every step, arena confirmed in TFLite Micro);
+- budget-driven: `tfprune.fit_budget` (`--criterion` importance per resource saved at the
+  current widths, re-measured every step, arena confirmed in TFLite Micro, then channels
+  given back while every limit holds);
 - uniform: `tfprune.prune_channels(ratio=r)` with the same ratio in every layer, `r` the
   smallest (1/64 steps) whose int8 file meets both limits (found on the width model,
   confirmed on the file).
-Both get the same fine-tuning (`--tune-epochs` on the same subset). Reported per model: test
-accuracy of the fine-tuned Keras model, int8 flash, TFLite Micro arena (measured; estimate
-without tflite-micro), MACs, LiteRT latency (1 thread, XNNPACK, median of 50 invokes), and
-whether each limit is met. Appends the table to benchmarks/RESULTS.md. Run it from the
+Both get the same fine-tuning (`--tune-epochs` on the same subset). Reported per model:
+accuracy of the fine-tuned Keras model on a validation split (`--val` training images after
+the first `--train`, never trained on; used to choose between criteria) and on the test
+set, int8 flash, TFLite Micro arena (measured; estimate without tflite-micro), MACs, LiteRT
+latency (1 thread, XNNPACK, median of 50 invokes), and whether each limit is met. Appends
+the table to benchmarks/RESULTS.md. Run it from the
 repository root with `PYTHONPATH=.`.
 """
 
@@ -131,9 +134,12 @@ def _uniform(model, limits, x_cal, dense):
     search.anchor(dataclasses.asdict(dense))
     full = search.model.full
     ratio = next(
-        r / 64
-        for r in range(64)
-        if not search.excess(np.maximum(1, full - np.round(full * r / 64)).astype(np.int64))
+        (
+            r / 64
+            for r in range(64)
+            if not search.excess(np.maximum(1, full - np.round(full * r / 64)).astype(np.int64))
+        ),
+        63 / 64,  # nothing fits: the thinnest is measured and reported as not met
     )
     best = None
     while True:  # from the model's guess: down while the file fits, else up until it does
@@ -149,7 +155,7 @@ def _uniform(model, limits, x_cal, dense):
         ratio += -1 / 64 if fits else 1 / 64
 
 
-def _row(name, method, model, x_cal, x_test, y_test, limits, note=""):
+def _row(name, method, model, x_cal, evals, limits, note=""):
     try:
         res = budget_lib.measure(model, x_cal, latency=True, arena="auto")
         latency = f"{res.latency * 1e3:.3f}"
@@ -157,17 +163,43 @@ def _row(name, method, model, x_cal, x_test, y_test, limits, note=""):
         res = budget_lib.measure(model, x_cal, arena="auto", litert_check=False)
         latency, note = "-", f"{note}; LiteRT (XNNPACK) cannot run the file".lstrip("; ")
     met = (res.flash <= limits.flash, res.arena <= limits.arena)
+    accuracy = " | ".join(f"{_accuracy(model, x, y):.4f}" for x, y in evals)
     return (
-        f"| {name} | {method} | {_accuracy(model, x_test, y_test):.4f} | {res.flash:,} | "
+        f"| {name} | {method} | {accuracy} | {res.flash:,} | "
         f"{res.arena:,} | {res.macs:,} | {latency} | "
         f"{'yes' if met[0] else 'NO'} / {'yes' if met[1] else 'NO'} | {note} |"
     )
+
+
+def _budget_row(label, model, xt, y_train, evals, limits, args) -> str:
+    options = {} if args.min_keep is None else {"min_keep": args.min_keep}
+    try:
+        small, report = tfprune.fit_budget(
+            model,
+            limits,
+            (xt[:512], y_train[:512]),
+            criterion=args.criterion,
+            step=args.step,
+            verbose=False,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            **options,
+        )
+    except ValueError as e:
+        return f"| {label} | budget | - | - | - | - | - | - | unmeetable | {e} |"
+    _fit(small, xt, y_train, args.tune_epochs, 1e-3)
+    note = f"{args.criterion}, {report.iterations} steps, {report.given_back} given back"
+    return _row(label, "budget", small, xt[:200], evals, limits, note)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=8000, help="training images used")
     parser.add_argument("--test", type=int, default=2000, help="test images used")
+    parser.add_argument(
+        "--val", type=int, default=2000, help="validation images (training images after --train)"
+    )
+    parser.add_argument("--criterion", default="l1", help="fit_budget's criterion")
+    parser.add_argument("--methods", default="budget,uniform")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--tune-epochs", type=int, default=1)
     parser.add_argument("--step", type=float, default=0.5, help="fit_budget's step")
@@ -182,45 +214,36 @@ def main(argv=None) -> int:
     keras.utils.set_random_seed(0)
     start = time.time()
     (x_train, y_train), (x_test, y_test) = fashion_mnist()
+    x_val, y_val = x_train[args.train : args.train + args.val], y_train[args.train :][: args.val]
     x_train, y_train = x_train[: args.train], y_train[: args.train]
     x_test, y_test = x_test[: args.test], y_test[: args.test]
     rows = []
     for name in args.models.split(","):
         pad = (MODELS[name]().inputs[0].shape[1] - 28) // 2
-        xt, xs = (np.pad(a, ((0, 0), (pad, pad), (pad, pad), (0, 0))) for a in (x_train, x_test))
+        xt, xv, xs = (
+            np.pad(a, ((0, 0), (pad, pad), (pad, pad), (0, 0))) for a in (x_train, x_val, x_test)
+        )
+        evals = [(xv, y_val), (xs, y_test)]
         x_cal = xt[:200]
         model = _dense(name, xt, y_train, args)
         dense = budget_lib.measure(model, x_cal, arena="auto")
         limits0 = tfprune.Budget(flash=dense.flash, arena=dense.arena)
-        rows.append(_row(name, "dense", model, x_cal, xs, y_test, limits0))
+        rows.append(_row(name, "dense", model, x_cal, evals, limits0))
         print(rows[-1], flush=True)
         for fraction in (float(f) for f in args.budgets.split(",")):
             limits = tfprune.Budget(
                 flash=int(dense.flash * fraction), arena=int(dense.arena * fraction)
             )
             label = f"{name} @ {fraction:.0%}"
-            try:
-                options = {} if args.min_keep is None else {"min_keep": args.min_keep}
-                small, report = tfprune.fit_budget(
-                    model, limits, x_cal, step=args.step, verbose=False, **options
-                )
-            except ValueError as e:
-                rows.append(f"| {label} | budget | - | - | - | - | - | unmeetable | {e} |")
+            if "budget" in args.methods:
+                rows.append(_budget_row(label, model, xt, y_train, evals, limits, args))
                 print(rows[-1], flush=True)
-                continue
-            _fit(small, xt, y_train, args.tune_epochs, 1e-3)
-            rows.append(
-                _row(
-                    label, "budget", small, x_cal, xs, y_test, limits, f"{report.iterations} steps"
-                )
-            )
-            print(rows[-1], flush=True)
-            uniform, ratio = _uniform(model, limits, x_cal, dense)
-            small_u = _fit(tfprune.shrink(uniform), xt, y_train, args.tune_epochs, 1e-3)
-            rows.append(
-                _row(label, "uniform", small_u, x_cal, xs, y_test, limits, f"ratio {ratio:.3f}")
-            )
-            print(rows[-1], flush=True)
+            if "uniform" in args.methods:
+                uniform, ratio = _uniform(model, limits, x_cal, dense)
+                small_u = _fit(tfprune.shrink(uniform), xt, y_train, args.tune_epochs, 1e-3)
+                note = f"ratio {ratio:.3f}"
+                rows.append(_row(label, "uniform", small_u, x_cal, evals, limits, note))
+                print(rows[-1], flush=True)
     lines = [
         f"## MCU budgets: budget-driven vs uniform pruning ({datetime.date.today()})",
         "",
@@ -230,13 +253,14 @@ def main(argv=None) -> int:
         "MLPerf Tiny data sets); dense training "
         f"{args.epochs} epochs, fine-tuning {args.tune_epochs} epoch(s) for every pruned model. "
         "Budgets are fractions of the dense int8 flash AND TFLite Micro arena. Accuracy: the "
-        "Keras model (float); flash: int8 file bytes; arena: TFLite Micro measured (64-bit "
-        "host) when tflite-micro is installed; latency: LiteRT, 1 thread, median of 50 "
-        "invokes.",
+        f"Keras model (float) on {args.val} validation images (training images after the "
+        "first --train) and on the test images; flash: int8 file bytes; arena: TFLite "
+        "Micro measured (64-bit host) when tflite-micro is installed; latency: LiteRT, 1 "
+        "thread, median of 50 invokes.",
         "",
-        "| model @ budget | method | accuracy | flash B | arena B | MACs | latency ms "
-        "| flash / arena met | note |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model @ budget | method | val accuracy | test accuracy | flash B | arena B | MACs "
+        "| latency ms | flash / arena met | note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
     ]
     publish(lines, not args.no_write)

@@ -69,6 +69,28 @@ def test_unmeetable_budget_names_the_resource_and_the_gap(digits_cnn):
         )
 
 
+def test_taylor_needs_labelled_data(digits_cnn):
+    model, (x_train, _), _ = digits_cnn
+    with pytest.raises(
+        ValueError,
+        match=r"needs labelled data: pass data=\(x, y\)\. Received: data of type ndarray",
+    ):
+        tfprune.fit_budget(model, tfprune.Budget(flash=1000), x_train, criterion="taylor")
+
+
+@pytest.mark.slow  # several int8 conversions
+def test_fit_budget_with_taylor_importance_meets_the_limits(digits_cnn):
+    model, (x_train, y_train), _ = digits_cnn
+    before = budget_lib.measure(model, x_train, arena="estimate")
+    limits = tfprune.Budget(flash=int(before.flash * 0.6))
+    small, report = tfprune.fit_budget(
+        model, limits, (x_train, y_train), criterion="taylor", arena="estimate", verbose=False
+    )
+    assert report.met == {"flash": True} and report.after.flash <= limits.flash
+    assert report.after.flash == budget_lib.measure(small, x_train, arena="estimate").flash
+    assert any(b > a for b, a in report.widths.values())
+
+
 def test_budget_arguments():
     with pytest.raises(ValueError, match=r"at least one limit.*Received: Budget\(\)"):
         tfprune.Budget()

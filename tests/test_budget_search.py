@@ -104,3 +104,41 @@ def test_anchor_offsets_the_models_to_measured_values(width_model):
     assert search.excess(wm.full) == pytest.approx({"flash": 100, "arena": 100, "latency": 1e-3})
     keeps = [np.ones(4, bool), np.ones(6, bool)]
     assert search.select([np.ones(4), np.ones(6)], keeps, quota=0) == 0
+
+
+def test_give_back_restores_a_group_the_arena_does_not_limit():
+    # Live bytes per op: c1 64 + 64 w1, c2 64 (w1 + w2), mean 65 w2, d1 w2 + wd, out wd + 3.
+    # A 512 B arena allows w1 + w2 <= 8 and w2 <= 7: from (2, 4, 2), c2 comes back to 6
+    # (more important than c1) and d1, at no op near the limit, to its full 5.
+    wm = WidthModel(prune_channels(_model(extra_dense=True), ratio=0.0))
+    search = _anchored(wm, {"arena": 512}, [1, 1, 1])
+    keeps = [np.array([1, 1, 0, 0], bool), np.array([1, 1, 1, 1, 0, 0], bool)]
+    keeps.append(np.array([1, 0, 0, 1, 0], bool))
+    search.widths = np.array([2, 4, 2])
+    scores = [np.full(4, 1.0), np.full(6, 2.0), np.full(5, 0.01)]
+    added = search.give_back(scores, keeps)
+    assert search.widths.tolist() == [2, 6, 5]
+    assert [k.all() for k in keeps] == [False, True, True]
+    assert sorted(added) == [(1, 4), (1, 5), (2, 1), (2, 2), (2, 4)]
+    assert search.excess(search.widths) == {}
+    # d1's channels use no slack: they come back first, then c2's.
+    assert [j for j, _ in added] == [2, 2, 2, 1, 1]
+    search.undo(added[-2:], keeps)
+    assert search.widths.tolist() == [2, 4, 5] and keeps[1].tolist() == [1, 1, 1, 1, 0, 0]
+
+
+def test_give_back_takes_the_most_important_channel_per_slack_and_stops_at_the_limit(
+    width_model,
+):
+    # Flash: a c1 channel costs 43 B, a c2 channel 35 B. 80 B of room: two c2 channels
+    # (70 B) fit, or one c1 channel; c2's are worth 1.0 each per 35 B, c1's 1.2 per 43 B,
+    # so c2's come back (1.0 / (35/80) > 1.2 / (43/80)), the most important first.
+    wm = width_model
+    search = _anchored(wm, {"flash": wm.flash(np.array([3, 3])) + 80}, [1, 1])
+    search.widths = np.array([3, 3])
+    keeps = [np.array([1, 1, 1, 0], bool), np.array([1, 0, 1, 0, 1, 0], bool)]
+    scores = [np.full(4, 1.2), np.array([1.0, 1.0, 1.0, 0.9, 1.0, 1.1])]
+    assert search.give_back(scores, keeps) == [(1, 5), (1, 1)]
+    assert search.widths.tolist() == [3, 5]
+    assert search.excess(search.widths) == {}
+    assert search.excess(np.array([3, 6])) != {} and search.excess(np.array([4, 5])) != {}

@@ -27,9 +27,10 @@ import numpy as np
 
 from tfprune import criteria as criteria_lib
 from tfprune import export
+from tfprune.budget_give_back import give_back, snapshot_weights
 from tfprune.budget_search import Search, WidthModel
 from tfprune.budget_sharing import WeightSharing
-from tfprune.channel_pruning import prune_channels, zero_channels
+from tfprune.channel_pruning import prune_channels, taylor_terms, zero_channels
 from tfprune.latency_table import LatencyTable
 from tfprune.shrink import shrink
 from tfprune.summary import summary
@@ -110,6 +111,7 @@ class BudgetReport:
         after: Resources of the model returned.
         widths: `{producer layers: (channels before, channels after)}` per channel group.
         iterations: Pruning steps taken.
+        given_back: Channels added back once every limit was met (`Search.give_back`).
     """
 
     budget: Budget
@@ -117,6 +119,7 @@ class BudgetReport:
     after: Resources
     widths: dict[str, tuple[int, int]]
     iterations: int
+    given_back: int = 0
 
     @property
     def met(self) -> dict[str, bool]:
@@ -134,7 +137,10 @@ class BudgetReport:
             cells = [_fmt(name, v) if v is not None else "-" for v in (b, a, limit)]
             met = "" if limit is None else ("yes" if a <= limit else "NO")
             lines.append(f"{name:<9} {cells[0]:>12} {cells[1]:>12} {cells[2]:>12}  {met}")
-        lines.append(f"arena: {self.after.arena_source}; {self.iterations} pruning steps")
+        lines.append(
+            f"arena: {self.after.arena_source}; {self.iterations} pruning steps, "
+            f"{self.given_back} channels given back"
+        )
         if self.after.latency_source is not None:
             lines.append(f"latency: LiteRT on this machine, {self.after.latency_source}")
         lines.append("channels per group (before -> after):")
@@ -268,6 +274,20 @@ def _check_runs(small: keras.Model, data) -> None:
             )
 
 
+def _importance(fn, criterion: str, groups, model, data, loss) -> list[np.ndarray]:
+    """Per group, each channel's importance in `model` now.
+
+    `"taylor"` takes fresh gradients of `loss` on the first 512 examples of `data` (which
+    must then be `(x, y)`), in batches of 64.
+    """
+    context = criteria_lib.ChannelContext(seed=0)
+    if criterion == "taylor":
+        x, y = (np.asarray(a)[:512] for a in data)
+        batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
+        context.gradients = taylor_terms(model, batches, loss)
+    return [np.asarray(fn(g, context), np.float64) for g in groups]
+
+
 def fit_budget(
     model: keras.Model,
     budget: Budget,
@@ -281,6 +301,7 @@ def fit_budget(
     min_keep: float = 0.25,
     verbose: bool = True,
     sharing: WeightSharing | None = None,
+    loss=None,
 ) -> tuple[keras.Model, BudgetReport]:
     """Removes channels until the int8 model meets every limit of `budget`.
 
@@ -295,6 +316,10 @@ def fit_budget(
     or `step` of the remaining channels are gone; then `fine_tune(model, iteration)` runs if
     given, and the model is converted and measured again (`measure`). Each group keeps
     `min_keep` of its channels while other groups can still be cut, and at least one.
+    Once every limit is met (the arena confirmed as `arena` says), channels are given back
+    while the models say every limit still holds, the most important per share of the
+    tightest remaining slack first, with the weights they had before they were zeroed;
+    the file is measured again and the last additions undone while a limit is broken.
     Steps are measured without running the file in LiteRT (some thin int8 files fail to
     prepare in LiteRT's XNNPACK delegate); the returned model's file is test-run once.
 
@@ -302,7 +327,10 @@ def fit_budget(
         model: A built Sequential or functional Keras model.
         budget: The limits (`Budget`).
         data: Calibration examples `x` or `(x, y)` for int8 conversion (first 200 used).
-        criterion: Channel importance (see `tfprune.prune_channels`).
+        criterion: Channel importance (see `tfprune.prune_channels`). Scores are divided
+            by their group's mean at full width, except `"taylor"`'s (an estimate of the
+            loss change, comparable across groups: divided by the mean over all groups);
+            `"taylor"` needs `data=(x, y)` and a loss, and is recomputed every step.
         step: Largest fraction of the remaining channels removed per step.
         fine_tune: Optional `fn(model, iteration)` that trains the zeroed model in place
             between steps (e.g. one short `model.fit`); zeroed channels are zeroed again
@@ -322,6 +350,7 @@ def fit_budget(
             measured model is clustered and its file LUT-compressed, so flash counts the
             compressed file and the arena the decoded tensors. The returned model is not
             clustered: apply `sharing.shared(small)` (or train with clustering) before export.
+        loss: For `criterion="taylor"`: the loss (default: the compiled model's).
 
     Returns:
         `(small, report)`: the shrunk model that meets the budget and a `BudgetReport`.
@@ -330,7 +359,7 @@ def fit_budget(
         ValueError: If the budget cannot be met even with one channel per group (the
             message names each resource and by how much), for a `step` outside (0, 1] or a
             `min_keep` outside [0, 1), or if the limits are still unmet after
-            `max_iterations`.
+            `max_iterations`, or for `criterion="taylor"` without `data=(x, y)`.
         TypeError: If `model` is not a Keras model or `budget` not a `Budget`.
     """
     if not isinstance(budget, Budget):
@@ -344,11 +373,15 @@ def fit_budget(
         raise ValueError(
             f"Expected `min_keep` to be a float in [0, 1). Received: min_keep={min_keep!r}"
         )
+    if criterion == "taylor" and not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise ValueError(
+            "Criterion 'taylor' needs labelled data: pass data=(x, y). Received: data of "
+            f"type {type(data).__name__}"
+        )
     copy = prune_channels(model, ratio=0.0)  # a plain zeroable copy (raises TypeError)
     width_model = WidthModel(copy)
     groups = width_model.groups
     fn = criteria_lib.get_channel(criterion)
-    context = criteria_lib.ChannelContext(seed=0)
     keeps = [np.ones(g.channels, bool) for g in groups]
     want_latency = (latency_table or LatencyTable()) if budget.latency is not None else False
     before = measure(copy, data, want_latency, arena, sharing=sharing, litert_check=False)
@@ -364,11 +397,19 @@ def fit_budget(
         raise _unmeetable(lowest, budget)
     floor = [max(1, math.ceil(min_keep * g.channels)) for g in groups]
     search = Search(width_model, budget.limits(), floor)
-    means = []
-    for group in groups:
-        scores = np.asarray(fn(group, context), np.float64)
-        means.append(scores.mean() if scores.mean() > 0 else 1.0)
-    current = measure(copy, data, want_latency, mode, sharing=sharing, litert_check=False)
+    loss = loss if loss is not None else getattr(model, "loss", None)
+    last = _importance(fn, criterion, groups, copy, data, loss)
+    if criterion == "taylor":  # an estimate of the loss change: comparable across groups
+        means = [np.concatenate(last).mean() or 1.0] * len(groups)
+    else:
+        means = [s.mean() if s.mean() > 0 else 1.0 for s in last]
+    last = [s / m for s, m in zip(last, means)]
+    snapshot = snapshot_weights(groups)
+    current = (
+        before
+        if mode == arena
+        else measure(copy, data, want_latency, mode, sharing=sharing, litert_check=False)
+    )
     start = max(_excess(current, budget).values(), default=0.0)
     bar = keras.utils.Progbar(100, verbose=1 if verbose else 0, unit_name="% of the way")
     iteration = 0
@@ -385,7 +426,11 @@ def fit_budget(
                 f"({_excess(current, budget)}). Pass a larger `max_iterations` or `step`."
             )
         search.anchor(dataclasses.asdict(current))
-        scores = [np.asarray(fn(g, context), np.float64) / m for g, m in zip(groups, means)]
+        scores = [
+            s / m for s, m in zip(_importance(fn, criterion, groups, copy, data, loss), means)
+        ]
+        for score, keep, kept in zip(last, keeps, scores):
+            score[keep] = kept[keep]  # dropped channels keep their last score for give-back
         quota = max(1, int(step * sum(int(k.sum()) for k in keeps)))
         if not search.select(scores, keeps, quota):
             raise _unmeetable(current, budget)
@@ -399,6 +444,16 @@ def fit_budget(
         current = measure(copy, data, want_latency, mode, sharing=sharing, litert_check=False)
         left = max(_excess(current, budget).values(), default=0.0)
         bar.update(int(100 * (1 - left / start)) if start else 100)
+    current, given = give_back(
+        search,
+        last,
+        keeps,
+        current,
+        groups,
+        snapshot,
+        lambda: measure(copy, data, want_latency, arena, sharing=sharing, litert_check=False),
+        lambda res: bool(_excess(res, budget)),
+    )
     if verbose:
         sys.stdout.write("\n")
     small = shrink(copy)
@@ -409,5 +464,6 @@ def fit_budget(
         after=current,
         widths={"+".join(g.producers): (g.channels, int(k.sum())) for g, k in zip(groups, keeps)},
         iterations=iteration,
+        given_back=given,
     )
     return small, report

@@ -17,6 +17,11 @@ their live bytes above the limit, so every op over the limit must shrink and gro
 are not at an op over the limit are left alone). The model is anchored to the measured
 values after every step (`anchor`): an offset for flash, the arena and MACs, a scale for
 latency. Groups keep at least `floor` channels while other groups can still be cut.
+
+Removal can overshoot: the arena limit may be met only when the last op over it shrinks,
+after other groups already gave up more than the other limits needed. `Search.give_back`
+then adds dropped channels back while the anchored models say every limit still holds,
+the most important per share of the tightest remaining slack first.
 """
 
 from __future__ import annotations
@@ -172,19 +177,29 @@ class Search:
         if measured.get("latency") is not None:
             self._seconds_per_mac = measured["latency"] / max(self.model.macs(w), 1.0)
 
-    def excess(self, widths: np.ndarray) -> dict[str, float]:
-        """What each limited resource has above its limit under the anchored models (> 0)."""
+    def _usage(self, widths: np.ndarray) -> dict[str, np.ndarray]:
+        """Each limited resource under the anchored models (the arena: per op)."""
         out = {}
-        for name, limit in self.limits.items():
+        for name in self.limits:
             if name == "arena":
-                over = np.maximum(self.model.live(widths) + self._offset["arena"] - limit, 0)
-                value = float(over.sum())
+                value = self.model.live(widths) + self._offset["arena"]
             elif name == "latency":
-                value = self.model.macs(widths) * self._seconds_per_mac - limit
+                value = self.model.macs(widths) * self._seconds_per_mac
             else:
-                value = getattr(self.model, name)(widths) + self._offset[name] - limit
-            if value > 0:
-                out[name] = value
+                value = getattr(self.model, name)(widths) + self._offset[name]
+            out[name] = np.atleast_1d(np.asarray(value, np.float64))
+        return out
+
+    def excess(self, widths: np.ndarray) -> dict[str, float]:
+        """What each limited resource has above its limit under the anchored models (> 0).
+
+        The arena's excess is the sum over ops of their live bytes above the limit.
+        """
+        out = {}
+        for name, value in self._usage(widths).items():
+            over = float(np.maximum(value - self.limits[name], 0).sum())
+            if over > 0:
+                out[name] = over
         return out
 
     def gains(self, widths: np.ndarray) -> np.ndarray:
@@ -234,3 +249,53 @@ class Search:
             self.widths[j] -= 1
             dropped += 1
         return dropped
+
+    def give_back(self, scores: list[np.ndarray], keeps: list[np.ndarray]) -> list[tuple]:
+        """Adds dropped channels back, one at a time, while every limit still holds.
+
+        Each time, of the groups one more channel of which keeps every limit under the
+        anchored models, the one whose most important dropped channel has the highest
+        importance per share of the tightest slack it uses (the largest fraction, over
+        the limited resources and, for the arena, over the ops, of the room left that the
+        channel takes) comes back; a channel that uses no slack comes back first.
+
+        Args:
+            scores: Per group, each channel's importance (as for `select`; dropped
+                channels keep the score they had before they were dropped).
+            keeps: Per group, which channels are kept (modified in place).
+
+        Returns:
+            The channels added, `(group, channel)` in the order they came back.
+        """
+        added = []
+        while True:
+            now = self._usage(self.widths)
+            best, choice = None, None
+            for j, keep in enumerate(keeps):
+                dropped = np.flatnonzero(~keep)
+                if not dropped.size:
+                    continue
+                more = self.widths.copy()
+                more[j] += 1
+                if self.excess(more):
+                    continue
+                cost = 0.0
+                for name, after in self._usage(more).items():
+                    room = np.maximum(self.limits[name] - now[name], 1e-12)
+                    cost = max(cost, float(((after - now[name]) / room).max()))
+                c = dropped[np.argmax(scores[j][dropped])]
+                key = (scores[j][c] / cost if cost > 0 else np.inf, scores[j][c])
+                if best is None or key > best:
+                    best, choice = key, (j, int(c))
+            if choice is None:
+                return added
+            j, c = choice
+            keeps[j][c] = True
+            self.widths[j] += 1
+            added.append(choice)
+
+    def undo(self, added: list[tuple], keeps: list[np.ndarray]) -> None:
+        """Drops again channels that `give_back` added (`(group, channel)` pairs)."""
+        for j, c in added:
+            keeps[j][c] = False
+            self.widths[j] -= 1

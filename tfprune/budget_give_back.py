@@ -1,0 +1,115 @@
+"""The give-back phase of `tfprune.fit_budget`: channels added back once every limit is met.
+
+Removal can overshoot (the arena limit may be met only when the last op over it shrinks,
+after other groups gave up more than the other limits needed). `give_back` adds dropped
+channels back while the anchored width models say every limit holds
+(`tfprune.budget_search.Search.give_back`), gives them the weights they had before they
+were zeroed, measures the file and undoes the last additions while a limit is broken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import keras
+import numpy as np
+
+from tfprune import layers as registry
+from tfprune.budget_search import Search
+from tfprune.channel_pruning import zero_channels
+
+__all__ = ["give_back", "restore_channels", "snapshot_weights"]
+
+
+def snapshot_weights(groups: list) -> dict[str, np.ndarray]:
+    """The values of every weight `zero_channels` zeroes, by variable path.
+
+    Args:
+        groups: Channel groups (`tfprune.graph.ChannelGroup`) of one model.
+
+    Returns:
+        `{variable path: copy of its value}`.
+    """
+    out = {}
+    for group in groups:
+        for m in group.members:
+            if m.role != "input" and m.weight != "moving_variance":
+                var = registry.resolve(m.layer, m.weight)
+                out.setdefault(var.path, keras.ops.convert_to_numpy(var).copy())
+    return out
+
+
+def restore_channels(
+    groups: list, added: list[tuple[int, int]], snapshot: dict[str, np.ndarray]
+) -> None:
+    """Gives channels back the weights they had before they were zeroed.
+
+    Args:
+        groups: Channel groups of the model.
+        added: `(group number, channel)` pairs.
+        snapshot: `snapshot_weights(groups)`.
+    """
+    for j in {j for j, _ in added}:
+        channels = [c for g, c in added if g == j]
+        for m in groups[j].members:
+            if m.role == "input" or m.weight == "moving_variance":
+                continue
+            var = registry.resolve(m.layer, m.weight)
+            value = keras.ops.convert_to_numpy(var).copy()
+            index = [slice(None)] * value.ndim
+            index[m.axis] = np.flatnonzero(np.isin(m.index, channels))
+            value[tuple(index)] = snapshot[var.path][tuple(index)]
+            var.assign(value)
+
+
+def give_back(
+    search: Search,
+    scores: list[np.ndarray],
+    keeps: list[np.ndarray],
+    current,
+    groups: list,
+    snapshot: dict[str, np.ndarray],
+    remeasure: Callable[[], object],
+    broken: Callable[[object], bool],
+    rounds: int = 3,
+) -> tuple[object, int]:
+    """Adds channels back while every limit holds, measured on the file.
+
+    Each round re-anchors the models to the last measurement (`search.anchor`), adds
+    channels (`search.give_back`), restores their weights and measures the file; while a
+    limit is broken, the later half of the round's additions is dropped again and the file
+    re-measured. Rounds stop when the models add nothing or every addition of a round was
+    undone (the model is then the one measured before it).
+
+    Args:
+        search: The `Search` whose widths are the model's now (every limit met).
+        scores: Per group, each channel's importance (dropped channels: their last score).
+        keeps: Per group, which channels are kept (modified in place).
+        current: The `tfprune.budget.Resources` measured for the model now.
+        groups: The model's channel groups, in the search's order.
+        snapshot: `snapshot_weights(groups)` taken before any channel was zeroed.
+        remeasure: Converts and measures the model as it is now.
+        broken: Whether measured resources break a limit.
+        rounds: Most rounds.
+
+    Returns:
+        `(resources of the model returned, channels given back)`.
+    """
+    total = 0
+    for _ in range(rounds):
+        search.anchor(dataclasses.asdict(current))
+        added = search.give_back(scores, keeps)
+        restore_channels(groups, added, snapshot)
+        while added:
+            trial = remeasure()
+            if not broken(trial):
+                current, total = trial, total + len(added)
+                break
+            back, added = added[len(added) // 2 :], added[: len(added) // 2]
+            search.undo(back, keeps)
+            for j in {j for j, _ in back}:
+                zero_channels(groups[j], keeps[j])
+        else:
+            break
+    return current, total
