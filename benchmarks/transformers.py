@@ -459,7 +459,7 @@ def _lm(args, conditions: str) -> list[str]:
     ]
     pick = np.sort(np.random.default_rng(0).permutation(len(x))[: args.tune_lm])
     tune_x, tune_y, tune_s = x[pick], y[pick], []
-    for kind in KINDS + (("hidden",) if args.hidden else ()):
+    for kind in args.lm_kinds.split(",") + (["hidden"] if args.hidden else []):
         for name, criterion in CRITERIA.items():
             if kind == "depth" and name == "magnitude":
                 continue
@@ -536,6 +536,7 @@ def _command(args) -> str:
         f"--lm-blocks {args.lm_blocks} --lm-dim {args.lm_dim} --lm-heads {args.lm_heads} "
         f"--lm-mlp {args.lm_mlp} --lm-context {args.lm_context} --lm-lr {args.lm_lr} "
         f"--lm-warmup {args.lm_warmup} --lm-heldout {args.lm_heldout} "
+        f"--lm-kinds {args.lm_kinds} "
         f"--rounds {args.rounds}"
         + (" --skip-vit" if args.skip_vit else "")
         + (" --skip-lm" if args.skip_lm else "")
@@ -567,6 +568,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm-context", type=int, default=128, help="LM context in bytes")
     parser.add_argument("--lm-lr", type=float, default=3e-3, help="LM peak learning rate")
     parser.add_argument("--lm-warmup", type=int, default=100, help="LM warm-up steps")
+    parser.add_argument(
+        "--lm-kinds",
+        default=",".join(KINDS),
+        help=f"LM prunings, comma-separated (default {','.join(KINDS)})",
+    )
     parser.add_argument(
         "--lm-heldout", type=int, default=65_536, help="LM validation and test bytes (each)"
     )
