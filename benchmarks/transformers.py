@@ -500,7 +500,7 @@ def _lm(args, conditions: str) -> list[str]:
         f"({len(data['validation'][1]):,} / {len(data['test'][1]):,} bytes, "
         f"{len(xv):,} / {len(xt):,} windows). Model: `_transformers.byte_lm`, "
         f"{args.lm_blocks} causal pre-LN blocks, width {args.lm_dim}, {args.lm_heads} "
-        f"heads, SwiGLU MLP {args.lm_mlp}, context {c}; {source} {args.lm_epochs} epochs "
+        f"heads, SwiGLU MLP {args.lm_mlp}, context {c}; {source} {args.lm_epochs} epoch(s) "
         f"({train_s:.0f} s; batch {LM_BATCH}, Adam {args.lm_lr:g} with {args.lm_warmup} "
         "warm-up steps then cosine to 0, gradients clipped at global norm 1). Perplexity per "
         "byte: exp of the mean next-byte cross-entropy over every target of the held-out "
