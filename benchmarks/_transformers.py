@@ -8,7 +8,10 @@ shrink) and their data:
 - `byte_lm`: a decoder-only language model over bytes (256 symbols): causal
   `MultiHeadAttention` blocks, a plain GELU or a gated (SwiGLU) MLP.
 - `stdlib_text` / `stdlib_sources` / `byte_windows`: text that is on every machine with
-  Python, the standard library's own `.py` sources, cut into (input, next byte) windows.
+  Python, the standard library's own `.py` sources, cut into (input, next byte) windows;
+  `stdlib_split` splits the files into training, validation and test text.
+- `ngram_perplexity`: the reference a byte LM must beat, an n-gram byte model counted on the
+  training text.
 
 Layer names follow one pattern so pruning code and reports can find the parts of a block:
 `block{i}_attn`, `block{i}_mlp_up` (and `block{i}_mlp_gate`), `block{i}_mlp_down`,
@@ -151,6 +154,61 @@ def stdlib_text(max_bytes: int = 2_000_000) -> bytes:
     return b"".join(path.read_bytes() for path in stdlib_sources(max_bytes))[:max_bytes]
 
 
+def stdlib_split(
+    train_bytes: int = 4_000_000, heldout_bytes: int = 131_072, every: int = 10
+) -> dict[str, tuple[list[pathlib.Path], bytes]]:
+    """The standard library's top-level `.py` files split by file into three texts.
+
+    Files are sorted by name; file `i` goes to "test" when `i % every == 0`, to
+    "validation" when `i % every == every // 2`, to "train" otherwise. The training files
+    are concatenated in that order and cut to `train_bytes`; each held-out text is the first
+    `heldout_bytes // files` bytes of each of its files (so no single long file dominates).
+
+    Args:
+        train_bytes: Most bytes of training text.
+        heldout_bytes: Most bytes of validation text and of test text (each).
+        every: One file in `every` goes to each held-out part.
+
+    Returns:
+        `{"train" | "validation" | "test": (files, text)}`: the files whose bytes are (at
+        least partly) in the text, and the text.
+    """
+    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    parts = {"train": [], "validation": [], "test": []}
+    for i, path in enumerate(sorted(root.glob("*.py"))):
+        key = "test" if i % every == 0 else "validation" if i % every == every // 2 else "train"
+        parts[key].append(path)
+    split = {}
+    for key, paths in parts.items():
+        if key != "train":
+            chunk = heldout_bytes // len(paths)
+            split[key] = (paths, b"".join(path.read_bytes()[:chunk] for path in paths))
+            continue
+        used, size = [], 0
+        for path in paths:
+            if size >= train_bytes:
+                break
+            used.append(path)
+            size += path.stat().st_size
+        split[key] = (used, b"".join(path.read_bytes() for path in used)[:train_bytes])
+    return split
+
+
+def window_starts(size: int, seq_len: int = 64, stride: int | None = None) -> np.ndarray:
+    """Where `byte_windows` starts its windows in a text of `size` bytes.
+
+    Args:
+        size: Text length in bytes.
+        seq_len: Window length.
+        stride: Distance between window starts (default `seq_len`: no overlap).
+
+    Returns:
+        The start offsets (int array); window `k` predicts bytes `start + 1` to
+        `start + seq_len`.
+    """
+    return np.arange(0, size - seq_len - 1, stride or seq_len)
+
+
 def byte_windows(text: bytes, seq_len: int = 64, stride: int | None = None):
     """Inputs and next-byte targets: windows of `seq_len` bytes and the same shifted by one.
 
@@ -163,7 +221,56 @@ def byte_windows(text: bytes, seq_len: int = 64, stride: int | None = None):
         `(x, y)`, two int32 arrays of shape `(windows, seq_len)`.
     """
     arr = np.frombuffer(text, np.uint8).astype(np.int32)
-    stride = stride or seq_len
-    starts = np.arange(0, arr.size - seq_len - 1, stride)
-    index = starts[:, None] + np.arange(seq_len)[None, :]
+    index = window_starts(arr.size, seq_len, stride)[:, None] + np.arange(seq_len)[None, :]
     return arr[index], arr[index + 1]
+
+
+def _gram_codes(arr: np.ndarray, k: int) -> np.ndarray:
+    """Code of the `k` bytes ending at each position `i >= k - 1` (earliest byte highest)."""
+    codes = np.zeros(max(arr.size - k + 1, 0), np.int64)
+    for j in range(k):
+        codes = codes * 256 + arr[j : arr.size - k + 1 + j]
+    return codes
+
+
+def ngram_perplexity(train: bytes, test: bytes, n: int, positions: np.ndarray) -> float:
+    """Perplexity per byte of an interpolated Witten-Bell n-gram byte model.
+
+    Counted on `train`. The order-0 model is the byte frequencies with add-one smoothing;
+    order `k` interpolates its counts after a `k`-byte context `h` with order `k - 1`:
+    `p(w | h) = (c(h, w) + t(h) p(w | h')) / (c(h) + t(h))`, `t(h)` the number of distinct
+    bytes seen after `h`, `h'` the context without its earliest byte (order `k - 1` alone
+    when `h` was never seen or lies partly before the start of `test`).
+
+    Args:
+        train: Training text.
+        test: Text to score.
+        n: Order plus one (1: unigram, 2: bigram, ...; at most 8).
+        positions: Indices of the bytes of `test` to predict (each from the bytes before it).
+
+    Returns:
+        `exp` of the mean negative log-probability of the bytes at `positions`.
+
+    Raises:
+        ValueError: If `n` is not between 1 and 8.
+    """
+    if not 1 <= n <= 8:
+        raise ValueError(f"n must be between 1 and 8. Received: n={n}")
+    tr = np.frombuffer(train, np.uint8).astype(np.int64)
+    te = np.frombuffer(test, np.uint8).astype(np.int64)
+    positions = np.asarray(positions)
+    prob = (np.bincount(tr, minlength=256)[te[positions]] + 1) / (tr.size + 256)
+    for k in range(1, n):
+        grams, counts = np.unique(_gram_codes(tr, k + 1), return_counts=True)
+        contexts, first, distinct = np.unique(grams >> 8, return_index=True, return_counts=True)
+        context_counts = np.add.reduceat(counts, first)
+        ok = positions >= k
+        query = _gram_codes(te, k + 1)[positions[ok] - k]
+        found = np.clip(np.searchsorted(grams, query), 0, grams.size - 1)
+        c_hw = np.where(grams[found] == query, counts[found], 0)
+        at = np.clip(np.searchsorted(contexts, query >> 8), 0, contexts.size - 1)
+        seen = contexts[at] == query >> 8
+        c_h, t_h = np.where(seen, context_counts[at], 0), np.where(seen, distinct[at], 0)
+        lower = prob[ok]
+        prob[ok] = np.where(seen, (c_hw + t_h * lower) / np.maximum(c_h + t_h, 1), lower)
+    return float(np.exp(-np.log(prob).mean()))
