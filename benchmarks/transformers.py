@@ -42,12 +42,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import pathlib
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -55,157 +53,23 @@ import _transformers as T
 import _vit_profile
 import keras
 import numpy as np
-from _bench import compile_classifier, fashion_mnist, latencies, machine
+from _bench import compile_classifier, fashion_mnist, machine
+from _lm_bench import lm_tables
 from _results import publish
+from _transformer_steps import (
+    BATCH,
+    CACHE,
+    CRITERIA,
+    KINDS,
+    accuracy,
+    copy_model,
+    int8_files,
+    load_or_train,
+    prune,
+    tune,
+)
 
 import tfprune
-
-BATCH = 128
-CACHE = pathlib.Path.home() / ".cache" / "tfprune-benchmarks"
-KINDS = ("heads", "mlp", "both", "depth")
-
-
-def _mlp_ignore(layer) -> bool:
-    """prune_channels predicate: leave every group that is not an MLP's hidden units."""
-    return not (layer.name.endswith("_mlp_up") or layer.name.endswith("_mlp_gate"))
-
-
-def _prune(model, kind: str, criterion: tuple[str, str], calib, loss, layers: int):
-    """One pruning of `model` (heads/MLP: zeroed copy; depth: a shorter model), shrunk."""
-    if kind in ("heads", "both"):
-        model = tfprune.prune_heads(model, 0.5, criterion=criterion[0], data=calib, loss=loss)
-    if kind in ("mlp", "both"):
-        mlp_criterion = criterion[1]
-        if mlp_criterion == "activation":
-            mlp_criterion = tfprune.activation_scores.activation_criterion(
-                model, [c[0] for c in calib]
-            )
-        model = tfprune.prune_channels(
-            model, 0.5, criterion=mlp_criterion, data=calib, loss=loss, ignore=_mlp_ignore
-        )
-    if kind == "hidden":
-        hidden_criterion = criterion[1]
-        if hidden_criterion == "activation":
-            hidden_criterion = tfprune.activation_scores.activation_criterion(
-                model, [c[0] for c in calib]
-            )
-        model = tfprune.prune_channels(
-            model,
-            0.5,
-            criterion=hidden_criterion,
-            data=calib,
-            loss=loss,
-            ignore=lambda layer: not _mlp_ignore(layer),
-            through_norms=True,
-        )
-    if kind == "depth":
-        units = [[f"block{i}_attn_add", f"block{i}_mlp_add"] for i in range(layers)]
-        n = max(1, layers // 4)
-        if criterion[0] == "random":
-            rng = np.random.default_rng(0)
-            units = [units[i] for i in rng.permutation(layers)[:n]]
-        model, _ = tfprune.prune_blocks(model, n=n, data=[c[0] for c in calib], units=units)
-    return tfprune.shrink(model, through_norms=kind == "hidden")
-
-
-CRITERIA = {
-    "informed": ("activation", "activation"),
-    "magnitude": ("l2", "l1"),
-    "random": ("random", "random"),
-}
-
-
-def _copy(model: keras.Model) -> keras.Model:
-    """An independent copy with the same weights (a teacher the Distiller may freeze)."""
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone
-
-
-def _tune(
-    student,
-    teacher,
-    x,
-    y,
-    epochs: int,
-    distill: bool,
-    loss,
-    lr: float,
-    temperature: float = 2.0,
-    alpha: float = 0.5,
-) -> float:
-    """Fine-tunes `student` in place (Adam, cosine to 0), optionally distilled (`temperature`,
-    `alpha`: the Distiller's); seconds."""
-    t0 = time.time()
-    steps = epochs * int(np.ceil(len(x) / BATCH))
-    optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(lr, steps))
-    # The Distiller freezes its teacher: give it a copy, so the dense model (from which the
-    # next variants are pruned) stays trainable.
-    target = tfprune.Distiller(student, _copy(teacher), temperature, alpha) if distill else student
-    # No XLA: a few dozen steps on each new model cost less than compiling them.
-    target.compile(optimizer=optimizer, loss=loss, jit_compile=False)
-    target.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
-    return time.time() - t0
-
-
-def _logits(model, x, batch: int = 256) -> np.ndarray:
-    """Eager batched calls (no `predict` tracing per model)."""
-    return np.concatenate(
-        [keras.ops.convert_to_numpy(model(x[i : i + batch])) for i in range(0, len(x), batch)]
-    )
-
-
-def _accuracy(model, x, y) -> float:
-    """Top-1 accuracy; one traced `predict` (faster than eager calls on 10,000 images)."""
-    return float((model.predict(x, batch_size=1000, verbose=0).argmax(-1) == y).mean())
-
-
-def _perplexity(model, x, y) -> float:
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    losses = [
-        float(keras.ops.convert_to_numpy(loss(y[i : i + 128], _logits(model, x[i : i + 128]))))
-        * len(x[i : i + 128])
-        for i in range(0, len(x), 128)
-    ]
-    return float(np.exp(sum(losses) / len(x)))
-
-
-def _cached(name: str, folder: pathlib.Path | None, train) -> tuple[keras.Model, float, bool]:
-    """The model `train()` returns, saved as `folder/name.keras` and loaded from there next
-    time; also the training seconds (stored beside it) and whether it came from the cache."""
-    if folder is None:
-        t0 = time.time()
-        return train(), time.time() - t0, False
-    path, meta = folder / f"{name}.keras", folder / f"{name}.json"
-    if path.exists() and meta.exists():
-        return keras.saving.load_model(path), json.loads(meta.read_text())["train_s"], True
-    t0 = time.time()
-    model = train()
-    train_s = time.time() - t0
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
-    meta.write_text(json.dumps({"train_s": train_s}))
-    return model, train_s, False
-
-
-def _int8(models: dict, folder: str, x_calib, verify, rounds: int) -> dict:
-    """Exports each model to int8 TFLite (verified), times the files in interleaved rounds.
-
-    Returns `{key: (bytes, seconds, LiteRT accuracy or None, number of operators)}`.
-    """
-    files = {}
-    for key, model in models.items():
-        path = os.path.join(folder, key.replace("/", "_") + ".tflite")
-        result = tfprune.export.tflite(
-            model, path, quantize="int8", representative_data=x_calib, verify_data=verify
-        )
-        accuracy = result.verification.accuracy if verify is not None else None
-        ops = len(tfprune.export.describe(path).ops)
-        files[key] = (path, os.path.getsize(path), accuracy, ops)
-    times = latencies([f[0] for f in files.values()], rounds=rounds)
-    return {k: (f[1], t, f[2], f[3]) for (k, f), t in zip(files.items(), times)}
 
 
 def _vit_config(args) -> dict:
@@ -237,9 +101,9 @@ def _token_study(args, conditions: str) -> list[str]:
         dense = T.vit(patch=patch, **_vit_config(args))
         _randomise_norms(dense)
         models[f"{patch}/dense"] = dense
-        models[f"{patch}/both"] = _prune(dense, "both", CRITERIA["magnitude"], [], None, 0)
+        models[f"{patch}/both"] = prune(dense, "both", CRITERIA["magnitude"], [], None, 0)
     with tempfile.TemporaryDirectory() as folder:
-        files = _int8(models, folder, x, None, args.rounds)
+        files = int8_files(models, folder, x, None, args.rounds)
     lines = [
         "| patch | tokens | ops | MACs dense | MACs pruned | dense | heads + MLP 50 % | speed-up |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -294,9 +158,9 @@ def _vit(args, conditions: str) -> list[str]:
 
     name = "vit_" + "_".join(f"{k}{v}" for k, v in config.items())
     name += f"_n{len(x_train)}_e{args.epochs}"
-    dense, train_s, cached = _cached(name, args.cache, train)
+    dense, train_s, cached = load_or_train(name, args.cache, train)
     calib = [(x_train[i : i + 128], y_train[i : i + 128]) for i in range(0, 512, 128)]
-    base = _accuracy(dense, x_test, y_test)
+    base = accuracy(dense, x_test, y_test)
     print(f"dense ViT: accuracy {base:.4f}, trained in {train_s:.0f} s", flush=True)
     rows, exports, tune_s = [], {"dense": dense}, []
     for kind in args.kinds + (["hidden"] if args.hidden else []):
@@ -305,15 +169,15 @@ def _vit(args, conditions: str) -> list[str]:
                 args.informed_only and name != "informed"
             ):
                 continue
-            small = _prune(dense, kind, criterion, calib, loss, args.blocks)
-            oneshot = _accuracy(small, x_test, y_test)
+            small = prune(dense, kind, criterion, calib, loss, args.blocks)
+            oneshot = accuracy(small, x_test, y_test)
             tuned = {}
             for distill in (
                 (False, True) if name == "informed" or not args.kd_informed_only else (False,)
             ):
-                student = _copy(small)
+                student = copy_model(small)
                 tune_s.append(
-                    _tune(
+                    tune(
                         student,
                         dense,
                         x_tune,
@@ -326,7 +190,7 @@ def _vit(args, conditions: str) -> list[str]:
                         args.kd_alpha,
                     )
                 )
-                tuned[distill] = _accuracy(student, x_test, y_test)
+                tuned[distill] = accuracy(student, x_test, y_test)
                 if name == "informed" and distill:
                     exports[kind] = student
             summary = tfprune.summary(small, print_fn=None)
@@ -335,7 +199,7 @@ def _vit(args, conditions: str) -> list[str]:
     files = {}
     if not args.validate:
         with tempfile.TemporaryDirectory() as folder:
-            files = _int8(exports, folder, x_train[:200], (x_test, y_test), args.rounds)
+            files = int8_files(exports, folder, x_train[:200], (x_test, y_test), args.rounds)
     dense_macs = tfprune.summary(dense, print_fn=None).macs
     lines = [
         "| pruning | criterion | params | MACs | acc one-shot | acc tuned | acc tuned + KD |",
@@ -403,184 +267,6 @@ def _vit(args, conditions: str) -> list[str]:
         f"best of {args.rounds} interleaved rounds."
         + (" -: not run (baselines fine-tuned without KD only)." if args.kd_informed_only else "")
         + (" Variants: informed criteria only." if args.informed_only else ""),
-        "",
-        *lines,
-        "",
-    ]
-
-
-LM_BATCH = 64  # the dense LM's training batch (fine-tuning uses BATCH, as for the ViT)
-NGRAMS = {1: "unigram (add-one)", 2: "bigram", 3: "trigram", 5: "5-gram"}
-
-
-class _Progress(keras.callbacks.Callback):
-    """Prints the step, the training loss and the elapsed seconds every `every` steps."""
-
-    def __init__(self, every: int):
-        super().__init__()
-        self.every, self.step, self.start = every, 0, time.time()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        if self.step % self.every == 0:
-            print(
-                f"step {self.step}: loss {logs['loss']:.4f}, {time.time() - self.start:.0f} s",
-                flush=True,
-            )
-
-
-def _lm_config(args) -> dict:
-    return dict(
-        blocks=args.lm_blocks,
-        dim=args.lm_dim,
-        heads=args.lm_heads,
-        mlp=args.lm_mlp,
-        seq_len=args.lm_context,
-    )
-
-
-def _lm_data(args) -> dict:
-    """`{part: (files, text, x, y)}` for the training, validation and test texts."""
-    split = T.stdlib_split(args.lm_bytes, args.lm_heldout)
-    return {
-        key: (files, text, *T.byte_windows(text, args.lm_context))
-        for key, (files, text) in split.items()
-    }
-
-
-def _train_lm(args, data: dict) -> tuple[keras.Model, float, bool]:
-    """The dense SwiGLU byte LM, trained on `data["train"]` (validation loss printed each
-    epoch) or loaded from the cache; also the training seconds and whether it was cached."""
-    x, y = data["train"][2:]
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    def train():
-        model = T.byte_lm(gated=True, **_lm_config(args))
-        steps = args.lm_epochs * int(np.ceil(len(x) / LM_BATCH))
-        warmup = min(args.lm_warmup, steps // 10)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            0.0, steps - warmup, warmup_target=args.lm_lr, warmup_steps=warmup
-        )
-        model.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=1.0), loss=loss)
-        model.fit(
-            x,
-            y,
-            batch_size=LM_BATCH,
-            epochs=args.lm_epochs,
-            validation_data=data["validation"][2:],
-            verbose=2,
-            callbacks=[_Progress(50)],
-        )
-        return model
-
-    name = "byte_lm_swiglu_" + "_".join(f"{k}{v}" for k, v in _lm_config(args).items())
-    name += f"_n{len(data['train'][1])}_e{args.lm_epochs}_lr{args.lm_lr}_w{args.lm_warmup}"
-    return _cached(name, args.cache, train)
-
-
-def _ngram_rows(data: dict, seq_len: int) -> list[str]:
-    """Table rows: held-out perplexity of n-gram byte models counted on the training text,
-    on the bytes the LM predicts (the targets of its windows)."""
-    rows = []
-    for n, label in NGRAMS.items():
-        ppl = []
-        for key in ("validation", "test"):
-            text = data[key][1]
-            positions = T.window_starts(len(text), seq_len)[:, None] + np.arange(1, seq_len + 1)
-            ppl.append(T.ngram_perplexity(data["train"][1], text, n, positions.ravel()))
-        rows.append(f"| {label} | - | - | {ppl[0]:.3f} | {ppl[1]:.3f} |")
-    return rows
-
-
-def _lm(args, conditions: str) -> list[str]:
-    data = _lm_data(args)
-    x, y = data["train"][2:]
-    xv, yv = data["validation"][2:]
-    xt, yt = data["test"][2:]
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    dense, train_s, cached = _train_lm(args, data)
-    calib = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 256, 64)]
-    base = _perplexity(dense, xt, yt)
-    print(f"dense LM: test perplexity {base:.3f}, trained in {train_s:.0f} s", flush=True)
-    dense_macs = tfprune.summary(dense, print_fn=None).macs
-    baselines = [
-        "| model | params | MACs / byte | ppl validation | ppl test |",
-        "| --- | --- | --- | --- | --- |",
-        *_ngram_rows(data, args.lm_context),
-        f"| byte LM (dense) | {dense.count_params():,} | "
-        f"{dense_macs / args.lm_context / 1e3:.0f} K | {_perplexity(dense, xv, yv):.3f} | "
-        f"{base:.3f} |",
-    ]
-    print("\n".join(baselines), flush=True)
-    lines = [
-        "| pruning | criterion | params | MACs / byte | ppl one-shot | ppl tuned | "
-        "ppl tuned + KD |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        f"| dense | - | {dense.count_params():,} | {dense_macs / args.lm_context / 1e3:.0f} K | "
-        f"{base:.3f} | - | - |",
-    ]
-    pick = np.sort(np.random.default_rng(0).permutation(len(x))[: args.tune_lm])
-    tune_x, tune_y, tune_s = x[pick], y[pick], []
-    for kind in args.lm_kinds.split(",") + (["hidden"] if args.hidden else []):
-        for name, criterion in CRITERIA.items():
-            if kind == "depth" and name == "magnitude":
-                continue
-            small = _prune(dense, kind, criterion, calib, loss, args.lm_blocks)
-            oneshot = _perplexity(small, xt, yt)
-            tuned = {}
-            for distill in (False, True):
-                student = _copy(small)
-                tune_s.append(_tune(student, dense, tune_x, tune_y, 1, distill, loss, 1e-3))
-                tuned[distill] = _perplexity(student, xt, yt)
-            crit = {"heads": criterion[0], "mlp": criterion[1], "hidden": criterion[1]}.get(
-                kind, "/".join(criterion)
-            )
-            if kind == "depth":
-                crit = "ShortGPT" if name == "informed" else "random"
-            macs = tfprune.summary(small, print_fn=None).macs
-            lines.append(
-                f"| {kind} | {crit} | {small.count_params():,} | "
-                f"{macs / args.lm_context / 1e3:.0f} K | {oneshot:.3f} | {tuned[False]:.3f} | "
-                f"{tuned[True]:.3f} |"
-            )
-            print(lines[-1], flush=True)
-    source = "loaded from the cache; trained" if cached else "trained"
-    files = {key: data[key][0] for key in data}
-    c = args.lm_context
-    return [
-        "## Transformers: byte-level language model, trained (benchmarks/transformers.py)",
-        "",
-        f"Command: `{_command(args)}`. Machine: {conditions}, shared with other jobs; no "
-        f"GPU. Date: {datetime.date.today().isoformat()}. Text: the Python standard "
-        f"library's top-level `.py` files sorted by name, split by file: file i is test "
-        f"when i % 10 == 0 ({len(files['test'])} files, `{files['test'][0].name}` to "
-        f"`{files['test'][-1].name}`), validation when i % 10 == 5 "
-        f"({len(files['validation'])} files), training otherwise ({len(files['train'])} "
-        f"files, `{files['train'][0].name}` to `{files['train'][-1].name}`, concatenated: "
-        f"{len(data['train'][1]):,} bytes, {len(x):,} windows of {c}). Held out: the first "
-        f"{args.lm_heldout // len(files['test']):,} bytes of each validation / test file "
-        f"({len(data['validation'][1]):,} / {len(data['test'][1]):,} bytes, "
-        f"{len(xv):,} / {len(xt):,} windows). Model: `_transformers.byte_lm`, "
-        f"{args.lm_blocks} causal pre-LN blocks, width {args.lm_dim}, {args.lm_heads} "
-        f"heads, SwiGLU MLP {args.lm_mlp}, context {c}; {source} {args.lm_epochs} epoch(s) "
-        f"({train_s:.0f} s; batch {LM_BATCH}, Adam {args.lm_lr:g} with {args.lm_warmup} "
-        "warm-up steps then cosine to 0, gradients clipped at global norm 1). Perplexity per "
-        "byte: exp of the mean next-byte cross-entropy over every target of the held-out "
-        "windows. n-gram references: byte models counted on the same training text and "
-        "scored on the same target bytes (interpolated Witten-Bell over add-one byte "
-        "frequencies; the unigram is the add-one frequencies).",
-        "",
-        *baselines,
-        "",
-        "Every pruned model: one-shot prune (calibration: 256 training windows) -> shrink -> "
-        f"fine-tune 1 epoch on {len(tune_x):,} training windows drawn at random (batch "
-        f"{BATCH}, Adam 1e-3 cosine to 0; {np.median(tune_s):.0f} s median), without and "
-        "with distillation (tfprune.Distiller, T=2, alpha=0.5, teacher = dense). Heads 50 %: "
-        "prune_heads; MLP 50 %: prune_channels on the SwiGLU hidden units (gate and up "
-        "columns with the down rows); both: the two; depth: prune_blocks removes "
-        f"{max(1, args.lm_blocks // 4)} of {args.lm_blocks} layers. Criteria as for the ViT "
-        "(heads/MLP: activation = Minitron, magnitude = l2/l1, random; depth: ShortGPT Block "
-        "Influence or random). Perplexity on the test windows; MACs per byte of context.",
         "",
         *lines,
         "",
@@ -714,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.token_study and (not args.skip_vit or args.token_study_only):
         publish(_token_study(args, conditions), write=not args.no_write)
     if not args.skip_lm:
-        publish(_lm(args, conditions), write=not args.no_write)
+        publish(lm_tables(args, conditions, _command(args)), write=not args.no_write)
     return 0
 
 
