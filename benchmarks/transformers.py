@@ -162,6 +162,12 @@ def _vit(args, conditions: str) -> list[str]:
     calib = [(x_train[i : i + 128], y_train[i : i + 128]) for i in range(0, 512, 128)]
     base = accuracy(dense, x_test, y_test)
     print(f"dense ViT: accuracy {base:.4f}, trained in {train_s:.0f} s", flush=True)
+    control = "-"
+    if args.dense_control:  # the dense model fine-tuned for the same budget (no KD)
+        student = copy_model(dense)
+        tune(student, dense, x_tune, y_tune, args.tune_epochs, False, loss, args.tune_lr)
+        control = f"{accuracy(student, x_test, y_test):.4f}"
+        print(f"dense ViT fine-tuned for the same budget: accuracy {control}", flush=True)
     rows, exports, tune_s = [], {"dense": dense}, []
     for kind in args.kinds + (["hidden"] if args.hidden else []):
         for name, criterion in CRITERIA.items():
@@ -204,7 +210,8 @@ def _vit(args, conditions: str) -> list[str]:
     lines = [
         "| pruning | criterion | params | MACs | acc one-shot | acc tuned | acc tuned + KD |",
         "| --- | --- | --- | --- | --- | --- | --- |",
-        f"| dense | - | {dense.count_params():,} | {dense_macs / 1e6:.2f} M | {base:.4f} | - | - |",
+        f"| dense | - | {dense.count_params():,} | {dense_macs / 1e6:.2f} M | {base:.4f} | "
+        f"{control} | - |",
     ]
     for kind, name, criterion, oneshot, tuned, params, macs in rows:
         crit = {"heads": criterion[0], "mlp": criterion[1], "hidden": criterion[1]}.get(
@@ -297,6 +304,7 @@ def _command(args) -> str:
         + (f" --validate {args.validate}" if args.validate else "")
         + (" --informed-only" if args.informed_only else "")
         + (" --profile" if args.profile else "")
+        + (" --dense-control" if args.dense_control else "")
     )
 
 
@@ -332,6 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--informed-only", action="store_true", help="ViT: no magnitude or random baselines"
+    )
+    parser.add_argument(
+        "--dense-control",
+        action="store_true",
+        help="ViT: also fine-tune the dense model for the same budget (its 'acc tuned')",
     )
     parser.add_argument(
         "--profile",
