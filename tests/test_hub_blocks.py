@@ -151,14 +151,14 @@ def test_graph_exposes_heads_and_mlp_width_and_keeps_the_hidden_stream():
     assert bert_heads.prunable
     x, memory = keras.Input((8, 16)), keras.Input((4, 16))
     decoder = keras_hub.layers.TransformerDecoder(32, 4, name="dec")
-    self_heads, cross_heads, _ = tfprune.graph.channel_groups(
-        keras.Model([x, memory], decoder(x, memory))
-    )
-    assert (
-        self_heads.reason
-        == cross_heads.reason
-        == ("TransformerDecoder 'dec' has self and cross attention, which share one head count")
-    )
+    heads, _ = tfprune.graph.channel_groups(keras.Model([x, memory], decoder(x, memory)))
+    # Self and cross attention share one head count: head k of both is one channel.
+    assert heads.prunable
+    assert [(m.weight, m.index.tolist()) for m in heads.members if "query" in m.weight] == [
+        (f"_{attention}_attention_layer.query_dense.{weight}", [0, 1, 2, 3])
+        for attention in ("self", "cross")
+        for weight in ("kernel", "bias")
+    ]
     bert = _bert()
     head = keras.layers.Dense(4, name="head")(bert.get_layer("transformer_layer_0").output)
     model = keras.Model(bert.input, [head, bert.output["sequence_output"]])

@@ -20,10 +20,13 @@ pruned too, with their head counts read from the block's config; they are named
 (Gemma's and Mistral's `head_dim`) with fewer heads; keras-hub's `TransformerEncoder` and
 `TransformerDecoder` (BERT, GPT-2) and Qwen's block, which derive it from
 `hidden_dim // num_heads`, come back as their `tfprune.hub_sized` subclasses, which take it
-in their config. A decoder with cross attention shares one head count between two layers:
-`shrink` keeps its zeroed heads, so the result still predicts what the zeroed model
-predicts. Llama's block cannot serialize its config in keras-hub 0.32, so tfprune cannot
-read or rebuild a Llama model at all (a `TypeError` names the layer).
+in their config. A `TransformerDecoder` with cross attention (an encoder-decoder model) has
+one head count for its self and cross attention: `prune_heads` removes the same number of
+heads from both, each its own least important ones, and `shrink` keeps as many heads in
+both as the layer with more live heads needs (padding the other with dead heads, which add
+nothing), so the result is exact. Llama's block cannot serialize its config in keras-hub
+0.32, so tfprune cannot read or rebuild a Llama model at all (a `TypeError` names the
+layer).
 
 ```python
 pruned = tfprune.prune_heads(model, ratio=0.5, criterion="activation", data=[x[:256]])
@@ -99,6 +102,7 @@ class AttentionHeads:
         output_layer: The output projection of an attention layer inside a keras-hub
             block (its input, the heads' context, gives `"activation"` scores), else
             `None`.
+        block: The keras-hub block the attention layer is inside, else `None`.
     """
 
     layer: keras.layers.Layer
@@ -107,6 +111,7 @@ class AttentionHeads:
     slices: list[tuple[keras.Variable, int, str]]
     name: str = ""
     output_layer: keras.layers.Layer | None = None
+    block: keras.layers.Layer | None = None
 
     @property
     def ratio(self) -> int:
@@ -197,6 +202,7 @@ def attention_heads(model: keras.Model) -> list[AttentionHeads]:
             if sub.built:
                 heads = _heads_of(sub, f"{layer.name}/{sub.name}", _block_counts(layer, block))
                 heads.output_layer = getattr(sub, block.projections[-1])
+                heads.block = layer
                 out.append(heads)
     return out
 
@@ -307,6 +313,11 @@ def prune_heads(
     `criterion`; the dropped heads are zeroed in the returned copy (query, key, value and
     gate slices and the output rows), which predicts what `tfprune.shrink(copy)` predicts.
 
+    The self and cross attention of a keras-hub `TransformerDecoder` share one head count,
+    so they lose the same number of heads, each its own least important ones: the count
+    is chosen as for one layer whose k-th head scores the sum of the two layers' k-th
+    lowest scores.
+
     Args:
         model: A built Keras model (wrapped models are stripped first).
         ratio: Fraction of units to remove, in [0, 1): per layer under `"layer"` scope, of
@@ -319,6 +330,8 @@ def prune_heads(
             heads). Both are the same for `MultiHeadAttention`.
         min_heads: Fewest units (heads, or groups under `unit="group"`) a layer keeps.
         ignore: Names of attention layers to leave whole, or a predicate on the layer.
+            The self and cross attention of a keras-hub decoder share one head count:
+            ignoring either leaves both whole.
         loss: Loss for `"taylor"` (default: the compiled loss).
         seed: Seed for `"random"`.
 
@@ -365,12 +378,34 @@ def prune_heads(
         return ignore(heads.layer) if callable(ignore) else heads.name in set(ignore or ())
 
     scores = head_scores(copy, criterion, data, loss, seed)
-    chosen = [h for h in all_heads if not skipped(h)]
-    units = [_units(h, scores[h.name], unit) for h in chosen]
+    tied = _tied(all_heads)
+    chosen = [t for t in tied if not any(skipped(h) for h in t)]
+    own = [[_units(h, scores[h.name], unit) for h in t] for t in chosen]
+    # Tied layers: unit k scores the sum of their k-th least important units, and
+    # dropping m units drops the m least important of each layer (by its own scores).
+    units = [u[0] if len(u) == 1 else sum(np.sort(x) for x in u) for u in own]
     keeps = select_channels(units, [None] * len(units), scope, None, min_heads, ratio=ratio)
-    for heads, keep_units in zip(chosen, keeps):
-        zero_heads(heads, _keep_query_heads(heads, scores[heads.name], unit, keep_units))
+    for layers, layer_units, keep_units in zip(chosen, own, keeps):
+        for heads, u in zip(layers, layer_units):
+            keep = keep_units
+            if len(layers) > 1:
+                keep = np.ones(u.size, bool)
+                keep[np.argsort(u, kind="stable")[: int((~keep_units).sum())]] = False
+            zero_heads(heads, _keep_query_heads(heads, scores[heads.name], unit, keep))
     return copy
+
+
+def _tied(all_heads: list[AttentionHeads]) -> list[list[AttentionHeads]]:
+    """The attention layers grouped by the head count they share, in model order.
+
+    The self and cross attention of a keras-hub decoder block share one; every other
+    attention layer has its own.
+    """
+    tied: dict[int, list[AttentionHeads]] = {}
+    for heads in all_heads:
+        key = id(heads.block) if heads.block is not None else id(heads)
+        tied.setdefault(key, []).append(heads)
+    return list(tied.values())
 
 
 # --- shrink ----------------------------------------------------------------------------
@@ -385,7 +420,9 @@ def shrunk_heads(layer) -> tuple[dict, Callable, type] | None:
 
     A keras-hub block (`tfprune.hub_blocks`) is rebuilt the same way, with the head counts
     and the head size in its config; one that derives its head size from
-    `hidden_dim // num_heads` comes back as its `tfprune.hub_sized` subclass.
+    `hidden_dim // num_heads` comes back as its `tfprune.hub_sized` subclass. A decoder's
+    self and cross attention keep the same number of heads: as many as the one with more
+    live heads has, each keeping its own live heads, padded with dead ones.
 
     Args:
         layer: Any layer.
@@ -399,48 +436,68 @@ def shrunk_heads(layer) -> tuple[dict, Callable, type] | None:
     block = hub_blocks.block_of(layer)
     cls = type(layer)
     if block is not None and layer.built and hub_blocks.fixed_heads(layer, block) is None:
-        attention = hub_blocks.attention_layers(layer, block)[0][1]
-        heads = _heads_of(attention, counts=_block_counts(layer, block))
+        counts = _block_counts(layer, block)
+        subs = [sub for _, sub in hub_blocks.attention_layers(layer, block)]
+        all_heads = [_heads_of(sub, counts=counts) for sub in subs]
         keys = block.heads
-        query = next(v for v, _, kind in heads.slices if kind == "q")
+        query = next(v for v, _, kind in all_heads[0].slices if kind == "q")
         size = {block.head_size or "head_dim": int(query.shape[-1])}
         if block.head_size is None:
             cls = hub_blocks.sized_class(block)
     elif _kind(layer) is not None and layer.built:
-        heads, keys, size = _heads_of(layer), _kind(layer), {}
+        all_heads, keys, size = [_heads_of(layer)], _kind(layer), {}
     else:
         return None
-    alive = ~heads.dead_heads()
-    if alive.all():
+    # The layers of one block (self and cross attention) keep the same counts.
+    alive = [(~h.dead_heads()).reshape(h.kv_heads, h.ratio) for h in all_heads]
+    n_groups = max(max(int(a.any(axis=1).sum()) for a in alive), 1)
+    per_group = max(max(int(a.sum(axis=1).max()) for a in alive), 1)
+    keeps = [_kept_heads(a, n_groups, per_group) for a in alive]
+    if all(keep.all() for keep in keeps):
         return None
-    by_group = alive.reshape(heads.kv_heads, heads.ratio)
-    groups = np.flatnonzero(by_group.any(axis=1))
-    if groups.size == 0:
-        groups = np.array([0])
-    per_group = max(int(by_group[groups].sum(axis=1).max()), 1)
-    keep_q = np.zeros((heads.kv_heads, heads.ratio), bool)
-    for g in groups:
-        # Alive heads first, then dead ones to pad the group (stable order within each).
-        order = np.argsort(~by_group[g], kind="stable")[:per_group]
-        keep_q[g, np.sort(order)] = True
-    keep_q = keep_q.reshape(-1)
     q_key, kv_key = keys
-    config = {q_key: int(keep_q.sum())}
+    config = {q_key: n_groups * per_group}
     if kv_key:
-        config[kv_key] = int(groups.size)
+        config[kv_key] = n_groups
     config.update(size)
 
     def values(new_layer) -> dict[int, np.ndarray]:
-        kept = {}
-        for var, axis, var_kind in heads.slices:
-            keep = heads.head_axis_values(var_kind, keep_q)
-            kept[variable_key(var)] = np.take(
-                keras.ops.convert_to_numpy(var), np.flatnonzero(keep), axis=axis
+        new_subs = [new_layer]
+        if block is not None:
+            new_subs = [sub for _, sub in hub_blocks.attention_layers(new_layer, block)]
+        out = {}
+        for heads, keep_q, new_sub in zip(all_heads, keeps, new_subs):
+            kept = {}
+            for var, axis, var_kind in heads.slices:
+                keep = heads.head_axis_values(var_kind, keep_q)
+                kept[variable_key(var)] = np.take(
+                    keras.ops.convert_to_numpy(var), np.flatnonzero(keep), axis=axis
+                )
+            out.update(
+                {
+                    id(new): kept[variable_key(old)]
+                    for old, new in zip(heads.layer.weights, new_sub.weights)
+                    if variable_key(old) in kept
+                }
             )
-        return {
-            id(new): kept[variable_key(old)]
-            for old, new in zip(layer.weights, new_layer.weights)
-            if variable_key(old) in kept
-        }
+        return out
 
     return config, values, cls
+
+
+def _kept_heads(alive: np.ndarray, n_groups: int, per_group: int) -> np.ndarray:
+    """The query heads kept: `per_group` in each of `n_groups` groups, alive ones first.
+
+    Args:
+        alive: `(groups, query heads per group)` booleans, whether each head is alive.
+        n_groups: Groups to keep (alive ones first, then dead ones, in order).
+        per_group: Query heads to keep in each kept group (alive ones first, padded with
+            dead heads, which add nothing).
+
+    Returns:
+        One boolean per query head.
+    """
+    keep = np.zeros(alive.shape, bool)
+    for g in np.argsort(~alive.any(axis=1), kind="stable")[:n_groups]:
+        keep[g, np.argsort(~alive[g], kind="stable")[:per_group]] = True
+    return keep.reshape(-1)

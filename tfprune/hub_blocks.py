@@ -134,11 +134,9 @@ def fixed_heads(layer: keras.layers.Layer, block: Block) -> str | None:
     """Why `tfprune.shrink` cannot rebuild the block with fewer heads, or `None` if it can.
 
     It can when the head size is in the block's config or a `tfprune.hub_sized` subclass
-    takes it, and the block has one attention layer (a decoder's self and cross attention
-    share one head count).
+    takes it. (A decoder's self and cross attention share one head count: they are
+    rebuilt with the same number of heads.)
     """
-    if len(attention_layers(layer, block)) > 1:
-        return "has self and cross attention, which share one head count"
     if block.head_size is None and block.sized is None:
         return (
             "computes its head size as hidden_dim // num_query_heads, so it cannot be "

@@ -43,13 +43,16 @@ def opaque_block(g: Graph, call: Call) -> str:
 
 
 def _attention_heads(g: Graph, call: Call, block: hub_blocks.Block) -> None:
-    """One group per attention layer of a block: its key/value heads, each a channel.
+    """One group of a block's attention heads: its key/value heads, each a channel.
 
     A channel is a key/value head with the query heads it serves (grouped-query attention
     loses whole groups, never a mix); it holds the query, key and value projections' head
-    slices and the output projection's rows of its query heads.
+    slices and the output projection's rows of its query heads. The self and cross
+    attention of a decoder share one head count, so head `k` of both is one channel:
+    they lose the same heads.
     """
     q, k, v, o = block.projections
+    heads = None
     for attr, sub in hub_blocks.attention_layers(call.layer, block):
         axes = {}
         for name in block.projections:
@@ -57,15 +60,16 @@ def _attention_heads(g: Graph, call: Call, block: hub_blocks.Block) -> None:
             kernel, *_ = registry.lookup(dense).weight_specs(dense)
             axes[name] = kernel.in_axes[0] if name == o else kernel.out_axes[0]
         n_q = registry.resolve(sub, f"{q}.kernel").shape[axes[q]]
-        heads = g.new(registry.resolve(sub, f"{k}.kernel").shape[axes[k]])
+        if heads is None:
+            heads = g.new(registry.resolve(sub, f"{k}.kernel").shape[axes[k]])
         per_query = heads[np.arange(n_q) * heads.size // n_q]
         for name, ids in ((q, per_query), (k, heads), (v, heads)):
             g.record(call.layer, f"{attr}.{name}.kernel", axes[name], ids, "output")
             g.record(call.layer, f"{attr}.{name}.bias", 0, ids, "output")
         g.record(call.layer, f"{attr}.{o}.kernel", axes[o], per_query, "input")
-        reason = hub_blocks.fixed_heads(call.layer, block)
-        if reason is not None:
-            g.freeze(heads, f"{call.name} {reason}")
+    reason = hub_blocks.fixed_heads(call.layer, block)
+    if reason is not None:
+        g.freeze(heads, f"{call.name} {reason}")
 
 
 def transformer_block(g: Graph, call: Call) -> np.ndarray:
