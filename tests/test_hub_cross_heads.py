@@ -57,6 +57,8 @@ def test_half_the_self_and_cross_attention_heads_are_removed_exactly(case, tmp_p
         assert np.flatnonzero(h.dead_heads()).tolist() == sorted(
             np.argsort(scores[h.name], kind="stable")[:2].tolist()
         )
+    # Which heads go is each layer's own choice (here they differ).
+    assert (heads[1].dead_heads() != heads[2].dead_heads()).any()
     decoder = small.get_layer("dec")
     assert type(decoder) is hub_sized.HeadSizedTransformerDecoder
     config = decoder.get_config()
@@ -111,3 +113,19 @@ def test_prune_channels_removes_the_same_heads_of_self_and_cross_attention():
     assert (old[1].dead_heads() == old[2].dead_heads()).all()
     feed = _feed()
     assert np.abs(_np(small(feed)) - _np(pruned(feed))).max() < 2e-5
+
+
+def test_activation_scores_and_ignore_treat_self_and_cross_attention_together():
+    model = _encoder_decoder()
+    source, target = _feed()
+    data = [{"source": source, "target": target}]
+    scores = tfprune.heads.head_scores(model, "activation", data)
+    pruned = tfprune.prune_heads(model, 0.5, criterion="activation", data=data)
+    for h in tfprune.heads.attention_heads(pruned):
+        assert np.flatnonzero(h.dead_heads()).tolist() == sorted(
+            np.argsort(scores[h.name], kind="stable")[:2].tolist()
+        )
+    # Ignoring the cross attention leaves the self attention of its block whole too.
+    pruned = tfprune.prune_heads(model, 0.5, ignore=["dec/cross_attention"])
+    dead = [int(h.dead_heads().sum()) for h in tfprune.heads.attention_heads(pruned)]
+    assert dead == [2, 0, 0]
