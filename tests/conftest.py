@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -14,6 +16,25 @@ import pytest
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)
+
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def load_benchmark(name: str):
+    """A module of benchmarks/ (`name` without `.py`), for tests of the benchmark scripts.
+
+    benchmarks/ is on `sys.path` only while the module loads: it holds a `transformers.py`
+    that must not shadow the package of that name.
+    """
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", f"{BENCHMARKS}/{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(BENCHMARKS)
+    return module
 
 
 def small_cnn(name: str = "cnn") -> keras.Model:

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 
 import keras
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 L = keras.layers
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load():
-    path = os.path.join(ROOT, "benchmarks", "coverage.py")
-    spec = importlib.util.spec_from_file_location("bench_coverage", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cov = _load()
+cov = load_benchmark("coverage")
 
 
 def _tiny():

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 import re
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load():
-    path = os.path.join(ROOT, "benchmarks", "_transformers.py")
-    spec = importlib.util.spec_from_file_location("bench_transformers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-T = _load()
+T = load_benchmark("_transformers")
 
 
 def test_ngram_perplexity_matches_witten_bell_by_hand():

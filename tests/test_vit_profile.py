@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
-import sys
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-
-
-def _load(name: str):
-    """A benchmarks/ module, imported with benchmarks/ on sys.path only while it loads (the
-    folder holds a `transformers.py` that must not shadow the package of that name)."""
-    sys.path.insert(0, BENCH)
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench{name}", f"{BENCH}/{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(BENCH)
-    return module
-
-
-prof = _load("_vit_profile")
+prof = load_benchmark("_vit_profile")
 
 
 def test_op_delta_lists_added_operators_most_frequent_first():
@@ -55,7 +37,7 @@ def test_stages_cut_block_zero_by_stage_then_whole_blocks_then_the_head():
 
 @pytest.mark.slow
 def test_profile_stage_operators_add_up_to_the_whole_file():
-    T = _load("_transformers")
+    T = load_benchmark("_transformers")
     model = T.vit(blocks=2, dim=16, heads=2, mlp=32, patch=7)
     x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
     lines = prof.profile({"dense": model}, x, blocks=2, rounds=1)
