@@ -40,12 +40,16 @@ def test_width_model_flash_macs_and_live_bytes_at_any_width(width_model):
     # ops c1, c2, mean, out (BatchNormalization and ReLU fold into c1): inputs + output
     assert wm.live(np.array([4, 6])).tolist() == [64 + 256, 256 + 384, 384 + 6, 6 + 3]
     assert wm.live(np.array([2, 3])).tolist() == [64 + 128, 128 + 192, 192 + 3, 3 + 3]
+    # the arena adds 8 B (requantization multiplier and shift) per convolution output
+    # channel, at every op; the Dense layer has none
+    assert wm.arena(np.array([4, 6])).tolist() == [v + 80 for v in [320, 640, 390, 9]]
+    assert wm.arena(np.array([2, 3])).tolist() == [v + 40 for v in [192, 320, 195, 6]]
 
 
 def _anchored(wm, limits, floor):
     search = Search(wm, limits, floor)
     w = wm.full
-    search.anchor({"flash": wm.flash(w), "arena": wm.live(w).max(), "macs": wm.macs(w)})
+    search.anchor({"flash": wm.flash(w), "arena": wm.arena(w).max(), "macs": wm.macs(w)})
     return search
 
 
@@ -84,11 +88,13 @@ def test_floor_protects_a_group_while_others_can_be_cut(width_model):
 def test_arena_limit_cuts_only_groups_at_ops_over_the_limit():
     wm = WidthModel(prune_channels(_model(extra_dense=True), ratio=0.0))
     assert [g.producers for g in wm.groups] == [["c1"], ["c2"], ["d1"]]
-    # Live bytes per op: c1 320, c2 640, mean 390, d1 11, out 8; a 500 B limit is exceeded
-    # at c2 only (by 140 B): c1 and c2 channels save 64 B each there, d1's nothing, so d1
-    # (least important) is left alone and the three least important c2 channels go.
+    # Live bytes per op: c1 320, c2 640, mean 390, d1 11, out 8, plus 80 B of requantization
+    # data (8 B per c1 and c2 channel); a 540 B limit is exceeded at c2 only (by 180 B): c1
+    # and c2 channels save 72 B each there, d1's nothing, so d1 (least important) is left
+    # alone and the three least important c2 channels go.
     assert wm.live(wm.full).tolist() == [320, 640, 390, 11, 8]
-    search = _anchored(wm, {"arena": 500}, [1, 1, 1])
+    assert wm.arena(wm.full).tolist() == [400, 720, 470, 91, 88]
+    search = _anchored(wm, {"arena": 540}, [1, 1, 1])
     scores = [np.full(4, 5.0), np.arange(1.0, 7.0), np.full(5, 0.01)]
     keeps = [np.ones(4, bool), np.ones(6, bool), np.ones(5, bool)]
     assert search.select(scores, keeps, quota=100) == 3
@@ -107,11 +113,12 @@ def test_anchor_offsets_the_models_to_measured_values(width_model):
 
 
 def test_give_back_restores_a_group_the_arena_does_not_limit():
-    # Live bytes per op: c1 64 + 64 w1, c2 64 (w1 + w2), mean 65 w2, d1 w2 + wd, out wd + 3.
-    # A 512 B arena allows w1 + w2 <= 8 and w2 <= 7: from (2, 4, 2), c2 comes back to 6
-    # (more important than c1) and d1, at no op near the limit, to its full 5.
+    # Arena bytes per op: c1 64 + 64 w1, c2 64 (w1 + w2), mean 65 w2, d1 w2 + wd, out wd + 3,
+    # each plus 8 (w1 + w2) of requantization data. A 576 B arena allows w1 + w2 <= 8 and
+    # w2 <= 7: from (2, 4, 2), c2 comes back to 6 (more important than c1) and d1, at no
+    # op near the limit, to its full 5.
     wm = WidthModel(prune_channels(_model(extra_dense=True), ratio=0.0))
-    search = _anchored(wm, {"arena": 512}, [1, 1, 1])
+    search = _anchored(wm, {"arena": 576}, [1, 1, 1])
     keeps = [np.array([1, 1, 0, 0], bool), np.array([1, 1, 1, 1, 0, 0], bool)]
     keeps.append(np.array([1, 0, 0, 1, 0], bool))
     search.widths = np.array([2, 4, 2])

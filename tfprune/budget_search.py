@@ -49,6 +49,9 @@ _FOLDED = (
 # Per output channel of an int8 kernel: its int32 bias, and a float32 scale and an int64 zero
 # point for each of the two (per-channel quantization).
 _CHANNEL_BYTES = 4 + 2 * (4 + 8)
+# Per output channel of a convolution (Conv or DepthwiseConv op): the int32 requantization
+# multiplier and shift TFLite Micro keeps in the arena for as long as the model is loaded.
+_ARENA_CHANNEL_BYTES = 4 + 4
 
 
 class WidthModel:
@@ -81,6 +84,7 @@ class WidthModel:
         macs = {r.name: r.macs or 0 for r in summary(model, print_fn=None).rows}
         table: dict[tuple, tuple] = {}
         self._per_channel = np.zeros(len(self.groups))
+        self._persistent = np.zeros(len(self.groups))
         for i, g in enumerate(self.groups):
             for m in g.members:
                 shape = tuple(registry.resolve(m.layer, m.weight).shape)
@@ -90,6 +94,8 @@ class WidthModel:
                 table.setdefault(key, (shape, {}, macs.get(m.layer.name, 0)))[1][m.axis] = i
                 if m.role == "output":
                     self._per_channel[i] += _CHANNEL_BYTES
+                    if len(shape) >= 3:  # a convolution kernel
+                        self._persistent[i] += _ARENA_CHANNEL_BYTES
         self._weights = list(table.values())
 
     def _tensor_table(self, g, group_no: np.ndarray, prunable: dict[int, int]) -> None:
@@ -148,6 +154,14 @@ class WidthModel:
         """Bytes of int8 tensors alive at each op (its inputs, output and those kept for later)."""
         return self._live @ (self._size - self._slope @ (self.full - widths))
 
+    def arena(self, widths: np.ndarray) -> np.ndarray:
+        """Arena bytes at each op: `live` plus the convolutions' per-channel requantization data.
+
+        TFLite Micro keeps an int32 multiplier and shift per output channel of every Conv and
+        DepthwiseConv op in the arena for the model's lifetime, so they count at every op.
+        """
+        return self.live(widths) + float(self._persistent @ widths)
+
 
 class Search:
     """Greedy channel removal against anchored resource models (see the module docstring).
@@ -171,7 +185,7 @@ class Search:
         w = self.widths
         self._offset = {
             "flash": measured["flash"] - self.model.flash(w),
-            "arena": measured["arena"] - float(self.model.live(w).max()),
+            "arena": measured["arena"] - float(self.model.arena(w).max()),
             "macs": measured["macs"] - self.model.macs(w),
         }
         if measured.get("latency") is not None:
@@ -182,7 +196,7 @@ class Search:
         out = {}
         for name in self.limits:
             if name == "arena":
-                value = self.model.live(widths) + self._offset["arena"]
+                value = self.model.arena(widths) + self._offset["arena"]
             elif name == "latency":
                 value = self.model.macs(widths) * self._seconds_per_mac
             else:
@@ -293,6 +307,52 @@ class Search:
             keeps[j][c] = True
             self.widths[j] += 1
             added.append(choice)
+
+    def swap(self, scores: list[np.ndarray], keeps: list[np.ndarray]) -> list[tuple]:
+        """Moves channels between groups, one at a time, while every limit still holds.
+
+        Each time, of the moves "drop group i's least important kept channel, bring back
+        group j's most important dropped one" that keep every limit under the anchored
+        models and group i at or above its floor, the one that gains most importance
+        comes back; stops when no move gains any. Give-back only adds, so it cannot undo
+        an uneven cut: a swap can, where the limits leave no room for one more channel.
+
+        Args:
+            scores: Per group, each channel's importance (as for `give_back`).
+            keeps: Per group, which channels are kept (modified in place).
+
+        Returns:
+            The moves, `((i, channel dropped), (j, channel added))` in the order made.
+        """
+        moves = []
+        for _ in range(int(self.model.full.sum())):  # each move gains: a bound, not a limit
+            best, choice = 0.0, None
+            for i, keep_i in enumerate(keeps):
+                kept = np.flatnonzero(keep_i)
+                if self.widths[i] <= self.floor[i] or kept.size <= 1:
+                    continue
+                out = int(kept[np.argmin(scores[i][kept])])
+                for j, keep_j in enumerate(keeps):
+                    dropped = np.flatnonzero(~keep_j)
+                    if j == i or not dropped.size:
+                        continue
+                    back = int(dropped[np.argmax(scores[j][dropped])])
+                    gain = scores[j][back] - scores[i][out]
+                    if gain <= best:
+                        continue
+                    moved = self.widths.copy()
+                    moved[i] -= 1
+                    moved[j] += 1
+                    if not self.excess(moved):
+                        best, choice = gain, ((i, out), (j, back))
+            if choice is None:
+                break
+            (i, out), (j, back) = choice
+            keeps[i][out], keeps[j][back] = False, True
+            self.widths[i] -= 1
+            self.widths[j] += 1
+            moves.append(choice)
+        return moves
 
     def undo(self, added: list[tuple], keeps: list[np.ndarray]) -> None:
         """Drops again channels that `give_back` added (`(group, channel)` pairs)."""
