@@ -149,3 +149,53 @@ def test_give_back_takes_the_most_important_channel_per_slack_and_stops_at_the_l
     assert search.widths.tolist() == [3, 5]
     assert search.excess(search.widths) == {}
     assert search.excess(np.array([3, 6])) != {} and search.excess(np.array([4, 5])) != {}
+
+
+def _best_of_same_size(wm, limit, scores, total):
+    """Brute force: the highest kept importance over widths with `total` channels that fit."""
+    best = -np.inf
+    for w1 in range(1, 5):
+        w = np.array([w1, total - w1])
+        if 1 <= w[1] <= 6 and wm.flash(w) <= limit:
+            kept = sum(np.sort(s)[::-1][:n].sum() for s, n in zip(scores, w))
+            best = max(best, kept)
+    return best
+
+
+def test_swap_moves_channels_to_the_known_optimum_within_the_limits(width_model):
+    # Flash: kernels 9 w1 + w1 w2 + 3 w2 and 28 B per channel. With 6 channels, (1, 5),
+    # (2, 4), (3, 3) and (4, 2) cost 29, 38, 45 and 50 B + 168: all fit in 10 B above
+    # (3, 3). (2, 4) keeps the most importance (2 + 2 + 1.6 + 1.5 + 1 + 1 = 9.1): one
+    # move, c1's channel 0 (0.2) for c2's channel 3 (1.5).
+    wm = width_model
+    limit = wm.flash(np.array([3, 3])) + 10
+    scores = [np.array([0.2, 2.0, 2.0, 0.1]), np.array([1.0, 1.0, 1.0, 1.5, 1.6, 0.05])]
+    search = _anchored(wm, {"flash": limit}, [1, 1])
+    search.widths = np.array([3, 3])
+    keeps = [np.array([1, 1, 1, 0], bool), np.array([1, 0, 1, 0, 1, 0], bool)]
+    assert search.swap(scores, keeps) == [((0, 0), (1, 3))]
+    assert search.widths.tolist() == [2, 4] and search.excess(search.widths) == {}
+    assert keeps[0].tolist() == [0, 1, 1, 0] and keeps[1].tolist() == [1, 0, 1, 1, 1, 0]
+    kept = sum(s[k].sum() for s, k in zip(scores, keeps))
+    assert kept == pytest.approx(9.1) == _best_of_same_size(wm, limit, scores, 6)
+    # The floor keeps c1 at 3: no move gains (c2's least important kept channel, 1.0, is
+    # worth more than c1's best dropped one, 0.2).
+    search = _anchored(wm, {"flash": limit}, [3, 1])
+    search.widths = np.array([3, 3])
+    keeps = [np.array([1, 1, 1, 0], bool), np.array([1, 0, 1, 0, 1, 0], bool)]
+    assert search.swap(scores, keeps) == [] and search.widths.tolist() == [3, 3]
+
+
+def test_swap_never_breaks_a_limit(width_model):
+    # c1's dropped channel 3 is worth 5 (c2's least kept 1): moving it in costs 5 B
+    # ((4, 2) against (3, 3), see above). With 4 B of room nothing moves; with 5 B it moves
+    # (and c1 is then full).
+    wm = width_model
+    assert wm.flash(np.array([4, 2])) - wm.flash(np.array([3, 3])) == 5
+    scores = [np.array([1.0, 1.0, 1.0, 5.0]), np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])]
+    for room, moves in ((4, []), (5, [((1, 0), (0, 3))])):
+        search = _anchored(wm, {"flash": wm.flash(np.array([3, 3])) + room}, [1, 1])
+        search.widths = np.array([3, 3])
+        keeps = [np.array([1, 1, 1, 0], bool), np.array([1, 0, 1, 0, 1, 0], bool)]
+        assert search.swap(scores, keeps) == moves
+        assert search.excess(search.widths) == {}
