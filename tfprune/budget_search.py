@@ -21,7 +21,14 @@ latency. Groups keep at least `floor` channels while other groups can still be c
 Removal can overshoot: the arena limit may be met only when the last op over it shrinks,
 after other groups already gave up more than the other limits needed. `Search.give_back`
 then adds dropped channels back while the anchored models say every limit still holds,
-the most important per share of the tightest remaining slack first.
+the most important per share of the tightest remaining slack first. Give-back only adds:
+`Search.swap` then moves channels between groups (the least important kept one out, the
+most important dropped one in) while every limit holds, which undoes an uneven cut where
+the limits leave no room for one more channel.
+
+The arena at an op is its live activation bytes plus what TFLite Micro keeps for the
+model's lifetime: per convolution output channel, an int32 requantization multiplier and
+shift (8 B); other persistent data does not depend on the widths and is in the anchor.
 """
 
 from __future__ import annotations
