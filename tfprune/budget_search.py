@@ -39,6 +39,7 @@ import keras
 import numpy as np
 
 from tfprune import layers as registry
+from tfprune.export.micro import planned_peak
 from tfprune.graph import walk
 from tfprune.summary import summary
 
@@ -135,6 +136,7 @@ class WidthModel:
         for k in range(len(size)):
             if first[k] == last[k] and first[k] >= 0:  # not read by any op: a model output
                 last[k] = ops
+        self._span = [(max(a, 0), b) for a, b in zip(first, last)]
         self._size = np.array(size, np.float64)
         self._slope = np.array(slope, np.float64).reshape(len(size), len(self.full))
         self._live = np.zeros((max(ops, 1), len(size)))
@@ -162,12 +164,17 @@ class WidthModel:
         return self._live @ (self._size - self._slope @ (self.full - widths))
 
     def arena(self, widths: np.ndarray) -> np.ndarray:
-        """Arena bytes at each op: `live` plus the convolutions' per-channel requantization data.
+        """Arena bytes at each op, whose maximum is what TFLite Micro plans, up to a constant.
 
-        TFLite Micro keeps an int32 multiplier and shift per output channel of every Conv and
-        DepthwiseConv op in the arena for the model's lifetime, so they count at every op.
+        `live`, plus what the greedy planner loses to alignment and fragmentation (its peak
+        minus the highest `live`: tensors of uneven sizes do not pack), plus the int32
+        multiplier and shift TFLite Micro keeps per output channel of every Conv and
+        DepthwiseConv op for the model's lifetime.
         """
-        return self.live(widths) + float(self._persistent @ widths)
+        live = self.live(widths)
+        sizes = np.rint(self._size - self._slope @ (self.full - widths))
+        peak = planned_peak([(n, a, b) for n, (a, b) in zip(sizes, self._span)][::-1])
+        return live + (peak - live.max()) + float(self._persistent @ widths)
 
 
 class Search:
