@@ -8,6 +8,7 @@ import pytest
 
 from tfprune.budget_search import Search, WidthModel
 from tfprune.channel_pruning import prune_channels
+from tfprune.export.micro import planned_peak
 
 L = keras.layers
 
@@ -44,6 +45,16 @@ def test_width_model_flash_macs_and_live_bytes_at_any_width(width_model):
     # channel, at every op; the Dense layer has none
     assert wm.arena(np.array([4, 6])).tolist() == [v + 80 for v in [320, 640, 390, 9]]
     assert wm.arena(np.array([2, 3])).tolist() == [v + 40 for v in [192, 320, 195, 6]]
+
+
+def test_planned_peak_counts_what_uneven_sizes_do_not_pack():
+    # A (ops 0-1) and B (1-2) of 64 B, G (2-3) of 48 B, I (3-4) of 80 B: at most 128 B are
+    # live at once, but the planner puts I at 0, A at 0, B at 64, and G, alive with B and
+    # I, fits neither below I nor between I and B: it goes at 128, a peak of 176 B.
+    buffers = [(64, 0, 1), (64, 1, 2), (48, 2, 3), (80, 3, 4)]
+    live = [sum(n for n, a, b in buffers if a <= op <= b) for op in range(5)]
+    assert max(live) == 128 and planned_peak(buffers) == 176
+    assert planned_peak([(60, 0, 1), (1, 1, 2)]) == 64 + 16  # 16-byte aligned
 
 
 def _anchored(wm, limits, floor):
