@@ -6,8 +6,9 @@ DS-CNN and ResNet-8 as built in `benchmarks/mcu.py` (untrained: the arena depend
 widths only), pruned uniformly (`tfprune.prune_channels(ratio=r)`), converted to int8 and
 run in TFLite Micro. The width model is anchored to the measured arena at full width (an
 offset, as `fit_budget` does after every step) and predicts the others from the live
-activation bytes alone and with TFLite Micro's 8 B per convolution output channel
-(requantization multiplier and shift). Appends the table to benchmarks/RESULTS.md.
+activation bytes alone (the model before) and with `WidthModel.arena` (the greedy planner's
+peak and TFLite Micro's 8 B per convolution output channel: requantization multiplier and
+shift). Appends the table to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -64,9 +65,10 @@ def main(argv=None) -> int:
         f"Machine: {machine()}. Run time {time.time() - start:.0f} s.",
         "Uniformly pruned int8 models (untrained), arena measured in TFLite Micro (64-bit "
         "host); predictions anchored to the measurement at ratio 0: live activation bytes "
-        "only (before), and with 8 B per convolution output channel (now).",
+        "only (before), and `WidthModel.arena` (planner peak + 8 B per convolution output "
+        "channel).",
         "",
-        "| model | ratio | channels | TFLM arena B | live only B | error | with 8 B/channel B "
+        "| model | ratio | channels | TFLM arena B | live only B | error | WidthModel.arena B "
         "| error |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
