@@ -18,7 +18,7 @@ model is cached in `$TFPRUNE_CACHE` or `~/.cache/tfprune`), exported to int8, an
 budgets of 50 / 35 / 25 % of its int8 flash AND of its TFLite Micro arena:
 - budget-driven: `tfprune.fit_budget` (`--criterion` importance per resource saved at the
   current widths, re-measured every step, arena confirmed in TFLite Micro, then channels
-  given back while every limit holds);
+  given back while every limit holds and moved between groups);
 - uniform: `tfprune.prune_channels(ratio=r)` with the same ratio in every layer, `r` the
   smallest (1/64 steps) whose int8 file meets both limits (found on the width model,
   confirmed on the file).
@@ -187,7 +187,10 @@ def _budget_row(label, model, xt, y_train, evals, limits, args) -> str:
     except ValueError as e:
         return f"| {label} | budget | - | - | - | - | - | - | unmeetable | {e} |"
     _fit(small, xt, y_train, args.tune_epochs, 1e-3)
-    note = f"{args.criterion}, {report.iterations} steps, {report.given_back} given back"
+    note = (
+        f"{args.criterion}, {report.iterations} steps, {report.given_back} given back, "
+        f"{report.swapped} moved"
+    )
     return _row(label, "budget", small, xt[:200], evals, limits, note)
 
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from tfprune.budget import Resources
-from tfprune.budget_give_back import give_back, restore_channels, snapshot_weights
+from tfprune.budget_give_back import give_back, restore_channels, snapshot_weights, swap
 from tfprune.budget_search import Search, WidthModel
 from tfprune.channel_pruning import prune_channels, zero_channels
 
@@ -98,3 +98,45 @@ def test_give_back_undoes_the_last_additions_while_the_file_breaks_a_limit():
     assert current.flash == limit
     kernel = wm.groups[0].members[0].layer.kernel.numpy()
     assert (kernel[..., [1, 3]] == 0).all() and (kernel[..., [0, 2]] != 0).all()
+
+
+def test_swap_undoes_the_last_moves_while_the_file_breaks_a_limit():
+    # c1 at 1 of 4 channels, c2 full; the models allow any widths. c1's dropped channels 2
+    # (3.0) and 3 (2.0) are worth more than c2's (1.0): two moves, to (3, 4). The file's
+    # true limit allows (2, 5) only: the second move is undone (c1's channel 3 zeroed
+    # again, c2's channel 1 given back its weights) and the file at (2, 5) fits.
+    model = _randomised(prune_channels(_model(), ratio=0.0))
+    wm = WidthModel(model)
+    groups = wm.groups
+    limit = wm.flash(np.array([2, 5]))
+    search = Search(wm, {"flash": wm.flash(wm.full)}, [1, 1])
+    search.widths = np.array([1, 6])
+    keeps = [np.array([1, 0, 0, 0], bool), np.ones(6, bool)]
+    snapshot = snapshot_weights(groups)
+    zero_channels(groups[0], keeps[0])
+    measured = []
+
+    def alive(name):
+        kernel = model.get_layer(name).kernel.numpy()
+        return np.abs(kernel).sum(axis=tuple(range(kernel.ndim - 1))) > 0
+
+    def remeasure():
+        widths = (int(alive("c1").sum()), int(alive("c2").sum()))
+        measured.append(widths)
+        return _resources(wm.flash(np.array(widths)))
+
+    scores = [np.array([1.0, 0.5, 3.0, 2.0]), np.ones(6)]
+    start = _resources(wm.flash(search.widths))
+    current, moved = swap(
+        search, scores, keeps, start, groups, snapshot, remeasure, lambda r: r.flash > limit
+    )
+    assert measured == [(3, 4), (2, 5)] and moved == 1 and current.flash == limit
+    assert search.widths.tolist() == [2, 5]
+    assert keeps[0].tolist() == [1, 0, 1, 0] and keeps[1].tolist() == [0, 1, 1, 1, 1, 1]
+    assert alive("c1").tolist() == [1, 0, 1, 0] and alive("c2").tolist() == [0, 1, 1, 1, 1, 1]
+    np.testing.assert_array_equal(
+        model.get_layer("c1").kernel.numpy()[..., 2], snapshot["c1/kernel"][..., 2]
+    )
+    np.testing.assert_array_equal(
+        model.get_layer("c2").kernel.numpy()[..., 1], snapshot["c2/kernel"][..., 1]
+    )

@@ -8,6 +8,7 @@ import pytest
 
 from tfprune.budget_search import Search, WidthModel
 from tfprune.channel_pruning import prune_channels
+from tfprune.export.micro import planned_peak
 
 L = keras.layers
 
@@ -40,12 +41,26 @@ def test_width_model_flash_macs_and_live_bytes_at_any_width(width_model):
     # ops c1, c2, mean, out (BatchNormalization and ReLU fold into c1): inputs + output
     assert wm.live(np.array([4, 6])).tolist() == [64 + 256, 256 + 384, 384 + 6, 6 + 3]
     assert wm.live(np.array([2, 3])).tolist() == [64 + 128, 128 + 192, 192 + 3, 3 + 3]
+    # the arena adds 8 B (requantization multiplier and shift) per convolution output
+    # channel, at every op; the Dense layer has none
+    assert wm.arena(np.array([4, 6])).tolist() == [v + 80 for v in [320, 640, 390, 9]]
+    assert wm.arena(np.array([2, 3])).tolist() == [v + 40 for v in [192, 320, 195, 6]]
+
+
+def test_planned_peak_counts_what_uneven_sizes_do_not_pack():
+    # A (ops 0-1) and B (1-2) of 64 B, G (2-3) of 48 B, I (3-4) of 80 B: at most 128 B are
+    # live at once, but the planner puts I at 0, A at 0, B at 64, and G, alive with B and
+    # I, fits neither below I nor between I and B: it goes at 128, a peak of 176 B.
+    buffers = [(64, 0, 1), (64, 1, 2), (48, 2, 3), (80, 3, 4)]
+    live = [sum(n for n, a, b in buffers if a <= op <= b) for op in range(5)]
+    assert max(live) == 128 and planned_peak(buffers) == 176
+    assert planned_peak([(60, 0, 1), (1, 1, 2)]) == 64 + 16  # 16-byte aligned
 
 
 def _anchored(wm, limits, floor):
     search = Search(wm, limits, floor)
     w = wm.full
-    search.anchor({"flash": wm.flash(w), "arena": wm.live(w).max(), "macs": wm.macs(w)})
+    search.anchor({"flash": wm.flash(w), "arena": wm.arena(w).max(), "macs": wm.macs(w)})
     return search
 
 
@@ -84,11 +99,13 @@ def test_floor_protects_a_group_while_others_can_be_cut(width_model):
 def test_arena_limit_cuts_only_groups_at_ops_over_the_limit():
     wm = WidthModel(prune_channels(_model(extra_dense=True), ratio=0.0))
     assert [g.producers for g in wm.groups] == [["c1"], ["c2"], ["d1"]]
-    # Live bytes per op: c1 320, c2 640, mean 390, d1 11, out 8; a 500 B limit is exceeded
-    # at c2 only (by 140 B): c1 and c2 channels save 64 B each there, d1's nothing, so d1
-    # (least important) is left alone and the three least important c2 channels go.
+    # Live bytes per op: c1 320, c2 640, mean 390, d1 11, out 8, plus 80 B of requantization
+    # data (8 B per c1 and c2 channel); a 540 B limit is exceeded at c2 only (by 180 B): c1
+    # and c2 channels save 72 B each there, d1's nothing, so d1 (least important) is left
+    # alone and the three least important c2 channels go.
     assert wm.live(wm.full).tolist() == [320, 640, 390, 11, 8]
-    search = _anchored(wm, {"arena": 500}, [1, 1, 1])
+    assert wm.arena(wm.full).tolist() == [400, 720, 470, 91, 88]
+    search = _anchored(wm, {"arena": 540}, [1, 1, 1])
     scores = [np.full(4, 5.0), np.arange(1.0, 7.0), np.full(5, 0.01)]
     keeps = [np.ones(4, bool), np.ones(6, bool), np.ones(5, bool)]
     assert search.select(scores, keeps, quota=100) == 3
@@ -107,11 +124,12 @@ def test_anchor_offsets_the_models_to_measured_values(width_model):
 
 
 def test_give_back_restores_a_group_the_arena_does_not_limit():
-    # Live bytes per op: c1 64 + 64 w1, c2 64 (w1 + w2), mean 65 w2, d1 w2 + wd, out wd + 3.
-    # A 512 B arena allows w1 + w2 <= 8 and w2 <= 7: from (2, 4, 2), c2 comes back to 6
-    # (more important than c1) and d1, at no op near the limit, to its full 5.
+    # Arena bytes per op: c1 64 + 64 w1, c2 64 (w1 + w2), mean 65 w2, d1 w2 + wd, out wd + 3,
+    # each plus 8 (w1 + w2) of requantization data. A 576 B arena allows w1 + w2 <= 8 and
+    # w2 <= 7: from (2, 4, 2), c2 comes back to 6 (more important than c1) and d1, at no
+    # op near the limit, to its full 5.
     wm = WidthModel(prune_channels(_model(extra_dense=True), ratio=0.0))
-    search = _anchored(wm, {"arena": 512}, [1, 1, 1])
+    search = _anchored(wm, {"arena": 576}, [1, 1, 1])
     keeps = [np.array([1, 1, 0, 0], bool), np.array([1, 1, 1, 1, 0, 0], bool)]
     keeps.append(np.array([1, 0, 0, 1, 0], bool))
     search.widths = np.array([2, 4, 2])
@@ -142,3 +160,53 @@ def test_give_back_takes_the_most_important_channel_per_slack_and_stops_at_the_l
     assert search.widths.tolist() == [3, 5]
     assert search.excess(search.widths) == {}
     assert search.excess(np.array([3, 6])) != {} and search.excess(np.array([4, 5])) != {}
+
+
+def _best_of_same_size(wm, limit, scores, total):
+    """Brute force: the highest kept importance over widths with `total` channels that fit."""
+    best = -np.inf
+    for w1 in range(1, 5):
+        w = np.array([w1, total - w1])
+        if 1 <= w[1] <= 6 and wm.flash(w) <= limit:
+            kept = sum(np.sort(s)[::-1][:n].sum() for s, n in zip(scores, w))
+            best = max(best, kept)
+    return best
+
+
+def test_swap_moves_channels_to_the_known_optimum_within_the_limits(width_model):
+    # Flash: kernels 9 w1 + w1 w2 + 3 w2 and 28 B per channel. With 6 channels, (1, 5),
+    # (2, 4), (3, 3) and (4, 2) cost 29, 38, 45 and 50 B + 168: all fit in 10 B above
+    # (3, 3). (2, 4) keeps the most importance (2 + 2 + 1.6 + 1.5 + 1 + 1 = 9.1): one
+    # move, c1's channel 0 (0.2) for c2's channel 3 (1.5).
+    wm = width_model
+    limit = wm.flash(np.array([3, 3])) + 10
+    scores = [np.array([0.2, 2.0, 2.0, 0.1]), np.array([1.0, 1.0, 1.0, 1.5, 1.6, 0.05])]
+    search = _anchored(wm, {"flash": limit}, [1, 1])
+    search.widths = np.array([3, 3])
+    keeps = [np.array([1, 1, 1, 0], bool), np.array([1, 0, 1, 0, 1, 0], bool)]
+    assert search.swap(scores, keeps) == [((0, 0), (1, 3))]
+    assert search.widths.tolist() == [2, 4] and search.excess(search.widths) == {}
+    assert keeps[0].tolist() == [0, 1, 1, 0] and keeps[1].tolist() == [1, 0, 1, 1, 1, 0]
+    kept = sum(s[k].sum() for s, k in zip(scores, keeps))
+    assert kept == pytest.approx(9.1) == _best_of_same_size(wm, limit, scores, 6)
+    # The floor keeps c1 at 3: no move gains (c2's least important kept channel, 1.0, is
+    # worth more than c1's best dropped one, 0.2).
+    search = _anchored(wm, {"flash": limit}, [3, 1])
+    search.widths = np.array([3, 3])
+    keeps = [np.array([1, 1, 1, 0], bool), np.array([1, 0, 1, 0, 1, 0], bool)]
+    assert search.swap(scores, keeps) == [] and search.widths.tolist() == [3, 3]
+
+
+def test_swap_never_breaks_a_limit(width_model):
+    # c1's dropped channel 3 is worth 5 (c2's least kept 1): moving it in costs 5 B
+    # ((4, 2) against (3, 3), see above). With 4 B of room nothing moves; with 5 B it moves
+    # (and c1 is then full).
+    wm = width_model
+    assert wm.flash(np.array([4, 2])) - wm.flash(np.array([3, 3])) == 5
+    scores = [np.array([1.0, 1.0, 1.0, 5.0]), np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])]
+    for room, moves in ((4, []), (5, [((1, 0), (0, 3))])):
+        search = _anchored(wm, {"flash": wm.flash(np.array([3, 3])) + room}, [1, 1])
+        search.widths = np.array([3, 3])
+        keeps = [np.array([1, 1, 1, 0], bool), np.array([1, 0, 1, 0, 1, 0], bool)]
+        assert search.swap(scores, keeps) == moves
+        assert search.excess(search.widths) == {}

@@ -27,7 +27,7 @@ import numpy as np
 
 from tfprune import criteria as criteria_lib
 from tfprune import export
-from tfprune.budget_give_back import give_back, snapshot_weights
+from tfprune.budget_give_back import give_back, snapshot_weights, swap
 from tfprune.budget_search import Search, WidthModel
 from tfprune.budget_sharing import WeightSharing
 from tfprune.channel_pruning import prune_channels, taylor_terms, zero_channels
@@ -112,6 +112,7 @@ class BudgetReport:
         widths: `{producer layers: (channels before, channels after)}` per channel group.
         iterations: Pruning steps taken.
         given_back: Channels added back once every limit was met (`Search.give_back`).
+        swapped: Channels moved between groups after that (`Search.swap`).
     """
 
     budget: Budget
@@ -120,6 +121,7 @@ class BudgetReport:
     widths: dict[str, tuple[int, int]]
     iterations: int
     given_back: int = 0
+    swapped: int = 0
 
     @property
     def met(self) -> dict[str, bool]:
@@ -139,7 +141,7 @@ class BudgetReport:
             lines.append(f"{name:<9} {cells[0]:>12} {cells[1]:>12} {cells[2]:>12}  {met}")
         lines.append(
             f"arena: {self.after.arena_source}; {self.iterations} pruning steps, "
-            f"{self.given_back} channels given back"
+            f"{self.given_back} channels given back, {self.swapped} moved"
         )
         if self.after.latency_source is not None:
             lines.append(f"latency: LiteRT on this machine, {self.after.latency_source}")
@@ -320,6 +322,9 @@ def fit_budget(
     while the models say every limit still holds, the most important per share of the
     tightest remaining slack first, with the weights they had before they were zeroed;
     the file is measured again and the last additions undone while a limit is broken.
+    Then channels are moved, one at a time, from the group where one costs least
+    importance to the group where a dropped one gains most while the models say every
+    limit holds (checked on the file the same way), and given back again if that left room.
     Steps are measured without running the file in LiteRT (some thin int8 files fail to
     prepare in LiteRT's XNNPACK delegate); the returned model's file is test-run once.
 
@@ -444,16 +449,15 @@ def fit_budget(
         current = measure(copy, data, want_latency, mode, sharing=sharing, litert_check=False)
         left = max(_excess(current, budget).values(), default=0.0)
         bar.update(int(100 * (1 - left / start)) if start else 100)
-    current, given = give_back(
-        search,
-        last,
-        keeps,
-        current,
-        groups,
-        snapshot,
+    on_file = (
         lambda: measure(copy, data, want_latency, arena, sharing=sharing, litert_check=False),
         lambda res: bool(_excess(res, budget)),
     )
+    current, given = give_back(search, last, keeps, current, groups, snapshot, *on_file)
+    current, swapped = swap(search, last, keeps, current, groups, snapshot, *on_file)
+    if swapped:  # a move may leave room for one more channel
+        current, more = give_back(search, last, keeps, current, groups, snapshot, *on_file)
+        given += more
     if verbose:
         sys.stdout.write("\n")
     small = shrink(copy)
@@ -465,5 +469,6 @@ def fit_budget(
         widths={"+".join(g.producers): (g.channels, int(k.sum())) for g, k in zip(groups, keeps)},
         iterations=iteration,
         given_back=given,
+        swapped=swapped,
     )
     return small, report

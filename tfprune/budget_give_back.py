@@ -1,10 +1,13 @@
-"""The give-back phase of `tfprune.fit_budget`: channels added back once every limit is met.
+"""The give-back and swap phases of `tfprune.fit_budget`, once every limit is met.
 
 Removal can overshoot (the arena limit may be met only when the last op over it shrinks,
 after other groups gave up more than the other limits needed). `give_back` adds dropped
 channels back while the anchored width models say every limit holds
 (`tfprune.budget_search.Search.give_back`), gives them the weights they had before they
 were zeroed, measures the file and undoes the last additions while a limit is broken.
+`swap` then moves channels from the groups where they matter least to those where a dropped
+channel matters most while the models say every limit holds (`Search.swap`), checked on the
+file the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from tfprune import layers as registry
 from tfprune.budget_search import Search
 from tfprune.channel_pruning import zero_channels
 
-__all__ = ["give_back", "restore_channels", "snapshot_weights"]
+__all__ = ["give_back", "restore_channels", "snapshot_weights", "swap"]
 
 
 def snapshot_weights(groups: list) -> dict[str, np.ndarray]:
@@ -113,3 +116,57 @@ def give_back(
         else:
             break
     return current, total
+
+
+def swap(
+    search: Search,
+    scores: list[np.ndarray],
+    keeps: list[np.ndarray],
+    current,
+    groups: list,
+    snapshot: dict[str, np.ndarray],
+    remeasure: Callable[[], object],
+    broken: Callable[[object], bool],
+) -> tuple[object, int]:
+    """Moves channels between groups while every limit holds, measured on the file.
+
+    Re-anchors the models to `current`, makes the moves `search.swap` finds, gives the
+    channels brought back their weights and zeroes those dropped, and measures the file;
+    while a limit is broken, the later half of the moves is undone and the file
+    re-measured.
+
+    Args:
+        search: The `Search` whose widths are the model's now (every limit met).
+        scores: Per group, each channel's importance (dropped channels: their last score).
+        keeps: Per group, which channels are kept (modified in place).
+        current: The `tfprune.budget.Resources` measured for the model now.
+        groups: The model's channel groups, in the search's order.
+        snapshot: `snapshot_weights(groups)` taken before any channel was zeroed.
+        remeasure: Converts and measures the model as it is now.
+        broken: Whether measured resources break a limit.
+
+    Returns:
+        `(resources of the model returned, moves kept)`.
+    """
+    search.anchor(dataclasses.asdict(current))
+    moves = search.swap(scores, keeps)
+    _apply(groups, keeps, moves, snapshot)
+    while moves:
+        trial = remeasure()
+        if not broken(trial):
+            return trial, len(moves)
+        back, moves = moves[len(moves) // 2 :], moves[: len(moves) // 2]
+        for (i, out), (j, added) in back:
+            keeps[i][out], keeps[j][added] = True, False
+            search.widths[i] += 1
+            search.widths[j] -= 1
+        _apply(groups, keeps, [((j, a), (i, o)) for (i, o), (j, a) in back], snapshot)
+    return current, 0
+
+
+def _apply(groups: list, keeps: list[np.ndarray], moves: list[tuple], snapshot) -> None:
+    """Restores the channels `moves` bring back (if still kept) and zeroes those dropped."""
+    back = [(j, c) for _, (j, c) in moves if keeps[j][c]]
+    restore_channels(groups, back, snapshot)
+    for i in {i for (i, _), _ in moves}:
+        zero_channels(groups[i], keeps[i])

@@ -21,7 +21,14 @@ latency. Groups keep at least `floor` channels while other groups can still be c
 Removal can overshoot: the arena limit may be met only when the last op over it shrinks,
 after other groups already gave up more than the other limits needed. `Search.give_back`
 then adds dropped channels back while the anchored models say every limit still holds,
-the most important per share of the tightest remaining slack first.
+the most important per share of the tightest remaining slack first. Give-back only adds:
+`Search.swap` then moves channels between groups (the least important kept one out, the
+most important dropped one in) while every limit holds, which undoes an uneven cut where
+the limits leave no room for one more channel.
+
+The arena at an op is its live activation bytes plus what TFLite Micro keeps for the
+model's lifetime: per convolution output channel, an int32 requantization multiplier and
+shift (8 B); other persistent data does not depend on the widths and is in the anchor.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import keras
 import numpy as np
 
 from tfprune import layers as registry
+from tfprune.export.micro import planned_peak
 from tfprune.graph import walk
 from tfprune.summary import summary
 
@@ -49,6 +57,9 @@ _FOLDED = (
 # Per output channel of an int8 kernel: its int32 bias, and a float32 scale and an int64 zero
 # point for each of the two (per-channel quantization).
 _CHANNEL_BYTES = 4 + 2 * (4 + 8)
+# Per output channel of a convolution (Conv or DepthwiseConv op): the int32 requantization
+# multiplier and shift TFLite Micro keeps in the arena for as long as the model is loaded.
+_ARENA_CHANNEL_BYTES = 4 + 4
 
 
 class WidthModel:
@@ -81,6 +92,7 @@ class WidthModel:
         macs = {r.name: r.macs or 0 for r in summary(model, print_fn=None).rows}
         table: dict[tuple, tuple] = {}
         self._per_channel = np.zeros(len(self.groups))
+        self._persistent = np.zeros(len(self.groups))
         for i, g in enumerate(self.groups):
             for m in g.members:
                 shape = tuple(registry.resolve(m.layer, m.weight).shape)
@@ -90,6 +102,8 @@ class WidthModel:
                 table.setdefault(key, (shape, {}, macs.get(m.layer.name, 0)))[1][m.axis] = i
                 if m.role == "output":
                     self._per_channel[i] += _CHANNEL_BYTES
+                    if len(shape) >= 3:  # a convolution kernel
+                        self._persistent[i] += _ARENA_CHANNEL_BYTES
         self._weights = list(table.values())
 
     def _tensor_table(self, g, group_no: np.ndarray, prunable: dict[int, int]) -> None:
@@ -122,6 +136,7 @@ class WidthModel:
         for k in range(len(size)):
             if first[k] == last[k] and first[k] >= 0:  # not read by any op: a model output
                 last[k] = ops
+        self._span = [(max(a, 0), b) for a, b in zip(first, last)]
         self._size = np.array(size, np.float64)
         self._slope = np.array(slope, np.float64).reshape(len(size), len(self.full))
         self._live = np.zeros((max(ops, 1), len(size)))
@@ -148,6 +163,19 @@ class WidthModel:
         """Bytes of int8 tensors alive at each op (its inputs, output and those kept for later)."""
         return self._live @ (self._size - self._slope @ (self.full - widths))
 
+    def arena(self, widths: np.ndarray) -> np.ndarray:
+        """Arena bytes at each op, whose maximum is what TFLite Micro plans, up to a constant.
+
+        `live`, plus what the greedy planner loses to alignment and fragmentation (its peak
+        minus the highest `live`: tensors of uneven sizes do not pack), plus the int32
+        multiplier and shift TFLite Micro keeps per output channel of every Conv and
+        DepthwiseConv op for the model's lifetime.
+        """
+        live = self.live(widths)
+        sizes = np.rint(self._size - self._slope @ (self.full - widths))
+        peak = planned_peak([(n, a, b) for n, (a, b) in zip(sizes, self._span)][::-1])
+        return live + (peak - live.max()) + float(self._persistent @ widths)
+
 
 class Search:
     """Greedy channel removal against anchored resource models (see the module docstring).
@@ -171,7 +199,7 @@ class Search:
         w = self.widths
         self._offset = {
             "flash": measured["flash"] - self.model.flash(w),
-            "arena": measured["arena"] - float(self.model.live(w).max()),
+            "arena": measured["arena"] - float(self.model.arena(w).max()),
             "macs": measured["macs"] - self.model.macs(w),
         }
         if measured.get("latency") is not None:
@@ -182,7 +210,7 @@ class Search:
         out = {}
         for name in self.limits:
             if name == "arena":
-                value = self.model.live(widths) + self._offset["arena"]
+                value = self.model.arena(widths) + self._offset["arena"]
             elif name == "latency":
                 value = self.model.macs(widths) * self._seconds_per_mac
             else:
@@ -293,6 +321,52 @@ class Search:
             keeps[j][c] = True
             self.widths[j] += 1
             added.append(choice)
+
+    def swap(self, scores: list[np.ndarray], keeps: list[np.ndarray]) -> list[tuple]:
+        """Moves channels between groups, one at a time, while every limit still holds.
+
+        Each time, of the moves "drop group i's least important kept channel, bring back
+        group j's most important dropped one" that keep every limit under the anchored
+        models and group i at or above its floor, the one that gains most importance
+        comes back; stops when no move gains any. Give-back only adds, so it cannot undo
+        an uneven cut: a swap can, where the limits leave no room for one more channel.
+
+        Args:
+            scores: Per group, each channel's importance (as for `give_back`).
+            keeps: Per group, which channels are kept (modified in place).
+
+        Returns:
+            The moves, `((i, channel dropped), (j, channel added))` in the order made.
+        """
+        moves = []
+        for _ in range(int(self.model.full.sum())):  # each move gains: a bound, not a limit
+            best, choice = 0.0, None
+            for i, keep_i in enumerate(keeps):
+                kept = np.flatnonzero(keep_i)
+                if self.widths[i] <= self.floor[i] or kept.size <= 1:
+                    continue
+                out = int(kept[np.argmin(scores[i][kept])])
+                for j, keep_j in enumerate(keeps):
+                    dropped = np.flatnonzero(~keep_j)
+                    if j == i or not dropped.size:
+                        continue
+                    back = int(dropped[np.argmax(scores[j][dropped])])
+                    gain = scores[j][back] - scores[i][out]
+                    if gain <= best:
+                        continue
+                    moved = self.widths.copy()
+                    moved[i] -= 1
+                    moved[j] += 1
+                    if not self.excess(moved):
+                        best, choice = gain, ((i, out), (j, back))
+            if choice is None:
+                break
+            (i, out), (j, back) = choice
+            keeps[i][out], keeps[j][back] = False, True
+            self.widths[i] -= 1
+            self.widths[j] += 1
+            moves.append(choice)
+        return moves
 
     def undo(self, added: list[tuple], keeps: list[np.ndarray]) -> None:
         """Drops again channels that `give_back` added (`(group, channel)` pairs)."""

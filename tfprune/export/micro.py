@@ -100,6 +100,35 @@ def _align(n: int) -> int:
     return -(-n // _ALIGN) * _ALIGN
 
 
+def planned_peak(buffers: list[tuple[int, int, int]]) -> int:
+    """Bytes TFLite Micro's GreedyMemoryPlanner needs for buffers with these lifetimes.
+
+    Buffers are 16-byte aligned and placed largest first (equal sizes in the order given:
+    the planner sorts stably), each at the lowest offset free during its lifetime.
+
+    Args:
+        buffers: `(bytes, first op, last op)` per buffer.
+
+    Returns:
+        The highest end of a placed buffer.
+    """
+    ordered = sorted(((_align(int(n)), a, b) for n, a, b in buffers), key=lambda b: -b[0])
+    placed: list[tuple[int, int, int, int]] = []  # offset, size, first, last
+    peak = 0
+    for size, start, end in ordered:
+        live = sorted(
+            (o, s) for o, s, a, b in placed if not (b < start or end < a)
+        )  # buffers alive at the same time
+        offset = 0
+        for o, s in live:
+            if offset + size <= o:
+                break
+            offset = max(offset, o + s)
+        placed.append((offset, size, start, end))
+        peak = max(peak, offset + size)
+    return peak
+
+
 def arena_estimate(model: str | os.PathLike | bytes | TFLiteInfo) -> ArenaEstimate:
     """Estimates the tensor arena a TFLite Micro interpreter needs for a .tflite file.
 
@@ -138,26 +167,13 @@ def arena_estimate(model: str | os.PathLike | bytes | TFLiteInfo) -> ArenaEstima
             if t >= 0:
                 first.setdefault(t, step)
                 last[t] = max(last.get(t, step), step)
-    # Largest first; equal sizes in tensor order (TFLite Micro's planner sorts stably).
-    buffers = [
-        (_align(info.tensors[t].nbytes), first[t], last[t])
-        for t in sorted(first, reverse=True)
-        if not info.tensors[t].constant
-    ]
-    buffers.sort(key=lambda b: -b[0])
-    placed: list[tuple[int, int, int, int]] = []  # offset, size, first, last
-    peak = 0
-    for size, start, end in buffers:
-        live = sorted(
-            (o, s) for o, s, a, b in placed if not (b < start or end < a)
-        )  # buffers alive at the same time
-        offset = 0
-        for o, s in live:
-            if offset + size <= o:
-                break
-            offset = max(offset, o + s)
-        placed.append((offset, size, start, end))
-        peak = max(peak, offset + size)
+    peak = planned_peak(
+        [
+            (info.tensors[t].nbytes, first[t], last[t])
+            for t in sorted(first, reverse=True)
+            if not info.tensors[t].constant
+        ]
+    )
     weighted, channels = 0, 0
     for name, ins, _ in info.operators:
         if name in _PER_CHANNEL_OPS:
