@@ -124,6 +124,7 @@ def test_other_modes_run_and_agree(digits_cnn, tmp_path, quantize, io_dtype, mea
     assert result.verification.agreement >= 0.98
 
 
+@pytest.mark.slow
 def test_calibration_data_forms_give_the_same_file(digits_cnn, tmp_path):
     model, (x_train, y_train), _ = digits_cnn
     x = x_train[:64]

@@ -204,6 +204,7 @@ def test_resume_with_other_settings_raises(tmp_path):
         search(rounds=1, rate=0.5, directory=tmp_path).run(X, Y, **FIT)
 
 
+@pytest.mark.slow
 def test_random_mask_control_has_the_same_counts_and_init(layer_search):
     s = search(control="random_mask", reference=layer_search, rounds=3)
     s.run(X, Y, **FIT)
@@ -220,6 +221,7 @@ def test_random_mask_control_has_the_same_counts_and_init(layer_search):
         )
 
 
+@pytest.mark.slow
 def test_reinit_control_has_the_same_masks_and_new_weights(layer_search):
     s = search(control="reinit", reference=layer_search, rounds=3)
     s.run(X, Y, **FIT)

@@ -216,6 +216,7 @@ def test_mlp_params_and_macs_shrink_in_proportion():
     assert stats.macs == 20 * 16 + 16 * 8 + 8 * 4
 
 
+@pytest.mark.slow
 def test_keras_application_mobilenet_v2_small_input():
     model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), alpha=0.35)
     _, small = _check(model, (32, 32, 3))
