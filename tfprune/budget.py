@@ -30,7 +30,8 @@ from tfprune import export
 from tfprune.budget_give_back import give_back, snapshot_weights, swap
 from tfprune.budget_search import Search, WidthModel
 from tfprune.budget_sharing import WeightSharing
-from tfprune.channel_pruning import prune_channels, taylor_terms, zero_channels
+from tfprune.budget_importance import COMPARABLE, importance
+from tfprune.channel_pruning import prune_channels, zero_channels
 from tfprune.latency_table import LatencyTable
 from tfprune.shrink import shrink
 from tfprune.summary import summary
@@ -276,20 +277,6 @@ def _check_runs(small: keras.Model, data) -> None:
             )
 
 
-def _importance(fn, criterion: str, groups, model, data, loss) -> list[np.ndarray]:
-    """Per group, each channel's importance in `model` now.
-
-    `"taylor"` takes fresh gradients of `loss` on the first 512 examples of `data` (which
-    must then be `(x, y)`), in batches of 64.
-    """
-    context = criteria_lib.ChannelContext(seed=0)
-    if criterion == "taylor":
-        x, y = (np.asarray(a)[:512] for a in data)
-        batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
-        context.gradients = taylor_terms(model, batches, loss)
-    return [np.asarray(fn(g, context), np.float64) for g in groups]
-
-
 def fit_budget(
     model: keras.Model,
     budget: Budget,
@@ -332,10 +319,14 @@ def fit_budget(
         model: A built Sequential or functional Keras model.
         budget: The limits (`Budget`).
         data: Calibration examples `x` or `(x, y)` for int8 conversion (first 200 used).
-        criterion: Channel importance (see `tfprune.prune_channels`). Scores are divided
-            by their group's mean at full width, except `"taylor"`'s (an estimate of the
-            loss change, comparable across groups: divided by the mean over all groups);
-            `"taylor"` needs `data=(x, y)` and a loss, and is recomputed every step.
+        criterion: Channel importance: a channel criterion (see
+            `tfprune.prune_channels`), or `"loss"`: each group's measured loss increase
+            per channel when its next lowest-L1 channels (a quarter of those kept, or
+            `step` if smaller) are zeroed together, ordered by L1 within the group
+            (`tfprune.budget_importance`). Scores are divided by their group's mean at
+            full width, except those of `"taylor"` and `"loss"` (loss changes,
+            comparable across groups: divided by the mean over all groups). `"taylor"`
+            and `"loss"` need `data=(x, y)` and a loss, and are recomputed every step.
         step: Largest fraction of the remaining channels removed per step.
         fine_tune: Optional `fn(model, iteration)` that trains the zeroed model in place
             between steps (e.g. one short `model.fit`); zeroed channels are zeroed again
@@ -355,7 +346,8 @@ def fit_budget(
             measured model is clustered and its file LUT-compressed, so flash counts the
             compressed file and the arena the decoded tensors. The returned model is not
             clustered: apply `sharing.shared(small)` (or train with clustering) before export.
-        loss: For `criterion="taylor"`: the loss (default: the compiled model's).
+        loss: For `criterion="taylor"` or `"loss"`: the loss (default: the compiled
+            model's).
 
     Returns:
         `(small, report)`: the shrunk model that meets the budget and a `BudgetReport`.
@@ -364,7 +356,8 @@ def fit_budget(
         ValueError: If the budget cannot be met even with one channel per group (the
             message names each resource and by how much), for a `step` outside (0, 1] or a
             `min_keep` outside [0, 1), or if the limits are still unmet after
-            `max_iterations`, or for `criterion="taylor"` without `data=(x, y)`.
+            `max_iterations`, or for `criterion="taylor"` or `"loss"` without
+            `data=(x, y)` or without a loss.
         TypeError: If `model` is not a Keras model or `budget` not a `Budget`.
     """
     if not isinstance(budget, Budget):
@@ -378,15 +371,22 @@ def fit_budget(
         raise ValueError(
             f"Expected `min_keep` to be a float in [0, 1). Received: min_keep={min_keep!r}"
         )
-    if criterion == "taylor" and not (isinstance(data, (tuple, list)) and len(data) == 2):
+    if criterion in COMPARABLE and not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ValueError(
-            "Criterion 'taylor' needs labelled data: pass data=(x, y). Received: data of "
-            f"type {type(data).__name__}"
+            f"Criterion {criterion!r} needs labelled data: pass data=(x, y). Received: data "
+            f"of type {type(data).__name__}"
         )
+    loss = loss if loss is not None else getattr(model, "loss", None)
+    if criterion in COMPARABLE and loss is None:
+        raise ValueError(
+            f"Criterion {criterion!r} needs a loss. Compile the model first or pass "
+            "`loss=keras.losses.SparseCategoricalCrossentropy(...)`. Received: loss=None"
+        )
+    if criterion != "loss":
+        criteria_lib.get_channel(criterion)  # an unknown name fails before any conversion
     copy = prune_channels(model, ratio=0.0)  # a plain zeroable copy (raises TypeError)
     width_model = WidthModel(copy)
     groups = width_model.groups
-    fn = criteria_lib.get_channel(criterion)
     keeps = [np.ones(g.channels, bool) for g in groups]
     want_latency = (latency_table or LatencyTable()) if budget.latency is not None else False
     before = measure(copy, data, want_latency, arena, sharing=sharing, litert_check=False)
@@ -402,9 +402,9 @@ def fit_budget(
         raise _unmeetable(lowest, budget)
     floor = [max(1, math.ceil(min_keep * g.channels)) for g in groups]
     search = Search(width_model, budget.limits(), floor)
-    loss = loss if loss is not None else getattr(model, "loss", None)
-    last = _importance(fn, criterion, groups, copy, data, loss)
-    if criterion == "taylor":  # an estimate of the loss change: comparable across groups
+    chunk = min(step, 0.25)
+    last = importance(criterion, groups, keeps, copy, data, loss, chunk)
+    if criterion in COMPARABLE:  # a loss change: one unit across groups
         means = [np.concatenate(last).mean() or 1.0] * len(groups)
     else:
         means = [s.mean() if s.mean() > 0 else 1.0 for s in last]
@@ -432,7 +432,8 @@ def fit_budget(
             )
         search.anchor(dataclasses.asdict(current))
         scores = [
-            s / m for s, m in zip(_importance(fn, criterion, groups, copy, data, loss), means)
+            s / m
+            for s, m in zip(importance(criterion, groups, keeps, copy, data, loss, chunk), means)
         ]
         for score, keep, kept in zip(last, keeps, scores):
             score[keep] = kept[keep]  # dropped channels keep their last score for give-back
