@@ -10,6 +10,7 @@ import pytest
 from conftest import small_cnn, toy_data
 
 import tfprune
+from tfprune import budget as budget_lib
 from tfprune import criteria
 from tfprune.budget_importance import loss_prices
 from tfprune.budget_search import WidthModel
@@ -80,3 +81,19 @@ def test_fit_budget_loss_criterion_needs_labels_and_a_loss(digits_cnn):
     plain = keras.Model(model.inputs, model.outputs)  # not compiled: no loss
     with pytest.raises(ValueError, match=r"Criterion 'loss' needs a loss\..*Received: loss=None"):
         tfprune.fit_budget(plain, tfprune.Budget(flash=1000), (x_train, y_train), criterion="loss")
+
+
+@pytest.mark.slow  # several int8 conversions (about 50 s on 2 shared cores)
+def test_fit_budget_with_loss_prices_meets_the_limits(digits_cnn):
+    model, (x_train, y_train), _ = digits_cnn
+    before = budget_lib.measure(model, x_train, arena="estimate")
+    limits = tfprune.Budget(flash=int(before.flash * 0.6))
+    small, report = tfprune.fit_budget(
+        model, limits, (x_train, y_train), criterion="loss", arena="estimate", verbose=False
+    )
+    assert report.met == {"flash": True} and report.after.flash <= limits.flash
+    assert report.after.flash == budget_lib.measure(small, x_train, arena="estimate").flash
+    widths = {name: kept for name, (_, kept) in report.widths.items()}
+    assert [
+        small.get_layer(n).get_config()["filters" if "conv" in n else "units"] for n in widths
+    ] == list(widths.values())

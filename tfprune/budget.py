@@ -28,9 +28,9 @@ import numpy as np
 from tfprune import criteria as criteria_lib
 from tfprune import export
 from tfprune.budget_give_back import give_back, snapshot_weights, swap
+from tfprune.budget_importance import COMPARABLE, importance
 from tfprune.budget_search import Search, WidthModel
 from tfprune.budget_sharing import WeightSharing
-from tfprune.budget_importance import COMPARABLE, importance
 from tfprune.channel_pruning import prune_channels, zero_channels
 from tfprune.latency_table import LatencyTable
 from tfprune.shrink import shrink
