@@ -404,6 +404,7 @@ def fit_budget(
     search = Search(width_model, budget.limits(), floor)
     chunk = min(step, 0.25)
     last = importance(criterion, groups, keeps, copy, data, loss, chunk)
+    reference = [criteria_lib.get_channel("l1")(g, None) for g in groups]
     if criterion in COMPARABLE:  # a loss change: one unit across groups
         means = [np.concatenate(last).mean() or 1.0] * len(groups)
     else:
@@ -433,10 +434,14 @@ def fit_budget(
         search.anchor(dataclasses.asdict(current))
         scores = [
             s / m
-            for s, m in zip(importance(criterion, groups, keeps, copy, data, loss, chunk), means)
+            for s, m in zip(
+                importance(criterion, groups, keeps, copy, data, loss, chunk, reference), means
+            )
         ]
-        for score, keep, kept in zip(last, keeps, scores):
-            score[keep] = kept[keep]  # dropped channels keep their last score for give-back
+        for score, keep, now in zip(last, keeps, scores):
+            # Other criteria score a dropped (zero) channel 0: it keeps its last score.
+            update = slice(None) if criterion == "loss" else keep
+            score[update] = now[update]
         quota = max(1, int(step * sum(int(k.sum()) for k in keeps)))
         if not search.select(scores, keeps, quota):
             raise _unmeetable(current, budget)

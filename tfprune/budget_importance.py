@@ -9,11 +9,12 @@ channel's score by what removing it saves:
   data. For every group, the next few channels it would give up (its lowest L1 among those
   kept, `chunk` of them) are zeroed together, the loss on labelled examples is measured and
   the weights put back. The loss increase per channel of that chunk is the group's price;
-  within a group, channels are ordered by L1, the price rising from 1x for the weakest kept
-  channel to 2x for the strongest, so a group that has already lost many channels costs
-  more. Unlike L1 magnitudes, which differ between layers for reasons unrelated to
-  accuracy (a BatchNormalization after the layer rescales them), the price says in one unit
-  which group's channels the model can spare.
+  within a group, channels are ordered by L1 (a dropped channel by the L1 it had before it
+  was zeroed), the price rising from 1x for the weakest channel to 2x for the strongest, so
+  that a group gives up, and gets back, its channels in L1 order. Unlike L1 magnitudes,
+  which differ between layers for reasons unrelated to accuracy (a BatchNormalization after
+  the layer rescales them), the price says in one unit which group's channels the model can
+  spare.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def loss_prices(
     data,
     loss,
     chunk: float,
+    reference: list[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Per group, each channel's measured loss price (see the module docstring).
 
@@ -79,10 +81,12 @@ def loss_prices(
         data: `(x, y)`; the first 512 examples are used.
         loss: A Keras loss (name, function or `keras.losses.Loss`).
         chunk: Fraction of a group's kept channels zeroed together (at least one).
+        reference: Per group, each channel's L1 before pruning, which orders the dropped
+            channels (default: the L1 now, for a model with nothing dropped yet).
 
     Returns:
-        Per group, one score per channel (dropped channels: 0; a group with one channel
-        left: its channel scores infinity, it cannot be cut).
+        Per group, one score per channel, dropped ones included. A group with one channel
+        left cannot be cut; its price is the highest measured.
     """
     x, y = _labelled(data)
     loss_fn = keras.losses.get(loss)
@@ -90,16 +94,19 @@ def loss_prices(
     l1 = criteria_lib.get_channel("l1")
     context = criteria_lib.ChannelContext(seed=0)
     prices, orders = [], []
-    for group, keep in zip(groups, keeps):
-        kept = np.flatnonzero(keep)
-        order = kept[np.argsort(np.asarray(l1(group, context))[kept], kind="stable")]
+    for j, (group, keep) in enumerate(zip(groups, keeps)):
+        norms = np.asarray(l1(group, context), np.float64)
+        if reference is not None:
+            norms[~keep] = reference[j][~keep]
+        order = np.argsort(norms, kind="stable")  # every channel, weakest first
         orders.append(order)
+        kept = order[keep[order]]
         if kept.size <= 1:
             prices.append(None)
             continue
         k = min(kept.size - 1, max(1, math.ceil(chunk * kept.size)))
         fewer = keep.copy()
-        fewer[order[:k]] = False
+        fewer[kept[:k]] = False
         saved = _saved(group)
         zero_channels(group, fewer)
         prices.append((_mean_loss(model, loss_fn, x, y) - base) / k)
@@ -112,7 +119,7 @@ def loss_prices(
     out = []
     for group, order, price in zip(groups, orders, prices):
         scores = np.zeros(group.channels, np.float64)
-        ramp = 1.0 + np.arange(order.size) / max(order.size, 1)
+        ramp = 1.0 + np.arange(order.size) / order.size
         scores[order] = max(top if price is None else price, floor) * ramp
         out.append(scores)
     return out
@@ -126,6 +133,7 @@ def importance(
     data,
     loss,
     chunk: float,
+    reference: list[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Per group, each channel's importance in `model` now.
 
@@ -140,12 +148,14 @@ def importance(
         data: Calibration examples, `(x, y)` for `"taylor"` and `"loss"`.
         loss: The loss for `"taylor"` and `"loss"`.
         chunk: For `"loss"`: fraction of a group's kept channels zeroed together.
+        reference: For `"loss"`: per group, each channel's L1 before pruning.
 
     Returns:
-        Per group, one score per channel.
+        Per group, one score per channel (for `"loss"`, dropped channels included: the
+        score each would have if brought back).
     """
     if criterion == "loss":
-        return loss_prices(groups, keeps, model, data, loss, chunk)
+        return loss_prices(groups, keeps, model, data, loss, chunk, reference)
     fn = criteria_lib.get_channel(criterion)
     context = criteria_lib.ChannelContext(seed=0)
     if criterion == "taylor":
