@@ -31,6 +31,7 @@ from tfprune.budget_give_back import give_back, snapshot_weights, swap
 from tfprune.budget_importance import COMPARABLE, importance
 from tfprune.budget_search import Search, WidthModel
 from tfprune.budget_sharing import WeightSharing
+from tfprune.budget_uniform import prefer_uniform
 from tfprune.channel_pruning import prune_channels, zero_channels
 from tfprune.latency_table import LatencyTable
 from tfprune.shrink import shrink
@@ -114,6 +115,8 @@ class BudgetReport:
         iterations: Pruning steps taken.
         given_back: Channels added back once every limit was met (`Search.give_back`).
         swapped: Channels moved between groups after that (`Search.swap`).
+        uniform: The ratio of the uniform model returned instead of the search's widths
+            because it was better (`tfprune.budget_uniform`), else `None`.
     """
 
     budget: Budget
@@ -123,6 +126,7 @@ class BudgetReport:
     iterations: int
     given_back: int = 0
     swapped: int = 0
+    uniform: float | None = None
 
     @property
     def met(self) -> dict[str, bool]:
@@ -144,6 +148,11 @@ class BudgetReport:
             f"arena: {self.after.arena_source}; {self.iterations} pruning steps, "
             f"{self.given_back} channels given back, {self.swapped} moved"
         )
+        if self.uniform is not None:
+            lines.append(
+                f"uniform pruning (ratio {self.uniform:.3f}) was better than the search's "
+                "widths and is returned"
+            )
         if self.after.latency_source is not None:
             lines.append(f"latency: LiteRT on this machine, {self.after.latency_source}")
         lines.append("channels per group (before -> after):")
@@ -291,6 +300,7 @@ def fit_budget(
     verbose: bool = True,
     sharing: WeightSharing | None = None,
     loss=None,
+    compare_uniform: bool = True,
 ) -> tuple[keras.Model, BudgetReport]:
     """Removes channels until the int8 model meets every limit of `budget`.
 
@@ -348,6 +358,12 @@ def fit_budget(
             clustered: apply `sharing.shared(small)` (or train with clustering) before export.
         loss: For `criterion="taylor"` or `"loss"`: the loss (default: the compiled
             model's).
+        compare_uniform: Also find the least-pruned uniform model (every group cut by
+            the same ratio, on a 1/64 grid, the channels `prune_channels(model, ratio)`
+            keeps) that meets the limits on its file, and return it instead of the
+            search's widths when it is better: lower loss on `data=(x, y)` when there is
+            a loss, else a higher sum of importance over the kept channels
+            (`tfprune.budget_uniform`; `report.uniform` says so).
 
     Returns:
         `(small, report)`: the shrunk model that meets the budget and a `BudgetReport`.
@@ -410,7 +426,7 @@ def fit_budget(
     else:
         means = [s.mean() if s.mean() > 0 else 1.0 for s in last]
     last = [s / m for s, m in zip(last, means)]
-    snapshot = snapshot_weights(groups)
+    snapshot, initial = snapshot_weights(groups), copy.get_weights()
     current = (
         before
         if mode == arena
@@ -464,6 +480,15 @@ def fit_budget(
     if swapped:  # a move may leave room for one more channel
         current, more = give_back(search, last, keeps, current, groups, snapshot, *on_file)
         given += more
+    ratio = None
+    if compare_uniform:
+        full = Search(width_model, budget.limits(), [1] * len(groups))
+        full.anchor(dataclasses.asdict(before))
+        point = prefer_uniform(
+            copy, groups, keeps, initial, reference, full, data, loss, last, *on_file
+        )
+        if point is not None:
+            keeps, current, ratio = point.keeps, point.resources, point.ratio
     if verbose:
         sys.stdout.write("\n")
     small = shrink(copy)
@@ -476,5 +501,6 @@ def fit_budget(
         iterations=iteration,
         given_back=given,
         swapped=swapped,
+        uniform=ratio,
     )
     return small, report

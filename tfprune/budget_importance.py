@@ -29,7 +29,7 @@ from tfprune import criteria as criteria_lib
 from tfprune import layers as registry
 from tfprune.channel_pruning import taylor_terms, zero_channels
 
-__all__ = ["COMPARABLE", "importance"]
+__all__ = ["COMPARABLE", "importance", "labelled", "loss_prices", "mean_loss"]
 
 # Criteria whose scores are in one unit across groups (a loss change): the search divides
 # them by their mean over all groups, not per group.
@@ -38,12 +38,31 @@ _EXAMPLES = 512  # labelled examples used by "taylor" and "loss"
 _BATCH = 128
 
 
-def _labelled(data) -> tuple[np.ndarray, np.ndarray]:
+def labelled(data) -> tuple[np.ndarray, np.ndarray]:
+    """The first 512 examples of `data=(x, y)` as arrays.
+
+    Args:
+        data: `(x, y)`.
+
+    Returns:
+        `(x, y)`.
+    """
     x, y = (np.asarray(a)[:_EXAMPLES] for a in data)
     return x, y
 
 
-def _mean_loss(model: keras.Model, loss_fn, x: np.ndarray, y: np.ndarray) -> float:
+def mean_loss(model: keras.Model, loss_fn, x: np.ndarray, y: np.ndarray) -> float:
+    """`loss_fn(y, model(x))` averaged over the examples (inference mode, batches of 128).
+
+    Args:
+        model: The model.
+        loss_fn: A Keras loss function or `keras.losses.Loss`.
+        x: Inputs.
+        y: Targets.
+
+    Returns:
+        The mean loss.
+    """
     total = 0.0
     for i in range(0, len(x), _BATCH):
         out = model(x[i : i + _BATCH], training=False)
@@ -88,9 +107,9 @@ def loss_prices(
         Per group, one score per channel, dropped ones included. A group with one channel
         left cannot be cut; its price is the highest measured.
     """
-    x, y = _labelled(data)
+    x, y = labelled(data)
     loss_fn = keras.losses.get(loss)
-    base = _mean_loss(model, loss_fn, x, y)
+    base = mean_loss(model, loss_fn, x, y)
     l1 = criteria_lib.get_channel("l1")
     context = criteria_lib.ChannelContext(seed=0)
     prices, orders = [], []
@@ -109,7 +128,7 @@ def loss_prices(
         fewer[kept[:k]] = False
         saved = _saved(group)
         zero_channels(group, fewer)
-        prices.append((_mean_loss(model, loss_fn, x, y) - base) / k)
+        prices.append((mean_loss(model, loss_fn, x, y) - base) / k)
         for var, value in saved:
             var.assign(value)
     measured = [p for p in prices if p is not None]
@@ -159,7 +178,7 @@ def importance(
     fn = criteria_lib.get_channel(criterion)
     context = criteria_lib.ChannelContext(seed=0)
     if criterion == "taylor":
-        x, y = _labelled(data)
+        x, y = labelled(data)
         batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
         context.gradients = taylor_terms(model, batches, loss)
     return [np.asarray(fn(g, context), np.float64) for g in groups]

@@ -1,0 +1,176 @@
+"""The uniform candidate `tfprune.fit_budget` weighs against the widths its search found.
+
+A greedy search can end at widths worse than the plain answer "cut every layer by the same
+fraction". That happens where one limit binds at every layer: on a DS-CNN whose activations
+all have the same spatial size, half the arena leaves room for at most half the channels
+at every depthwise layer, so no uneven allocation has more channels than the uniform one,
+and the greedy order, removing channels where they save most, can overshoot in one group
+and find no room to give them back. `fit_budget` therefore also finds the least-pruned
+uniform model that meets the limits (the same channels `tfprune.prune_channels(model,
+ratio)` keeps, the ratio on a 1/64 grid, checked on the real file) and keeps whichever of
+the two is better: lower loss on the labelled examples when there are labels and a loss,
+else the higher sum of the search's own importance scores over the kept channels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import keras
+import numpy as np
+
+from tfprune.budget_importance import labelled, mean_loss
+from tfprune.budget_search import Search
+from tfprune.channel_pruning import select_channels, zero_channels
+
+__all__ = ["UniformPoint", "prefer_uniform", "uniform_keeps", "uniform_point"]
+
+_STEPS = 64  # the ratio grid
+
+
+@dataclasses.dataclass(frozen=True)
+class UniformPoint:
+    """The least-pruned uniform model that meets the limits.
+
+    Attributes:
+        ratio: Fraction of each group's channels removed.
+        keeps: Per group, which channels are kept.
+        resources: What its file measured (`tfprune.budget.Resources`).
+    """
+
+    ratio: float
+    keeps: list[np.ndarray]
+    resources: object
+
+
+def uniform_keeps(reference: list[np.ndarray], ratio: float) -> list[np.ndarray]:
+    """Per group, the channels `prune_channels(model, ratio)` keeps under L1 (layer scope).
+
+    Args:
+        reference: Per group, each channel's L1 norm in the unpruned model.
+        ratio: Fraction of each group's channels removed.
+
+    Returns:
+        One boolean keep array per group.
+    """
+    return select_channels(reference, [None] * len(reference), "layer", ratio=ratio)
+
+
+def uniform_point(
+    search: Search,
+    reference: list[np.ndarray],
+    measure_keeps: Callable[[list[np.ndarray]], object],
+    broken: Callable[[object], bool],
+) -> UniformPoint | None:
+    """Finds the smallest ratio on a 1/64 grid whose int8 file meets every limit.
+
+    Starts from the smallest ratio the anchored width models say fits, then measures real
+    files: 1/64 lower while the file fits, or 1/64 higher until it does.
+
+    Args:
+        search: A `Search` anchored to the unpruned model's measurement, at full widths.
+        reference: Per group, each channel's L1 norm in the unpruned model.
+        measure_keeps: Zeroes the model to the given keeps (restoring the others) and
+            measures its file.
+        broken: Whether measured resources break a limit.
+
+    Returns:
+        The `UniformPoint`, or `None` when even the thinnest uniform model breaks a limit.
+    """
+    widths = [
+        np.array([k.sum() for k in uniform_keeps(reference, r / _STEPS)], np.int64)
+        for r in range(_STEPS)
+    ]
+    step = next((r for r in range(_STEPS) if not search.excess(widths[r])), _STEPS - 1)
+    best, rising = None, False
+    while 0 <= step < _STEPS:
+        keeps = uniform_keeps(reference, step / _STEPS)
+        measured = measure_keeps(keeps)
+        if not broken(measured):
+            best = UniformPoint(step / _STEPS, keeps, measured)
+            if rising:
+                return best
+            step -= 1
+        elif best is not None:
+            return best
+        else:
+            rising, step = True, step + 1
+    return best
+
+
+def apply_keeps(
+    model: keras.Model, groups: list, keeps: list[np.ndarray], initial: list[np.ndarray]
+) -> None:
+    """Sets the model's weights before pruning and zeroes the channels not kept.
+
+    Args:
+        model: The zeroable model.
+        groups: Its channel groups.
+        keeps: Per group, which channels are kept.
+        initial: `model.get_weights()` before pruning.
+    """
+    model.set_weights(initial)
+    for group, keep in zip(groups, keeps):
+        zero_channels(group, keep)
+
+
+def prefer_uniform(
+    model: keras.Model,
+    groups: list,
+    keeps: list[np.ndarray],
+    initial: list[np.ndarray],
+    reference: list[np.ndarray],
+    search: Search,
+    data,
+    loss,
+    scores: list[np.ndarray],
+    remeasure: Callable[[], object],
+    broken: Callable[[object], bool],
+) -> UniformPoint | None:
+    """The uniform point when it is better than the search's result, else `None`.
+
+    Better: a lower mean loss on `data=(x, y)` when `loss` is given, else a higher sum of
+    `scores` over the kept channels. The model is left at the winner's weights (the
+    search's result keeps any fine-tuning it had).
+
+    Args:
+        model: The zeroable model, now at the search's result (`keeps`).
+        groups: Its channel groups.
+        keeps: Per group, the channels the search kept.
+        initial: The model's weights before pruning (the uniform candidates start there).
+        reference: Per group, each channel's L1 norm before pruning.
+        search: A `Search` anchored to the unpruned model's measurement, at full widths.
+        data: Calibration examples, `(x, y)` for a loss comparison.
+        loss: The loss, or `None`.
+        scores: Per group, each channel's importance as the search saw it.
+        remeasure: Converts and measures the model as it is now.
+        broken: Whether measured resources break a limit.
+
+    Returns:
+        The better `UniformPoint`, or `None` when the search's result is kept.
+    """
+    if loss is not None and isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = labelled(data)
+        loss_fn = keras.losses.get(loss)
+
+        def cost(_: list[np.ndarray]) -> float:
+            return mean_loss(model, loss_fn, x, y)
+    else:
+
+        def cost(candidate: list[np.ndarray]) -> float:
+            return -sum(float(s[k].sum()) for s, k in zip(scores, candidate))
+
+    tuned, found = model.get_weights(), cost(keeps)
+
+    def measure_keeps(candidate: list[np.ndarray]) -> object:
+        apply_keeps(model, groups, candidate, initial)
+        return remeasure()
+
+    point = uniform_point(search, reference, measure_keeps, broken)
+    if point is not None:
+        apply_keeps(model, groups, point.keeps, initial)
+        if cost(point.keeps) < found:
+            return point
+    model.set_weights(tuned)
+    return None
