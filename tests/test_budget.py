@@ -130,6 +130,8 @@ def test_cli_fit_and_micro(digits_cnn, tmp_path, capsys):
             str(tmp_path / "small.keras"),
             "--step",
             "0.3",
+            "--criterion",
+            "loss",
         ]
     )
     out = capsys.readouterr().out
@@ -146,6 +148,23 @@ def test_cli_fit_and_micro(digits_cnn, tmp_path, capsys):
         ]
     )
     assert status == 2 and "at least one limit" in capsys.readouterr().err
+    np.savez(tmp_path / "x_only.npz", x=x_train[:100])
+    status = cli.main(
+        [
+            "fit",
+            str(tmp_path / "m.keras"),
+            "--flash",
+            "9KB",
+            "--data",
+            str(tmp_path / "x_only.npz"),
+            "-o",
+            str(tmp_path / "x.keras"),
+            "--criterion",
+            "loss",
+        ]
+    )
+    assert status == 2
+    assert "--criterion loss needs labels: save them as 'y' in" in capsys.readouterr().err
     export.tflite(model, tmp_path / "m.tflite", quantize="int8", representative_data=x_train[:100])
     args = ["micro", str(tmp_path / "m.tflite"), "--out", str(tmp_path / "c")]
     if export.tflm.available():

@@ -24,12 +24,20 @@ def parse_size(text: str) -> int:
 def add_fit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="the model to prune (.keras)")
     parser.add_argument("-o", "--output", required=True, help="the pruned model (.keras)")
-    parser.add_argument("--data", required=True, metavar="CALIB.npz", help="array 'x'")
+    parser.add_argument(
+        "--data", required=True, metavar="CALIB.npz", help="arrays 'x' (and labels 'y')"
+    )
     parser.add_argument("--flash", type=parse_size, help="int8 file size limit, e.g. 96KB")
     parser.add_argument("--arena", type=parse_size, help="TFLite Micro arena limit, e.g. 32KB")
     parser.add_argument("--macs", type=int, help="MACs per example limit")
     parser.add_argument("--latency-ms", type=float, help="LiteRT latency limit on this machine")
     parser.add_argument("--step", type=float, default=0.05, help="channels per step (fraction)")
+    parser.add_argument(
+        "--criterion",
+        default="l1",
+        help="channel importance: l1 (default), loss or taylor (these two need labels 'y' "
+        "in --data and a compiled model)",
+    )
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -45,9 +53,15 @@ def run_fit(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(f"{e} (pass --flash, --arena, --macs or --latency-ms)") from e
     model = _load_keras(args.model)
-    x, _ = _load_npz(args.data, "calibration")
+    x, y = _load_npz(args.data, "calibration")
+    if y is None and args.criterion in ("loss", "taylor"):
+        raise CliError(
+            f"--criterion {args.criterion} needs labels: save them as 'y' in {args.data}, "
+            "e.g. np.savez(path, x=x, y=y)"
+        )
+    data = x if y is None else (x, y)
     try:
-        small, report = fit_budget(model, budget, x, step=args.step)
+        small, report = fit_budget(model, budget, data, step=args.step, criterion=args.criterion)
         with atomic_path(args.output, suffix=".keras") as tmp:
             small.save(tmp)
     except (ValueError, TypeError, RuntimeError, FileNotFoundError) as e:
