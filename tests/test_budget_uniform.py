@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from conftest import toy_data
 
 from tfprune import criteria
 from tfprune.budget_search import Search, WidthModel
@@ -91,22 +90,21 @@ def test_uniform_point_walks_from_the_models_guess_to_the_smallest_ratio_that_fi
     assert calls == [[1, 1]]
 
 
-def test_prefer_uniform_returns_the_lower_loss_and_leaves_those_weights():
+def test_prefer_uniform_returns_a_dominating_uniform_point_only():
     _, zeroable, wm, reference = _setup()
-    rng = np.random.default_rng(0)
-    bn = zeroable.get_layer("bn")
-    bn.moving_variance.assign(rng.uniform(0.5, 2.0, 8).astype("float32"))
-    x, _ = toy_data(128, seed=1)
-    y = np.argmax(np.asarray(zeroable.predict(x, verbose=0)), -1)  # the dense model's labels
     groups, initial = wm.groups, zeroable.get_weights()
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    limit = wm.flash(np.array([4, 6]))
 
-    def run(keeps):
+    def run(keeps, limit_widths):
         for group, keep in zip(groups, keeps):
             zero_channels(group, keep)
+        limit = wm.flash(np.array(limit_widths))
         search = Search(wm, {"flash": limit}, [1, 1])
         search.anchor({"flash": wm.flash(wm.full), "arena": 0.0, "macs": 0.0})
+
+        def remeasure():  # the file of the model as prefer_uniform left it
+            widths = [int((np.abs(g) > 0).any(axis=(0, 1, 2)).sum()) for g in kernels()]
+            return {"flash": wm.flash(np.array(widths))}
+
         return prefer_uniform(
             zeroable,
             groups,
@@ -114,25 +112,39 @@ def test_prefer_uniform_returns_the_lower_loss_and_leaves_those_weights():
             initial,
             reference,
             search,
-            (x, y),
-            loss,
-            None,
-            lambda: {"flash": 0},  # every uniform candidate fits: ratio 0 is found
+            remeasure,
             lambda r: r["flash"] > limit,
         )
 
-    # the search kept the weakest channels: the uniform point (ratio 0) has a lower loss
-    weakest = [np.argsort(np.argsort(r)) < n for r, n in zip(reference, (4, 6))]
-    point = run(weakest)
-    assert point is not None and point.ratio == 0.0
-    assert all(k.all() for k in point.keeps)
-    for a, b in zip(zeroable.get_weights(), initial):
+    def kernels():
+        return [zeroable.get_layer(n).kernel.numpy() for n in ("c1", "c2")]
+
+    # the search kept the 3 and 5 weakest channels; uniform [4, 6] fits: it dominates
+    weakest = [np.argsort(np.argsort(r)) < n for r, n in zip(reference, (3, 5))]
+    point = run(weakest, [4, 6])
+    assert point is not None and point.ratio == 30 / 64  # the least pruning to [4, 6]
+    assert [int(k.sum()) for k in point.keeps] == [4, 6]
+    expected = prune_channels(_model_with(initial), ratio=30 / 64).get_weights()
+    for a, b in zip(zeroable.get_weights(), expected):
         np.testing.assert_array_equal(a, b)
-    # the search kept every channel, with sharper logits (a lower loss on the model's own
-    # labels): no uniform point beats it, and its weights are left as they were
-    everything = [np.ones(8, bool), np.ones(12, bool)]
+    # the search kept 8 and 2: more in c1 than any uniform model that fits ([4, 6] at most
+    # here); nothing dominates, the search's (fine-tuned) weights are left as they were
+    zeroable.set_weights(initial)
+    uneven = [np.ones(8, bool), np.arange(12) < 2]
     zeroable.get_layer("out").kernel.assign(zeroable.get_layer("out").kernel * 1.5)
+    for group, keep in zip(groups, uneven):
+        zero_channels(group, keep)
     tuned = zeroable.get_weights()
-    assert run(everything) is None
+    assert run(uneven, [4, 6]) is None
     for a, b in zip(zeroable.get_weights(), tuned):
         np.testing.assert_array_equal(a, b)
+    # the same widths as the uniform point: not more anywhere, the search's result stays
+    zeroable.set_weights(initial)
+    same = uniform_keeps(reference, 0.5)
+    assert run(same, [4, 6]) is None
+
+
+def _model_with(weights):
+    model = _model()
+    model.set_weights(weights)
+    return model

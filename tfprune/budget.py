@@ -116,7 +116,7 @@ class BudgetReport:
         given_back: Channels added back once every limit was met (`Search.give_back`).
         swapped: Channels moved between groups after that (`Search.swap`).
         uniform: The ratio of the uniform model returned instead of the search's widths
-            because it was better (`tfprune.budget_uniform`), else `None`.
+            because it dominated them (`tfprune.budget_uniform`), else `None`.
     """
 
     budget: Budget
@@ -150,8 +150,8 @@ class BudgetReport:
         )
         if self.uniform is not None:
             lines.append(
-                f"uniform pruning (ratio {self.uniform:.3f}) was better than the search's "
-                "widths and is returned"
+                f"uniform pruning (ratio {self.uniform:.3f}) keeps more channels than the "
+                "search's widths in every group and is returned"
             )
         if self.after.latency_source is not None:
             lines.append(f"latency: LiteRT on this machine, {self.after.latency_source}")
@@ -361,9 +361,8 @@ def fit_budget(
         compare_uniform: Also find the least-pruned uniform model (every group cut by
             the same ratio, on a 1/64 grid, the channels `prune_channels(model, ratio)`
             keeps) that meets the limits on its file, and return it instead of the
-            search's widths when it is better: lower loss on `data=(x, y)` when there is
-            a loss, else a higher sum of importance over the kept channels
-            (`tfprune.budget_uniform`; `report.uniform` says so).
+            search's widths when it dominates them: at least as many channels in every
+            group, more in one (`tfprune.budget_uniform`; `report.uniform` says so).
 
     Returns:
         `(small, report)`: the shrunk model that meets the budget and a `BudgetReport`.
@@ -484,9 +483,7 @@ def fit_budget(
     if compare_uniform:
         full = Search(width_model, budget.limits(), [1] * len(groups))
         full.anchor(dataclasses.asdict(before))
-        point = prefer_uniform(
-            copy, groups, keeps, initial, reference, full, data, loss, last, *on_file
-        )
+        point = prefer_uniform(copy, groups, keeps, initial, reference, full, *on_file)
         if point is not None:
             keeps, current, ratio = point.keeps, point.resources, point.ratio
     if verbose:

@@ -7,9 +7,11 @@ at every depthwise layer, so no uneven allocation has more channels than the uni
 and the greedy order, removing channels where they save most, can overshoot in one group
 and find no room to give them back. `fit_budget` therefore also finds the least-pruned
 uniform model that meets the limits (the same channels `tfprune.prune_channels(model,
-ratio)` keeps, the ratio on a 1/64 grid, checked on the real file) and keeps whichever of
-the two is better: lower loss on the labelled examples when there are labels and a loss,
-else the higher sum of the search's own importance scores over the kept channels.
+ratio)` keeps, the ratio on a 1/64 grid, checked on the real file) and returns the uniform
+model when it dominates: at least as many channels in every group, more in one. (Which of
+two non-dominated allocations is better is decided by fine-tuning, not by the loss before
+it: on DS-CNN at 35 % of flash and arena the uniform model had the lower loss before
+fine-tuning and was 7.5 points less accurate after one epoch.)
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from tfprune.budget_importance import labelled, mean_loss
 from tfprune.budget_search import Search
 from tfprune.channel_pruning import select_channels, zero_channels
 
@@ -122,17 +123,13 @@ def prefer_uniform(
     initial: list[np.ndarray],
     reference: list[np.ndarray],
     search: Search,
-    data,
-    loss,
-    scores: list[np.ndarray],
     remeasure: Callable[[], object],
     broken: Callable[[object], bool],
 ) -> UniformPoint | None:
-    """The uniform point when it is better than the search's result, else `None`.
+    """The uniform point when it dominates the search's result, else `None`.
 
-    Better: a lower mean loss on `data=(x, y)` when `loss` is given, else a higher sum of
-    `scores` over the kept channels. The model is left at the winner's weights (the
-    search's result keeps any fine-tuning it had).
+    Dominates: at least as many channels in every group, and more in one. The model is
+    left at the winner's weights (the search's result keeps any fine-tuning it had).
 
     Args:
         model: The zeroable model, now at the search's result (`keeps`).
@@ -141,36 +138,24 @@ def prefer_uniform(
         initial: The model's weights before pruning (the uniform candidates start there).
         reference: Per group, each channel's L1 norm before pruning.
         search: A `Search` anchored to the unpruned model's measurement, at full widths.
-        data: Calibration examples, `(x, y)` for a loss comparison.
-        loss: The loss, or `None`.
-        scores: Per group, each channel's importance as the search saw it.
         remeasure: Converts and measures the model as it is now.
         broken: Whether measured resources break a limit.
 
     Returns:
-        The better `UniformPoint`, or `None` when the search's result is kept.
+        The `UniformPoint` that dominates, or `None` when the search's result is kept.
     """
-    if loss is not None and isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = labelled(data)
-        loss_fn = keras.losses.get(loss)
-
-        def cost(_: list[np.ndarray]) -> float:
-            return mean_loss(model, loss_fn, x, y)
-    else:
-
-        def cost(candidate: list[np.ndarray]) -> float:
-            return -sum(float(s[k].sum()) for s, k in zip(scores, candidate))
-
-    tuned, found = model.get_weights(), cost(keeps)
+    tuned = model.get_weights()
 
     def measure_keeps(candidate: list[np.ndarray]) -> object:
         apply_keeps(model, groups, candidate, initial)
         return remeasure()
 
     point = uniform_point(search, reference, measure_keeps, broken)
+    found = np.array([k.sum() for k in keeps])
     if point is not None:
-        apply_keeps(model, groups, point.keeps, initial)
-        if cost(point.keeps) < found:
+        widths = np.array([k.sum() for k in point.keeps])
+        if (widths >= found).all() and (widths > found).any():
+            apply_keeps(model, groups, point.keeps, initial)
             return point
     model.set_weights(tuned)
     return None
