@@ -24,7 +24,7 @@ import keras
 __all__ = ["KINDS", "RuleEntry", "lookup", "register"]
 
 # How `tfprune.shrink` treats the constants that removed channels carry through a call of
-# each kind (see tfprune/shrink.py); a rule's kind must be one of these.
+# each kind (see tfprune/shrink_rules/constants.py); a rule's kind must be one of these.
 KINDS = (
     "input",
     "source",
