@@ -24,6 +24,7 @@ import numpy as np
 from tfprune import graph as graph_lib
 from tfprune import hub_hidden
 from tfprune import layers as registry
+from tfprune.graph._state import Graph, Node
 from tfprune.shrink_rules.channels import kept
 from tfprune.shrink_rules.ops import channel_range
 
@@ -32,7 +33,8 @@ __all__ = ["RULES", "Constants", "Plan", "propagate"]
 _L = keras.layers
 
 
-def _np(x) -> np.ndarray:
+def _np(x: object) -> np.ndarray:
+    """A tensor or variable as a NumPy array."""
     return keras.ops.convert_to_numpy(x)
 
 
@@ -51,7 +53,8 @@ class Plan:
     force_keep: set[int]
 
 
-def _activation(layer, x: np.ndarray) -> np.ndarray:
+def _activation(layer: keras.Operation, x: np.ndarray) -> np.ndarray:
+    """`layer.activation(x)` in float64 (`x` itself for a layer without an activation)."""
     fn = getattr(layer, "activation", None)
     if fn is None:
         return x
@@ -59,7 +62,7 @@ def _activation(layer, x: np.ndarray) -> np.ndarray:
     return _np(fn(keras.ops.convert_to_tensor(x))).astype(np.float64)
 
 
-def _uniform_conv(layer) -> bool:
+def _uniform_conv(layer: keras.layers.Layer) -> bool:
     """Whether a constant input gives a spatially uniform output (so it folds into bias)."""
     if type(layer) is _L.Dense:
         return True
@@ -76,6 +79,13 @@ class Constants:
     channel carries there (0 for kept channels). A rule either passes constants on, folds
     them into a consumer's bias (`plan.bias_delta`), or, where the constant would not stay
     uniform over space, marks the channel to be kept (`plan.force_keep`).
+
+    Each rule is a method `rule(node) -> None` for the nodes of its kind (a
+    `tfprune.graph` node: the layer, its kind, its input and output channel ids), listed in
+    `RULES`.
+
+    Args:
+        keep_id: Per channel id, whether shrink keeps it.
     """
 
     def __init__(self, keep_id: np.ndarray):
@@ -83,22 +93,73 @@ class Constants:
         self.vals: dict[int, np.ndarray] = {}
 
     def removed(self, ids: np.ndarray) -> np.ndarray:
+        """Per position of `ids`: whether it holds a channel that shrink removes.
+
+        Args:
+            ids: Channel ids of a tensor's positions.
+
+        Returns:
+            A boolean array of `ids`' shape.
+        """
         return ~kept(ids, self.plan.keep_id)
 
     def val(self, ids: np.ndarray) -> np.ndarray:
+        """The constants the positions of a tensor carry (zeros until a rule sets them).
+
+        Args:
+            ids: Channel ids of the tensor's positions (the array a node holds).
+
+        Returns:
+            One constant per position.
+        """
         return self.vals.get(id(ids), np.zeros(ids.size))
 
-    def set(self, ids: np.ndarray, values) -> None:
+    def set(self, ids: np.ndarray, values: np.ndarray | float) -> None:
+        """Records the constants of a tensor: `values` where channels are removed, else 0.
+
+        Args:
+            ids: Channel ids of the tensor's positions.
+            values: The value at every position (a scalar or one per position).
+        """
         self.vals[id(ids)] = np.where(self.removed(ids), values, 0.0)
 
     def keep_hot(self, ids: np.ndarray, values: np.ndarray) -> bool:
-        """Keeps removed channels that carry a nonzero constant; True if there were any."""
+        """Keeps removed channels that carry a nonzero constant.
+
+        Args:
+            ids: Channel ids of a tensor's positions.
+            values: The constant at every position.
+
+        Returns:
+            Whether there were any.
+        """
         hot = self.removed(ids) & (values != 0)
         self.plan.force_keep.update(ids[hot].tolist())
         return bool(hot.any())
 
-    def fold(self, layer, ids, values, kernel, in_axis) -> np.ndarray:
-        """`sum_positions values[c] * kernel[..., c, o]` over removed input channels `c`."""
+    def fold(
+        self,
+        layer: keras.layers.Layer,
+        ids: np.ndarray,
+        values: np.ndarray,
+        kernel: keras.Variable,
+        in_axis: int,
+    ) -> np.ndarray:
+        """`sum_positions values[c] * kernel[..., c, o]` over removed input channels `c`.
+
+        Where the layer's output would not be uniform over space (`_uniform_conv`), the
+        channels carrying a nonzero constant are kept instead.
+
+        Args:
+            layer: The consuming layer.
+            ids: Channel ids of its input positions.
+            values: The constant at every input position.
+            kernel: Its kernel.
+            in_axis: The kernel's input-channel axis.
+
+        Returns:
+            The bias to add, one entry per output channel (empty when there is none).
+        """
         hot = self.removed(ids) & (values != 0)
         if not hot.any():
             return np.zeros(0)
@@ -109,21 +170,24 @@ class Constants:
         k = k.reshape(-1, k.shape[-2], k.shape[-1]).sum(axis=0)
         return np.where(hot, values, 0) @ k
 
-    def _produce(self, node, delta: np.ndarray) -> None:
+    def _produce(self, node: Node, delta: np.ndarray) -> None:
+        """Records a producer's bias delta and the constants its removed outputs carry."""
         layer = node.layer
         if delta.size:
             self.plan.bias_delta[id(layer)] = delta
         bias = _np(layer.bias).astype(np.float64) if layer.use_bias else 0.0
         self.set(node.output, _activation(layer, bias + (delta if delta.size else 0.0)))
 
-    def source(self, node) -> None:
+    def source(self, node: Node) -> None:
+        """Dense / Conv: removed inputs fold into the bias; removed outputs carry f(bias)."""
         layer = node.layer
         spec = next(s for s in registry.lookup(layer).weight_specs(layer) if s.in_axes)
         kernel = registry.resolve(layer, spec.path)
         ins = node.inputs[0]
         self._produce(node, self.fold(layer, ins, self.val(ins), kernel, spec.in_axes[0]))
 
-    def separable(self, node) -> None:
+    def separable(self, node: Node) -> None:
+        """SeparableConv: through the depthwise half, then folded like `source`."""
         layer, ins = node.layer, node.inputs[0]
         dk = _np(layer.depthwise_kernel).astype(np.float64)
         dk = dk.reshape(-1, dk.shape[-2] * dk.shape[-1]).sum(axis=0)
@@ -131,7 +195,7 @@ class Constants:
         mid_ids = np.repeat(ins, layer.depth_multiplier)
         self._produce(node, self.fold(layer, mid_ids, mid, layer.pointwise_kernel, -2))
 
-    def depthwise(self, node) -> None:
+    def depthwise(self, node: Node) -> None:
         """DepthwiseConv, and Conv with `groups == channels` (one input channel each)."""
         layer, out = node.layer, node.output
         v = np.repeat(self.val(node.inputs[0]), getattr(layer, "depth_multiplier", 1))
@@ -142,7 +206,8 @@ class Constants:
         bias = _np(layer.bias).astype(np.float64) if layer.use_bias else 0.0
         self.set(out, _activation(layer, bias + v * ksum))
 
-    def norm(self, node) -> None:
+    def norm(self, node: Node) -> None:
+        """BatchNormalization: the constant, normalized with the moving statistics."""
         layer = node.layer
         mean = _np(layer.moving_mean).astype(np.float64)
         var = _np(layer.moving_variance).astype(np.float64)
@@ -153,7 +218,8 @@ class Constants:
             y = y + _np(layer.beta)
         self.set(node.output, y)
 
-    def _evaluate(self, node, merge: bool) -> None:
+    def _evaluate(self, node: Node, merge: bool) -> None:
+        """Calls the layer on the constants (a per-channel function of them)."""
         args = [
             keras.ops.convert_to_tensor(self.val(i).reshape(1, -1).astype(np.float32))
             for i in node.inputs
@@ -161,13 +227,15 @@ class Constants:
         y = _np(node.layer(args if merge else args[0])).reshape(-1)
         self.set(node.output, y.astype(np.float64))
 
-    def elementwise(self, node) -> None:
+    def elementwise(self, node: Node) -> None:
+        """A per-channel layer (activation, LayerScale): called on the constants."""
         self._evaluate(node, merge=False)
 
-    def merge(self, node) -> None:
+    def merge(self, node: Node) -> None:
+        """Add, Multiply, ...: called on the constants of every input."""
         self._evaluate(node, merge=True)
 
-    def op(self, node) -> None:
+    def op(self, node: Node) -> None:
         """A raw elementwise `keras.ops` call: run it on the constants (and its own)."""
         call = node.call
 
@@ -182,26 +250,30 @@ class Constants:
         y = _np(node.layer(*args, **kwargs)).astype(np.float64).reshape(-1)
         self.set(node.output, y)
 
-    def passthrough(self, node) -> None:
+    def passthrough(self, node: Node) -> None:
+        """Pooling, cropping, reductions: every output carries the input's constants."""
         for out in node.outputs:
             self.vals[id(out)] = self.val(node.inputs[0])
 
-    def strict(self, node) -> None:
+    def strict(self, node: Node) -> None:
         """Matmul, einsum, sum: removed channels must carry exactly zero into them."""
         for ids in node.inputs:
             self.keep_hot(ids, self.val(ids))
 
-    def split(self, node) -> None:
+    def split(self, node: Node) -> None:
+        """`keras.ops.split` along the channels: each output carries its part."""
         v = self.val(node.inputs[0])
         ends = np.cumsum([out.size for out in node.outputs])[:-1]
         for out, part in zip(node.outputs, np.split(v, ends)):
             self.vals[id(out)] = part
 
-    def pad(self, node) -> None:
+    def pad(self, node: Node) -> None:
+        """ZeroPadding: the border is zero, so a nonzero constant keeps its channel."""
         self.keep_hot(node.inputs[0], self.val(node.inputs[0]))
         self.passthrough(node)
 
-    def concat(self, node) -> None:
+    def concat(self, node: Node) -> None:
+        """Concatenate: side by side along the channels, or the same constants along space."""
         v = [self.val(i) for i in node.inputs]
         if node.output.size == sum(x.size for x in v):  # along the channels
             self.vals[id(node.output)] = np.concatenate(v)
@@ -212,7 +284,7 @@ class Constants:
                 self.keep_hot(ids, x)
         self.vals[id(node.output)] = v[0]
 
-    def flatten(self, node) -> None:
+    def flatten(self, node: Node) -> None:
         """Flatten and reshape: tiled (merged) or split into heads of `d` channels."""
         ins, out = node.inputs[0], node.output
         v = self.val(ins)
@@ -224,29 +296,29 @@ class Constants:
             self.keep_hot(ins, v)
         self.set(out, rows[0])
 
-    def slice(self, node) -> None:
+    def slice(self, node: Node) -> None:
         """`x[..., a:b]`: the constants of the range."""
         _, start, stop = channel_range(node.call)
         self.vals[id(node.output)] = self.val(node.inputs[0])[start:stop]
 
-    def nothing(self, node) -> None:
+    def nothing(self, node: Node) -> None:
         """Model inputs and layers of unknown semantics: no removed channel reaches them.
 
         Lookups (Embedding, PositionEmbedding) too: a removed channel's column is zero.
         """
 
-    def attention(self, node) -> None:
+    def attention(self, node: Node) -> None:
         """Attention: removed inputs must carry zero; a removed output carries its bias."""
         self.strict(node)
         bias = registry.resolve(node.layer, "attention_output/bias")
         self.set(node.output, 0.0 if bias is None else _np(bias).astype(np.float64))
 
-    def hidden_norm(self, node) -> None:
+    def hidden_norm(self, node: Node) -> None:
         """A norm passing channels (`through_norms=True`, not exact): a removed one is beta."""
         beta = registry.resolve(node.layer, "beta")
         self.set(node.output, 0.0 if beta is None else _np(beta).astype(np.float64))
 
-    def residual_block(self, node) -> None:
+    def residual_block(self, node: Node) -> None:
         """A keras-hub block passing the hidden width: removed channels carry zero through.
 
         Its norms see what a removed channel carries in, and its biases add to every
@@ -285,7 +357,7 @@ RULES = {
 }
 
 
-def propagate(g, keep_id: np.ndarray) -> Plan:
+def propagate(g: Graph, keep_id: np.ndarray) -> Plan:
     """Constants carried by removed channels, folded into consumers' biases.
 
     Args:

@@ -20,13 +20,14 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
+from tfprune.graph._state import Call, Node
 from tfprune.graph.rules import ops as ops_rules
 from tfprune.shrink_rules.channels import kept, positions
 
 __all__ = ["arguments", "channel_range", "config"]
 
 
-def config(node, keep_id: np.ndarray) -> dict | None:
+def config(node: Node, keep_id: np.ndarray) -> dict | None:
     """The config that rebuilds a raw operation at its kept widths.
 
     Args:
@@ -40,7 +41,7 @@ def config(node, keep_id: np.ndarray) -> dict | None:
     return None if rewrite is None else rewrite(node, keep_id)
 
 
-def arguments(node, args: Sequence, keep_id: np.ndarray) -> Sequence:
+def arguments(node: Node, args: Sequence, keep_id: np.ndarray) -> Sequence:
     """The positional arguments of a raw operation call, with widths in kept channels.
 
     Args:
@@ -60,7 +61,7 @@ def arguments(node, args: Sequence, keep_id: np.ndarray) -> Sequence:
     return args
 
 
-def channel_range(call) -> tuple[int, int, int]:
+def channel_range(call: Call) -> tuple[int, int, int]:
     """A `GetItem` that slices the channel axis: the key item's position, start and stop.
 
     Args:
@@ -76,7 +77,7 @@ def channel_range(call) -> tuple[int, int, int]:
     return k, start, stop
 
 
-def _slice_constant(value, channels: int, keep: np.ndarray):
+def _slice_constant(value: object, channels: int, keep: np.ndarray) -> object:
     """A per-channel constant argument of a raw op, cut to the kept channels."""
     if isinstance(value, keras.KerasTensor) or channels <= 1:
         return value
@@ -86,7 +87,7 @@ def _slice_constant(value, channels: int, keep: np.ndarray):
     return np.take(keras.ops.convert_to_numpy(value), keep, axis=-1)
 
 
-def _slice_key(node, keep_id: np.ndarray):
+def _slice_key(node: Node, keep_id: np.ndarray) -> tuple:
     """The key of `x[..., a:b]` with `a`, `b` counted in the kept channels."""
     k, start, stop = channel_range(node.call)
     keep = kept(node.inputs[0], keep_id)
@@ -97,7 +98,7 @@ def _slice_key(node, keep_id: np.ndarray):
     return tuple(items)
 
 
-def _reshape_config(node, keep_id: np.ndarray) -> dict:
+def _reshape_config(node: Node, keep_id: np.ndarray) -> dict:
     """`keras.ops.reshape` whose last axis changes size: the new shape says the new size."""
     config = node.layer.get_config()
     shape = list(config["newshape"])
@@ -106,7 +107,7 @@ def _reshape_config(node, keep_id: np.ndarray) -> dict:
     return config
 
 
-def _split_config(node, keep_id: np.ndarray) -> dict:
+def _split_config(node: Node, keep_id: np.ndarray) -> dict:
     """`keras.ops.split` along channels: split at the kept sizes of its outputs."""
     config = node.layer.get_config()
     sizes = [int(positions(out, keep_id).size) for out in node.outputs]
