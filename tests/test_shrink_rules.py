@@ -56,10 +56,18 @@ def test_lookup_prefers_the_class_over_the_registered_name():
 
 
 def test_register_rejects_bad_arguments():
-    with pytest.raises(TypeError, match=r"expects a layer class .* Received: target=3 of type int"):
+    where = "tfprune.shrink_rules.configs.register"
+    with pytest.raises(TypeError) as err:
         configs.register(3, configs.width("units"))
-    with pytest.raises(TypeError, match=r"Received: rule=None"):
+    assert str(err.value) == (
+        f"{where} expects a layer class, or a registered name. Received: target=3 of type int"
+    )
+    with pytest.raises(TypeError) as err:
         configs.register(_Wide, None)
+    assert (
+        str(err.value) == f"{where} expects a callable `rule(layer, resize)`. Received: rule=None"
+    )
+    assert configs.lookup(_Wide(8)) is None
 
 
 def test_a_registered_config_rule_lets_shrink_rebuild_a_custom_producer():

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import keras
 
-from tfprune.graph import CONVOLUTIONS
+from tfprune.graph import CONVOLUTIONS, table
 
 __all__ = ["Resize", "Rule", "attention", "lookup", "register", "reshape", "width"]
 
@@ -67,16 +67,9 @@ def register(target: type | str, rule: Rule) -> None:
     register(MyDense, width("units"))
     ```
     """
-    if not isinstance(target, (str, type)):
-        raise TypeError(
-            "tfprune.shrink_rules.configs.register expects a layer class or a registered "
-            f"name. Received: target={target!r} of type {type(target).__name__}"
-        )
-    if not callable(rule):
-        raise TypeError(
-            "tfprune.shrink_rules.configs.register expects a callable `rule(layer, resize)`. "
-            f"Received: rule={rule!r}"
-        )
+    table.check_entry(
+        "tfprune.shrink_rules.configs.register", target, "a layer class", rule, "layer, resize"
+    )
     _TABLE[target] = rule
 
 
@@ -89,9 +82,7 @@ def lookup(layer: keras.layers.Layer) -> Rule | None:
     Returns:
         The registered rule, or `None` when its config holds no width.
     """
-    if type(layer) in _TABLE:
-        return _TABLE[type(layer)]
-    return _TABLE.get(keras.saving.get_registered_name(type(layer)))
+    return table.find(_TABLE, layer)
 
 
 def width(key: str) -> Rule:
