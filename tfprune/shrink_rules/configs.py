@@ -110,14 +110,31 @@ def width(key: str) -> Rule:
 
 
 def reshape(layer: keras.layers.Layer, resize: Resize) -> dict:
-    """`keras.layers.Reshape`: the last axis of its target is the kept width."""
+    """`keras.layers.Reshape`: the last axis of its target is the kept width.
+
+    Args:
+        layer: The Reshape layer.
+        resize: What shrink keeps of it.
+
+    Returns:
+        `{"target_shape": ...}`, or `{}` when the layer is not in the channel graph.
+    """
     if resize.width is None:
         return {}
     return {"target_shape": (*list(layer.target_shape)[:-1], resize.width)}
 
 
 def attention(layer: keras.layers.Layer, resize: Resize) -> dict:
-    """`MultiHeadAttention` with an explicit output width (`tfprune.graph.rules.hidden`)."""
+    """`MultiHeadAttention` with an explicit output width (`tfprune.graph.rules.hidden`).
+
+    Args:
+        layer: The attention layer.
+        resize: What shrink keeps of it.
+
+    Returns:
+        `{"output_shape": (width,)}` when its config sets `output_shape` and the graph
+        recorded its output projection (`through_norms=True`), else `{}`.
+    """
     recorded = any(path.startswith("attention_output/") for path in resize.kept)
     if layer.get_config().get("output_shape") is None or not recorded:
         return {}
