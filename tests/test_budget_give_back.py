@@ -6,7 +6,13 @@ import keras
 import numpy as np
 
 from tfprune.budget import Resources
-from tfprune.budget_give_back import give_back, restore_channels, snapshot_weights, swap
+from tfprune.budget_give_back import (
+    Refinement,
+    give_back,
+    restore_channels,
+    snapshot_weights,
+    swap,
+)
 from tfprune.budget_search import Search, WidthModel
 from tfprune.channel_pruning import prune_channels, zero_channels
 
@@ -78,7 +84,8 @@ def _setup(limit_true: float):
 
 def test_give_back_keeps_what_the_file_confirms():
     wm, search, keeps, snapshot, remeasure, broken, start, scores, measured = _setup(1e9)
-    current, total = give_back(search, scores, keeps, start, wm.groups, snapshot, remeasure, broken)
+    state = Refinement(search, scores, keeps, wm.groups, snapshot, remeasure, broken)
+    current, total = give_back(state, start)
     assert total == 3 and keeps[0].all() and measured == [4]
     assert current.flash == wm.flash(wm.full)
 
@@ -90,9 +97,10 @@ def test_give_back_undoes_the_last_additions_while_the_file_breaks_a_limit():
     # again; 4 and then 3 channels break the limit, so the whole round is undone.
     limit = WidthModel(prune_channels(_model(), ratio=0.0)).flash(np.array([2, 6]))
     wm, search, keeps, snapshot, remeasure, _, start, scores, measured = _setup(limit)
-    current, total = give_back(
-        search, scores, keeps, start, wm.groups, snapshot, remeasure, lambda r: r.flash > limit
+    state = Refinement(
+        search, scores, keeps, wm.groups, snapshot, remeasure, lambda r: r.flash > limit
     )
+    current, total = give_back(state, start)
     assert measured == [4, 2, 4, 3] and total == 1
     assert keeps[0].tolist() == [True, False, True, False] and search.widths.tolist() == [2, 6]
     assert current.flash == limit
@@ -127,9 +135,10 @@ def test_swap_undoes_the_last_moves_while_the_file_breaks_a_limit():
 
     scores = [np.array([1.0, 0.5, 3.0, 2.0]), np.ones(6)]
     start = _resources(wm.flash(search.widths))
-    current, moved = swap(
-        search, scores, keeps, start, groups, snapshot, remeasure, lambda r: r.flash > limit
+    state = Refinement(
+        search, scores, keeps, groups, snapshot, remeasure, lambda r: r.flash > limit
     )
+    current, moved = swap(state, start)
     assert measured == [(3, 4), (2, 5)] and moved == 1 and current.flash == limit
     assert search.widths.tolist() == [2, 5]
     assert keeps[0].tolist() == [1, 0, 1, 0] and keeps[1].tolist() == [0, 1, 1, 1, 1, 1]

@@ -27,7 +27,7 @@ import numpy as np
 
 from tfprune import criteria as criteria_lib
 from tfprune import export
-from tfprune.budget_give_back import give_back, snapshot_weights, swap
+from tfprune.budget_give_back import Refinement, give_back, snapshot_weights, swap
 from tfprune.budget_importance import COMPARABLE, importance
 from tfprune.budget_search import Search, WidthModel
 from tfprune.budget_sharing import WeightSharing
@@ -474,10 +474,11 @@ def fit_budget(
         lambda: measure(copy, data, want_latency, arena, sharing=sharing, litert_check=False),
         lambda res: bool(_excess(res, budget)),
     )
-    current, given = give_back(search, last, keeps, current, groups, snapshot, *on_file)
-    current, swapped = swap(search, last, keeps, current, groups, snapshot, *on_file)
+    refine = Refinement(search, last, keeps, groups, snapshot, *on_file)
+    current, given = give_back(refine, current)
+    current, swapped = swap(refine, current)
     if swapped:  # a move may leave room for one more channel
-        current, more = give_back(search, last, keeps, current, groups, snapshot, *on_file)
+        current, more = give_back(refine, current)
         given += more
     ratio = None
     if compare_uniform:

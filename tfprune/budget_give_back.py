@@ -18,11 +18,10 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from tfprune import layers as registry
 from tfprune.budget_search import Search
-from tfprune.channel_pruning import zero_channels
+from tfprune.channel_pruning import zero_channels, zeroed_slices
 
-__all__ = ["give_back", "restore_channels", "snapshot_weights", "swap"]
+__all__ = ["Refinement", "give_back", "restore_channels", "snapshot_weights", "swap"]
 
 
 def snapshot_weights(groups: list) -> dict[str, np.ndarray]:
@@ -36,10 +35,8 @@ def snapshot_weights(groups: list) -> dict[str, np.ndarray]:
     """
     out = {}
     for group in groups:
-        for m in group.members:
-            if m.role != "input" and m.weight != "moving_variance":
-                var = registry.resolve(m.layer, m.weight)
-                out.setdefault(var.path, keras.ops.convert_to_numpy(var).copy())
+        for _, var in zeroed_slices(group):
+            out.setdefault(var.path, keras.ops.convert_to_numpy(var).copy())
     return out
 
 
@@ -55,10 +52,7 @@ def restore_channels(
     """
     for j in {j for j, _ in added}:
         channels = [c for g, c in added if g == j]
-        for m in groups[j].members:
-            if m.role == "input" or m.weight == "moving_variance":
-                continue
-            var = registry.resolve(m.layer, m.weight)
+        for m, var in zeroed_slices(groups[j]):
             value = keras.ops.convert_to_numpy(var).copy()
             index = [slice(None)] * value.ndim
             index[m.axis] = np.flatnonzero(np.isin(m.index, channels))
@@ -66,17 +60,30 @@ def restore_channels(
             var.assign(value)
 
 
-def give_back(
-    search: Search,
-    scores: list[np.ndarray],
-    keeps: list[np.ndarray],
-    current,
-    groups: list,
-    snapshot: dict[str, np.ndarray],
-    remeasure: Callable[[], object],
-    broken: Callable[[object], bool],
-    rounds: int = 3,
-) -> tuple[object, int]:
+@dataclasses.dataclass(frozen=True)
+class Refinement:
+    """What `give_back` and `swap` share: the search, the channels and the file checks.
+
+    Attributes:
+        search: The `Search` whose widths are the model's now (every limit met).
+        scores: Per group, each channel's importance (dropped channels: their last score).
+        keeps: Per group, which channels are kept (modified in place).
+        groups: The model's channel groups, in the search's order.
+        snapshot: `snapshot_weights(groups)` taken before any channel was zeroed.
+        remeasure: Converts and measures the model as it is now.
+        broken: Whether measured resources break a limit.
+    """
+
+    search: Search
+    scores: list[np.ndarray]
+    keeps: list[np.ndarray]
+    groups: list
+    snapshot: dict[str, np.ndarray]
+    remeasure: Callable[[], object]
+    broken: Callable[[object], bool]
+
+
+def give_back(state: Refinement, current, rounds: int = 3) -> tuple[object, int]:
     """Adds channels back while every limit holds, measured on the file.
 
     Each round re-anchors the models to the last measurement (`search.anchor`), adds
@@ -86,27 +93,22 @@ def give_back(
     undone (the model is then the one measured before it).
 
     Args:
-        search: The `Search` whose widths are the model's now (every limit met).
-        scores: Per group, each channel's importance (dropped channels: their last score).
-        keeps: Per group, which channels are kept (modified in place).
+        state: The search, channels and file checks (`Refinement`).
         current: The `tfprune.budget.Resources` measured for the model now.
-        groups: The model's channel groups, in the search's order.
-        snapshot: `snapshot_weights(groups)` taken before any channel was zeroed.
-        remeasure: Converts and measures the model as it is now.
-        broken: Whether measured resources break a limit.
         rounds: Most rounds.
 
     Returns:
         `(resources of the model returned, channels given back)`.
     """
+    search, keeps, groups = state.search, state.keeps, state.groups
     total = 0
     for _ in range(rounds):
         search.anchor(dataclasses.asdict(current))
-        added = search.give_back(scores, keeps)
-        restore_channels(groups, added, snapshot)
+        added = search.give_back(state.scores, keeps)
+        restore_channels(groups, added, state.snapshot)
         while added:
-            trial = remeasure()
-            if not broken(trial):
+            trial = state.remeasure()
+            if not state.broken(trial):
                 current, total = trial, total + len(added)
                 break
             back, added = added[len(added) // 2 :], added[: len(added) // 2]
@@ -118,16 +120,7 @@ def give_back(
     return current, total
 
 
-def swap(
-    search: Search,
-    scores: list[np.ndarray],
-    keeps: list[np.ndarray],
-    current,
-    groups: list,
-    snapshot: dict[str, np.ndarray],
-    remeasure: Callable[[], object],
-    broken: Callable[[object], bool],
-) -> tuple[object, int]:
+def swap(state: Refinement, current) -> tuple[object, int]:
     """Moves channels between groups while every limit holds, measured on the file.
 
     Re-anchors the models to `current`, makes the moves `search.swap` finds, gives the
@@ -136,31 +129,26 @@ def swap(
     re-measured.
 
     Args:
-        search: The `Search` whose widths are the model's now (every limit met).
-        scores: Per group, each channel's importance (dropped channels: their last score).
-        keeps: Per group, which channels are kept (modified in place).
+        state: The search, channels and file checks (`Refinement`).
         current: The `tfprune.budget.Resources` measured for the model now.
-        groups: The model's channel groups, in the search's order.
-        snapshot: `snapshot_weights(groups)` taken before any channel was zeroed.
-        remeasure: Converts and measures the model as it is now.
-        broken: Whether measured resources break a limit.
 
     Returns:
         `(resources of the model returned, moves kept)`.
     """
+    search, keeps, groups = state.search, state.keeps, state.groups
     search.anchor(dataclasses.asdict(current))
-    moves = search.swap(scores, keeps)
-    _apply(groups, keeps, moves, snapshot)
+    moves = search.swap(state.scores, keeps)
+    _apply(groups, keeps, moves, state.snapshot)
     while moves:
-        trial = remeasure()
-        if not broken(trial):
+        trial = state.remeasure()
+        if not state.broken(trial):
             return trial, len(moves)
         back, moves = moves[len(moves) // 2 :], moves[: len(moves) // 2]
         for (i, out), (j, added) in back:
             keeps[i][out], keeps[j][added] = True, False
             search.widths[i] += 1
             search.widths[j] -= 1
-        _apply(groups, keeps, [((j, a), (i, o)) for (i, o), (j, a) in back], snapshot)
+        _apply(groups, keeps, [((j, a), (i, o)) for (i, o), (j, a) in back], state.snapshot)
     return current, 0
 
 

@@ -29,7 +29,7 @@ from tfprune._validate import fraction
 from tfprune.graph.rules import hidden
 from tfprune.wrapper import prunable_layers
 
-__all__ = ["prune_channels", "select_channels", "zero_channels"]
+__all__ = ["prune_channels", "select_channels", "zero_channels", "zeroed_slices"]
 
 SCOPES = ("layer", "global")
 
@@ -104,6 +104,25 @@ def select_channels(
     return [allocation.select_keep(s, o, k) for s, o, k in zip(scores, ones, n_keep)]
 
 
+def zeroed_slices(group: graph_lib.ChannelGroup) -> list[tuple[graph_lib.Slice, keras.Variable]]:
+    """The slices of a group that `zero_channels` zeroes, each with its variable.
+
+    Every slice but the consumers' input slices (they multiply zeros) and
+    BatchNormalization moving variances (a zero variance would divide by zero).
+
+    Args:
+        group: A group from `tfprune.graph.channel_groups`.
+
+    Returns:
+        `(slice, variable)` pairs, in the group's member order.
+    """
+    return [
+        (m, registry.resolve(m.layer, m.weight))
+        for m in group.members
+        if m.role != "input" and m.weight != "moving_variance"
+    ]
+
+
 def zero_channels(group: graph_lib.ChannelGroup, keep: np.ndarray) -> None:
     """Zeroes the dropped channels of a group in every weight that produces or mirrors them.
 
@@ -115,10 +134,7 @@ def zero_channels(group: graph_lib.ChannelGroup, keep: np.ndarray) -> None:
         group: A group from `tfprune.graph.channel_groups` of the model to modify.
         keep: Boolean array, one entry per channel of the group.
     """
-    for m in group.members:
-        if m.role == "input" or m.weight == "moving_variance":
-            continue
-        var = registry.resolve(m.layer, m.weight)
+    for m, var in zeroed_slices(group):
         value = keras.ops.convert_to_numpy(var).copy()
         drop = np.flatnonzero((m.index >= 0) & ~keep[np.maximum(m.index, 0)])
         index = [slice(None)] * value.ndim

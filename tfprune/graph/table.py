@@ -21,10 +21,10 @@ from collections.abc import Callable
 
 import keras
 
-__all__ = ["KINDS", "RuleEntry", "lookup", "register"]
+__all__ = ["KINDS", "RuleEntry", "check_entry", "find", "lookup", "register"]
 
 # How `tfprune.shrink` treats the constants that removed channels carry through a call of
-# each kind (see tfprune/shrink.py); a rule's kind must be one of these.
+# each kind (see tfprune/shrink_rules/constants.py); a rule's kind must be one of these.
 KINDS = (
     "input",
     "source",
@@ -94,16 +94,7 @@ def register(target: type | str, rule: Callable, kind: str = "elementwise") -> N
     tfprune.graph.register(MyScale, scale_rule, kind="elementwise")
     ```
     """
-    if not isinstance(target, (str, type)):
-        raise TypeError(
-            "tfprune.graph.register expects a layer or operation class, or a registered "
-            f"name. Received: target={target!r} of type {type(target).__name__}"
-        )
-    if not callable(rule):
-        raise TypeError(
-            "tfprune.graph.register expects a callable `rule(graph, call)`. "
-            f"Received: rule={rule!r}"
-        )
+    check_entry("tfprune.graph.register", target, "a layer or operation class", rule, "graph, call")
     if kind not in KINDS:
         raise ValueError(
             f"tfprune.graph.register: `kind` must be one of {list(KINDS)}. Received: kind={kind!r}"
@@ -113,6 +104,41 @@ def register(target: type | str, rule: Callable, kind: str = "elementwise") -> N
 
 def lookup(op: keras.Operation) -> RuleEntry | None:
     """The rule of a layer or operation: by its exact class, then by registered name."""
-    if type(op) in _TABLE:
-        return _TABLE[type(op)]
-    return _TABLE.get(keras.saving.get_registered_name(type(op)))
+    return find(_TABLE, op)
+
+
+def check_entry(where: str, target: object, expected: str, rule: object, args: str) -> None:
+    """Checks a table entry of a class or registered name and its rule (Keras-style errors).
+
+    Args:
+        where: The registering function, for messages (`"tfprune.graph.register"`).
+        target: The key to check: a class or a registered name.
+        expected: What kind of class the table keys (`"a layer class"`).
+        rule: The value to check: a callable.
+        args: The rule's arguments, for messages (`"graph, call"`).
+
+    Raises:
+        TypeError: If `target` is not a class or a string, or `rule` is not callable.
+    """
+    if not isinstance(target, (str, type)):
+        raise TypeError(
+            f"{where} expects {expected}, or a registered name. "
+            f"Received: target={target!r} of type {type(target).__name__}"
+        )
+    if not callable(rule):
+        raise TypeError(f"{where} expects a callable `rule({args})`. Received: rule={rule!r}")
+
+
+def find(table: dict, op: keras.Operation):
+    """The entry of a table keyed by class or registered name: exact class first.
+
+    Args:
+        table: `{class or registered name: entry}`.
+        op: A layer or operation.
+
+    Returns:
+        Its entry, or `None` when neither its class nor its registered name is a key.
+    """
+    if type(op) in table:
+        return table[type(op)]
+    return table.get(keras.saving.get_registered_name(type(op)))
