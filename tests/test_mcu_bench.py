@@ -35,6 +35,8 @@ def test_recipe_tag_names_what_changed_so_stale_caches_are_not_reused():
     assert mcu.Recipe().tag() == ""  # the name the first caches were saved under
     recipe = mcu.Recipe(epochs=12, lr=0.01, options=(("bn_momentum", 0.9),))
     assert recipe.tag() == "-lr0.01-bn_momentum0.9"
+    assert recipe._replace(tune_lr=0.003).tag() == recipe.tag()  # fine-tuning: not the dense
+    assert mcu.RECIPES["mobilenet"].tag() == "-bn_momentum0.9"
     model = mcu.mobilenet(bn_momentum=0.9)
     norms = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
     assert len(norms) == 27 and {la.momentum for la in norms} == {0.9}
