@@ -210,3 +210,72 @@ def test_swap_never_breaks_a_limit(width_model):
         keeps = [np.array([1, 1, 1, 0], bool), np.array([1, 0, 1, 0, 1, 0], bool)]
         assert search.swap(scores, keeps) == moves
         assert search.excess(search.widths) == {}
+
+
+def _all_widths(wm):
+    """Every width vector of `wm`, each group from 1 to its full width."""
+    return [np.array(w) + 1 for w in np.ndindex(*wm.full)]
+
+
+def test_flash_is_the_closed_form_at_every_width():
+    # kernels 9 w1 + w1 w2 + w2 wd + 3 wd, and 28 B per output channel of c1, c2 and d1
+    wm = WidthModel(prune_channels(_model(extra_dense=True), ratio=0.0))
+    for w1, w2, wd in _all_widths(wm):
+        expected = 9 * w1 + w1 * w2 + w2 * wd + 3 * wd + 28 * (w1 + w2 + wd)
+        assert wm.flash(np.array([w1, w2, wd])) == expected
+
+
+class _Uncached(WidthModel):
+    """The width model computing every value afresh: the reference for the remembered one."""
+
+    def _cached(self, kind, widths, compute):
+        return compute(np.asarray(widths))
+
+
+def test_remembered_values_equal_a_fresh_computation_in_any_order():
+    model = prune_channels(_model(extra_dense=True), ratio=0.0)
+    wm, ref = WidthModel(model), _Uncached(model)
+    widths = _all_widths(wm)
+    order = np.random.default_rng(0).permutation(2 * len(widths)) % len(widths)
+    for k in order:  # every width vector twice, interleaved
+        w = widths[k]
+        assert wm.flash(w) == ref.flash(w) and wm.macs(w) == ref.macs(w)
+        assert wm.arena(w).tolist() == ref.arena(w).tolist()
+    w = widths[7]
+    wm.arena(w)[:] = 0  # a caller changing the array it got does not change the model
+    assert wm.arena(w).tolist() == ref.arena(w).tolist()
+
+
+def _blocks() -> keras.Model:
+    """Four channel groups of uneven cost: a stem and three depthwise-separable blocks."""
+    inputs = keras.Input((12, 12, 1))
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(12, 3, strides=2, padding="same")(inputs)))
+    for filters, stride in ((16, 1), (24, 2), (32, 1)):
+        x = L.ReLU()(L.DepthwiseConv2D(3, strides=stride, padding="same")(x))
+        x = L.ReLU()(L.Conv2D(filters, 1)(x))
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(10)(x))
+
+
+def test_search_makes_the_same_choices_as_with_fresh_values():
+    # select to 50 % of flash and arena, give back into 3 % more room, swap in 6 % more:
+    # identical widths, channels and moves whether the width model remembers or not.
+    model = prune_channels(_blocks(), ratio=0.0)
+    runs = []
+    for wm in (WidthModel(model), _Uncached(model)):
+        w = wm.full
+        scores = [np.random.default_rng(1).random(n) * (j + 1) for j, n in enumerate(w)]
+        dense = {"flash": wm.flash(w) + 1000, "arena": wm.arena(w).max() + 200}
+        limits = {k: v * 0.5 for k, v in dense.items()}
+        search = _anchored(wm, limits, np.maximum(1, w // 4))
+        search.anchor({**dense, "macs": wm.macs(w)})
+        keeps = [np.ones(n, bool) for n in w]
+        dropped = search.select(scores, keeps, quota=10**6)
+        search.limits = {k: v * 1.03 for k, v in limits.items()}
+        added = search.give_back(scores, keeps)
+        search.limits = {k: v * 1.06 for k, v in limits.items()}
+        moves = search.swap(scores, keeps)
+        runs.append((dropped, added, moves, search.widths.tolist(), [k.tolist() for k in keeps]))
+    assert runs[0] == runs[1]
+    dropped, added, moves = runs[0][:3]
+    assert dropped > 0 and added and moves  # every phase had something to do

@@ -60,10 +60,16 @@ _CHANNEL_BYTES = 4 + 2 * (4 + 8)
 # Per output channel of a convolution (Conv or DepthwiseConv op): the int32 requantization
 # multiplier and shift TFLite Micro keeps in the arena for as long as the model is loaded.
 _ARENA_CHANNEL_BYTES = 4 + 4
+# Width vectors whose flash and arena `WidthModel` remembers before it starts again.
+_MEMO_SIZE = 100_000
 
 
 class WidthModel:
     """int8 flash, MACs and live activation bytes of a model as functions of group widths.
+
+    Flash and the arena are computed once per width vector and remembered: the searches
+    evaluate the same widths many times (each candidate of `Search.gains`, `give_back` and
+    `swap`), and the arena's planner is the costly part.
 
     Args:
         model: A plain zeroable model (as `tfprune.prune_channels` returns) at full width.
@@ -82,6 +88,7 @@ class WidthModel:
         self.full = np.array([g.channels for g in self.groups], np.int64)
         self._weight_table(model)
         self._tensor_table(graph, group_no, prunable)
+        self._memo: dict[tuple, object] = {}
 
     def _weight_table(self, model: keras.Model) -> None:
         """Per kernel in a group: full shape, group of each grouped axis, MACs at full width.
@@ -105,6 +112,18 @@ class WidthModel:
                     if len(shape) >= 3:  # a convolution kernel
                         self._persistent[i] += _ARENA_CHANNEL_BYTES
         self._weights = list(table.values())
+        # Every kernel's dims as indices into (widths, 1, fixed dims): flash is one gather.
+        rank = max((len(shape) for shape, _, _ in self._weights), default=0)
+        fixed = [1]
+        self._dims = np.full((len(self._weights), rank), len(self.groups), np.int64)
+        for k, (shape, axes, _) in enumerate(self._weights):
+            for a, d in enumerate(shape):
+                if a in axes:
+                    self._dims[k, a] = axes[a]
+                else:
+                    self._dims[k, a] = len(self.groups) + len(fixed)
+                    fixed.append(d)
+        self._fixed = np.array(fixed, np.int64)
 
     def _tensor_table(self, g, group_no: np.ndarray, prunable: dict[int, int]) -> None:
         """Per tensor of the graph: its size as a linear function of the widths, its lifetime."""
@@ -143,12 +162,23 @@ class WidthModel:
         for k, (a, b) in enumerate(zip(first, last)):
             self._live[max(a, 0) : b + 1, k] = 1
 
+    def _cached(self, kind: str, widths: np.ndarray, compute) -> object:
+        """`compute(widths)`, computed once per `kind` and widths (the searches revisit many)."""
+        widths = np.asarray(widths)
+        key = (kind, widths.dtype.str, widths.tobytes())
+        if key not in self._memo:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = compute(widths)
+        return self._memo[key]
+
     def flash(self, widths: np.ndarray) -> float:
         """Bytes of int8 weights, int32 biases and per-channel quantization parameters."""
-        total = float(self._per_channel @ widths)
-        for shape, axes, _ in self._weights:
-            total += math.prod(widths[axes[a]] if a in axes else d for a, d in enumerate(shape))
-        return total
+        return self._cached("flash", widths, self._flash)
+
+    def _flash(self, widths: np.ndarray) -> float:
+        values = np.concatenate([widths, self._fixed])
+        return float(self._per_channel @ widths) + float(np.prod(values[self._dims], 1).sum())
 
     def macs(self, widths: np.ndarray) -> float:
         """Multiply-accumulates per example of the layers with a kernel in a group."""
@@ -171,6 +201,9 @@ class WidthModel:
         multiplier and shift TFLite Micro keeps per output channel of every Conv and
         DepthwiseConv op for the model's lifetime.
         """
+        return self._cached("arena", widths, self._arena).copy()
+
+    def _arena(self, widths: np.ndarray) -> np.ndarray:
         live = self.live(widths)
         sizes = np.rint(self._size - self._slope @ (self.full - widths))
         peak = planned_peak([(n, a, b) for n, (a, b) in zip(sizes, self._span)][::-1])
