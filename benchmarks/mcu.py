@@ -2,7 +2,7 @@
 
 Usage: `python benchmarks/mcu.py [--train N] [--epochs N] [--tune-epochs N] [--seeds N]
 [--models ds_cnn,resnet8,mobilenet] [--budgets 0.5,0.35,0.25 | --budgets
-ds_cnn=0.5,0.35;mobilenet=0.6] [--step F] [--tiny] [--criterion l1|taylor]
+ds_cnn=0.5,0.35;mobilenet=0.6] [--step F] [--tiny] [--criterion loss|l1|taylor]
 [--methods budget,uniform] [--val N] [--no-write]`
 
 Three MLPerf Tiny reference architectures, built here at small size and trained on
@@ -22,8 +22,10 @@ per model in `RECIPES`; the trained model is cached in `$TFPRUNE_CACHE` or
 budgets that are fractions of its int8 flash AND of its TFLite Micro arena (per model in
 `BUDGETS`, or `--budgets`):
 - budget-driven: `tfprune.fit_budget` (`--criterion` importance per resource saved at the
-  current widths, re-measured every step, arena confirmed in TFLite Micro, then channels
-  given back while every limit holds and moved between groups);
+  current widths, default `loss`: each group's measured loss increase; re-measured every
+  step, arena confirmed in TFLite Micro, then channels given back while every limit holds
+  and moved between groups; the least-pruned uniform model is returned instead when it
+  keeps more channels in every group);
 - uniform: `tfprune.prune_channels(ratio=r)` with the same ratio in every layer, `r` the
   smallest (1/64 steps) whose int8 file meets both limits (found on the width model,
   confirmed on the file).
@@ -323,6 +325,8 @@ def _budget_model(model, xt, y_train, limits, args):
         f"{args.criterion}, {report.iterations} steps, {report.given_back} given back, "
         f"{report.swapped} moved"
     )
+    if report.uniform is not None:
+        note += f"; the uniform model (ratio {report.uniform:.3f}) dominated and is returned"
     return small, note
 
 
@@ -359,7 +363,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--val", type=int, default=2000, help="validation images (training images after --train)"
     )
-    parser.add_argument("--criterion", default="l1", help="fit_budget's criterion")
+    parser.add_argument("--criterion", default="loss", help="fit_budget's criterion")
     parser.add_argument("--methods", default="budget,uniform")
     parser.add_argument(
         "--epochs", type=int, default=None, help="dense training epochs (default: RECIPES)"
