@@ -26,8 +26,7 @@ import keras
 import numpy as np
 
 from tfprune import criteria as criteria_lib
-from tfprune import layers as registry
-from tfprune.channel_pruning import taylor_terms, zero_channels
+from tfprune.channel_pruning import taylor_terms, zero_channels, zeroed_slices
 
 __all__ = ["COMPARABLE", "importance", "labelled", "loss_prices", "mean_loss"]
 
@@ -73,13 +72,7 @@ def mean_loss(model: keras.Model, loss_fn, x: np.ndarray, y: np.ndarray) -> floa
 
 def _saved(group) -> list[tuple[keras.Variable, np.ndarray]]:
     """The weights `zero_channels` may change in `group`, with their values now."""
-    out = []
-    for m in group.members:
-        if m.role == "input" or m.weight == "moving_variance":
-            continue
-        var = registry.resolve(m.layer, m.weight)
-        out.append((var, keras.ops.convert_to_numpy(var).copy()))
-    return out
+    return [(var, keras.ops.convert_to_numpy(var).copy()) for _, var in zeroed_slices(group)]
 
 
 def loss_prices(
