@@ -2,7 +2,7 @@
 
 Usage: `python benchmarks/mcu.py [--train N] [--epochs N] [--tune-epochs N] [--seeds N]
 [--models ds_cnn,resnet8,mobilenet] [--budgets 0.5,0.35,0.25 | --budgets
-ds_cnn=0.5,0.35;mobilenet=0.6] [--step F] [--tiny] [--criterion loss|l1|taylor]
+ds_cnn=0.5,0.35;mobilenet=0.6] [--step F] [--tiny] [--criterion l1|loss|taylor]
 [--methods budget,uniform] [--val N] [--no-write]`
 
 Three MLPerf Tiny reference architectures, built here at small size and trained on
@@ -22,10 +22,11 @@ per model in `RECIPES`; the trained model is cached in `$TFPRUNE_CACHE` or
 budgets that are fractions of its int8 flash AND of its TFLite Micro arena (per model in
 `BUDGETS`, or `--budgets`):
 - budget-driven: `tfprune.fit_budget` (`--criterion` importance per resource saved at the
-  current widths, default `loss`: each group's measured loss increase; re-measured every
-  step, arena confirmed in TFLite Micro, then channels given back while every limit holds
-  and moved between groups; the least-pruned uniform model is returned instead when it
-  keeps more channels in every group);
+  current widths, default L1; re-measured every step, arena confirmed in TFLite Micro,
+  then channels given back while every limit holds and moved between groups; the
+  least-pruned uniform model is returned instead when it keeps more channels in every
+  group, or when `judge` (a quarter epoch of fine-tuning, then validation accuracy) scores
+  it higher);
 - uniform: `tfprune.prune_channels(ratio=r)` with the same ratio in every layer, `r` the
   smallest (1/64 steps) whose int8 file meets both limits (found on the width model,
   confirmed on the file).
@@ -305,9 +306,23 @@ def _row(name, method, model, x_cal, accuracies, limits, note="", versus=""):
     )
 
 
-def _budget_model(model, xt, y_train, limits, args):
+def judge(x, y, evals, lr: float):
+    """`fit_budget`'s `compare_uniform` judge: a quarter epoch of fine-tuning (2,000 images,
+    seed 0), then the accuracy on the validation split (`evals[0]`)."""
+
+    def score(small: keras.Model) -> float:
+        keras.utils.set_random_seed(0)
+        _fit(small, x[:2000], y[:2000], 1, lr)
+        return _accuracy(small, *evals[0])
+
+    return score
+
+
+def _budget_model(model, xt, y_train, limits, args, evals=None, lr=1e-3):
     """`(pruned model, note)` from `tfprune.fit_budget`, or `(None, its error)`."""
     options = {} if args.min_keep is None else {"min_keep": args.min_keep}
+    if evals is not None:
+        options["compare_uniform"] = judge(xt, y_train, evals, lr)
     try:
         small, report = tfprune.fit_budget(
             model,
@@ -326,7 +341,7 @@ def _budget_model(model, xt, y_train, limits, args):
         f"{report.swapped} moved"
     )
     if report.uniform is not None:
-        note += f"; the uniform model (ratio {report.uniform:.3f}) dominated and is returned"
+        note += f"; the uniform model (ratio {report.uniform:.3f}) was better and is returned"
     return small, note
 
 
@@ -334,7 +349,7 @@ def _cell(label, model, xt, y_train, evals, limits, dense, args, recipe) -> list
     """The rows of one model @ budget: each method's pruned model, fine-tuned `--seeds` times."""
     found = {}
     if "budget" in args.methods:
-        found["budget"] = _budget_model(model, xt, y_train, limits, args)
+        found["budget"] = _budget_model(model, xt, y_train, limits, args, evals, recipe.tune_lr)
     if "uniform" in args.methods:
         uniform, ratio = _uniform(model, limits, xt[:200], dense)
         found["uniform"] = tfprune.shrink(uniform), f"ratio {ratio:.3f}"
@@ -363,7 +378,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--val", type=int, default=2000, help="validation images (training images after --train)"
     )
-    parser.add_argument("--criterion", default="loss", help="fit_budget's criterion")
+    parser.add_argument("--criterion", default="l1", help="fit_budget's criterion")
     parser.add_argument("--methods", default="budget,uniform")
     parser.add_argument(
         "--epochs", type=int, default=None, help="dense training epochs (default: RECIPES)"

@@ -116,7 +116,7 @@ class BudgetReport:
         given_back: Channels added back once every limit was met (`Search.give_back`).
         swapped: Channels moved between groups after that (`Search.swap`).
         uniform: The ratio of the uniform model returned instead of the search's widths
-            because it dominated them (`tfprune.budget_uniform`), else `None`.
+            because it was better (`tfprune.budget_uniform`), else `None`.
     """
 
     budget: Budget
@@ -150,8 +150,8 @@ class BudgetReport:
         )
         if self.uniform is not None:
             lines.append(
-                f"uniform pruning (ratio {self.uniform:.3f}) keeps more channels than the "
-                "search's widths in every group and is returned"
+                f"uniform pruning (ratio {self.uniform:.3f}) was better than the search's "
+                "widths and is returned"
             )
         if self.after.latency_source is not None:
             lines.append(f"latency: LiteRT on this machine, {self.after.latency_source}")
@@ -300,7 +300,7 @@ def fit_budget(
     verbose: bool = True,
     sharing: WeightSharing | None = None,
     loss=None,
-    compare_uniform: bool = True,
+    compare_uniform: bool | Callable[[keras.Model], float] = True,
 ) -> tuple[keras.Model, BudgetReport]:
     """Removes channels until the int8 model meets every limit of `budget`.
 
@@ -362,7 +362,11 @@ def fit_budget(
             the same ratio, on a 1/64 grid, the channels `prune_channels(model, ratio)`
             keeps) that meets the limits on its file, and return it instead of the
             search's widths when it dominates them: at least as many channels in every
-            group, more in one (`tfprune.budget_uniform`; `report.uniform` says so).
+            group, more in one (`tfprune.budget_uniform`; `report.uniform` says so). A
+            callable `fn(small) -> score` (higher is better) also judges the two when
+            neither dominates: it gets each shrunk to a new model, e.g. to fine-tune it
+            briefly and return its accuracy on held-out data (NetAdapt's short-term
+            fine-tune); the returned model is not the one it trained.
 
     Returns:
         `(small, report)`: the shrunk model that meets the budget and a `BudgetReport`.
@@ -373,7 +377,8 @@ def fit_budget(
             `min_keep` outside [0, 1), or if the limits are still unmet after
             `max_iterations`, or for `criterion="taylor"` or `"loss"` without
             `data=(x, y)` or without a loss.
-        TypeError: If `model` is not a Keras model or `budget` not a `Budget`.
+        TypeError: If `model` is not a Keras model, `budget` not a `Budget` or
+            `compare_uniform` neither a bool nor callable.
     """
     if not isinstance(budget, Budget):
         raise TypeError(
@@ -385,6 +390,11 @@ def fit_budget(
     if not (isinstance(min_keep, (int, float)) and 0 <= min_keep < 1):
         raise ValueError(
             f"Expected `min_keep` to be a float in [0, 1). Received: min_keep={min_keep!r}"
+        )
+    if not (isinstance(compare_uniform, bool) or callable(compare_uniform)):
+        raise TypeError(
+            "Expected `compare_uniform` to be a bool or a callable `fn(small) -> score`. "
+            f"Received: compare_uniform={compare_uniform!r}"
         )
     if criterion in COMPARABLE and not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ValueError(
@@ -484,7 +494,8 @@ def fit_budget(
     if compare_uniform:
         full = Search(width_model, budget.limits(), [1] * len(groups))
         full.anchor(dataclasses.asdict(before))
-        point = prefer_uniform(copy, groups, keeps, initial, reference, full, *on_file)
+        judge = compare_uniform if callable(compare_uniform) else None
+        point = prefer_uniform(copy, groups, keeps, initial, reference, full, *on_file, judge)
         if point is not None:
             keeps, current, ratio = point.keeps, point.resources, point.ratio
     if verbose:

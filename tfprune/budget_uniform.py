@@ -8,10 +8,12 @@ and the greedy order, removing channels where they save most, can overshoot in o
 and find no room to give them back. `fit_budget` therefore also finds the least-pruned
 uniform model that meets the limits (the same channels `tfprune.prune_channels(model,
 ratio)` keeps, the ratio on a 1/64 grid, checked on the real file) and returns the uniform
-model when it dominates: at least as many channels in every group, more in one. (Which of
-two non-dominated allocations is better is decided by fine-tuning, not by the loss before
-it: on DS-CNN at 35 % of flash and arena the uniform model had the lower loss before
-fine-tuning and was 7.5 points less accurate after one epoch.)
+model when it dominates: at least as many channels in every group, more in one. Which of
+two allocations where neither dominates is better shows only after fine-tuning (on DS-CNN
+at 35 % of flash and arena the uniform model had the lower loss before fine-tuning and was
+7.5 points less accurate after one epoch), so that is decided only when the caller gives a
+judge, as NetAdapt judges its proposals: a short fine-tune of each candidate and a score
+on held-out data.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 
 from tfprune.budget_search import Search
 from tfprune.channel_pruning import select_channels, zero_channels
+from tfprune.shrink import shrink
 
 __all__ = ["UniformPoint", "prefer_uniform", "uniform_keeps", "uniform_point"]
 
@@ -125,11 +128,14 @@ def prefer_uniform(
     search: Search,
     remeasure: Callable[[], object],
     broken: Callable[[object], bool],
+    judge: Callable[[keras.Model], float] | None = None,
 ) -> UniformPoint | None:
-    """The uniform point when it dominates the search's result, else `None`.
+    """The uniform point when it is better than the search's result, else `None`.
 
-    Dominates: at least as many channels in every group, and more in one. The model is
-    left at the winner's weights (the search's result keeps any fine-tuning it had).
+    Better: it dominates (at least as many channels in every group, and more in one), or,
+    with a `judge`, neither dominates and the judge scores the uniform model higher. The
+    model is left at the winner's weights (the search's result keeps any fine-tuning it
+    had).
 
     Args:
         model: The zeroable model, now at the search's result (`keeps`).
@@ -140,11 +146,15 @@ def prefer_uniform(
         search: A `Search` anchored to the unpruned model's measurement, at full widths.
         remeasure: Converts and measures the model as it is now.
         broken: Whether measured resources break a limit.
+        judge: Optional `fn(small) -> score` (higher is better), called with each
+            candidate shrunk to a new model (`tfprune.shrink`), e.g. a short fine-tune and
+            the accuracy on held-out data.
 
     Returns:
-        The `UniformPoint` that dominates, or `None` when the search's result is kept.
+        The better `UniformPoint`, or `None` when the search's result is kept.
     """
     tuned = model.get_weights()
+    score = judge(shrink(model)) if judge is not None else None
 
     def measure_keeps(candidate: list[np.ndarray]) -> object:
         apply_keeps(model, groups, candidate, initial)
@@ -154,8 +164,10 @@ def prefer_uniform(
     found = np.array([k.sum() for k in keeps])
     if point is not None:
         widths = np.array([k.sum() for k in point.keeps])
+        apply_keeps(model, groups, point.keeps, initial)
         if (widths >= found).all() and (widths > found).any():
-            apply_keeps(model, groups, point.keeps, initial)
+            return point
+        if score is not None and (widths < found).any() and judge(shrink(model)) > score:
             return point
     model.set_weights(tuned)
     return None
