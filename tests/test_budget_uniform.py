@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
+import tfprune
 from tfprune import criteria
 from tfprune.budget_search import Search, WidthModel
 from tfprune.budget_uniform import prefer_uniform, uniform_keeps, uniform_point
@@ -102,8 +104,7 @@ def test_prefer_uniform_returns_a_dominating_uniform_point_only():
         search.anchor({"flash": wm.flash(wm.full), "arena": 0.0, "macs": 0.0})
 
         def remeasure():  # the file of the model as prefer_uniform left it
-            widths = [int((np.abs(g) > 0).any(axis=(0, 1, 2)).sum()) for g in kernels()]
-            return {"flash": wm.flash(np.array(widths))}
+            return {"flash": wm.flash(np.array(_kept(zeroable)))}
 
         return prefer_uniform(
             zeroable,
@@ -116,14 +117,11 @@ def test_prefer_uniform_returns_a_dominating_uniform_point_only():
             lambda r: r["flash"] > limit,
         )
 
-    def kernels():
-        return [zeroable.get_layer(n).kernel.numpy() for n in ("c1", "c2")]
-
     # the search kept the 3 and 5 weakest channels; uniform [4, 6] fits: it dominates
     weakest = [np.argsort(np.argsort(r)) < n for r, n in zip(reference, (3, 5))]
     point = run(weakest, [4, 6])
     assert point is not None and point.ratio == 30 / 64  # the least pruning to [4, 6]
-    assert [int(k.sum()) for k in point.keeps] == [4, 6]
+    assert [int(k.sum()) for k in point.keeps] == [4, 6] and _kept(zeroable) == [4, 6]
     expected = prune_channels(_model_with(initial), ratio=30 / 64).get_weights()
     for a, b in zip(zeroable.get_weights(), expected):
         np.testing.assert_array_equal(a, b)
@@ -148,3 +146,61 @@ def _model_with(weights):
     model = _model()
     model.set_weights(weights)
     return model
+
+
+def test_prefer_uniform_asks_the_judge_when_neither_dominates():
+    _, zeroable, wm, reference = _setup()
+    groups, initial = wm.groups, zeroable.get_weights()
+    limit = wm.flash(np.array([4, 6]))
+    uneven = [np.ones(8, bool), np.arange(12) < 2]  # 8 and 2 against uniform's 4 and 6
+
+    def run(judge):
+        zeroable.set_weights(initial)
+        for group, keep in zip(groups, uneven):
+            zero_channels(group, keep)
+        search = Search(wm, {"flash": limit}, [1, 1])
+        search.anchor({"flash": wm.flash(wm.full), "arena": 0.0, "macs": 0.0})
+        widths = []
+
+        def scored(small):
+            widths.append([small.get_layer(n).get_config()["filters"] for n in ("c1", "c2")])
+            return judge(small)
+
+        point = prefer_uniform(
+            zeroable,
+            groups,
+            uneven,
+            initial,
+            reference,
+            search,
+            lambda: {"flash": wm.flash(np.array(_kept(zeroable)))},
+            lambda r: r["flash"] > limit,
+            scored,
+        )
+        return point, widths
+
+    # parameters: c1 8 -> 9*8+8 (+BN 4*8), c2 2 -> 8*2+2, out 2*3+3 against 4 / 6
+    point, widths = run(lambda small: small.count_params())
+    assert widths == [[8, 2], [4, 6]] and point is None  # the search's model is larger
+    assert _kept(zeroable) == [8, 2]  # left at the search's result
+    point, widths = run(lambda small: -small.count_params())
+    assert widths == [[8, 2], [4, 6]] and point is not None
+    assert [int(k.sum()) for k in point.keeps] == [4, 6] and _kept(zeroable) == [4, 6]
+
+
+def _kept(model) -> list[int]:
+    """Output channels of c1 and c2 whose kernel is not all zero."""
+    kernels = [model.get_layer(n).kernel.numpy() for n in ("c1", "c2")]
+    return [int((np.abs(k) > 0).any(axis=(0, 1, 2)).sum()) for k in kernels]
+
+
+def test_fit_budget_rejects_a_compare_uniform_that_is_neither_bool_nor_callable():
+    model = _model()
+    with pytest.raises(
+        TypeError,
+        match=r"`compare_uniform` to be a bool or a callable `fn\(small\) -> score`\. "
+        r"Received: compare_uniform='yes'",
+    ):
+        tfprune.fit_budget(
+            model, tfprune.Budget(flash=1000), np.zeros((4, 8, 8, 1)), compare_uniform="yes"
+        )
