@@ -34,6 +34,7 @@ def zeroable():
     return model
 
 
+@pytest.mark.backend  # also under JAX and torch: model calls, weights, shrink
 def test_loss_prices_match_a_recomputation_and_leave_the_weights(zeroable):
     x, y = toy_data(200, seed=4)
     groups = WidthModel(zeroable).groups

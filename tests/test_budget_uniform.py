@@ -92,6 +92,7 @@ def test_uniform_point_walks_from_the_models_guess_to_the_smallest_ratio_that_fi
     assert calls == [[1, 1]]
 
 
+@pytest.mark.backend  # also under JAX and torch: model calls, weights, shrink
 def test_prefer_uniform_returns_a_dominating_uniform_point_only():
     _, zeroable, wm, reference = _setup()
     groups, initial = wm.groups, zeroable.get_weights()
@@ -148,6 +149,7 @@ def _model_with(weights):
     return model
 
 
+@pytest.mark.backend  # also under JAX and torch: model calls, weights, shrink
 def test_prefer_uniform_asks_the_judge_when_neither_dominates():
     _, zeroable, wm, reference = _setup()
     groups, initial = wm.groups, zeroable.get_weights()
