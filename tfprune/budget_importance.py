@@ -28,7 +28,7 @@ import numpy as np
 from tfprune import criteria as criteria_lib
 from tfprune.channel_pruning import taylor_terms, zero_channels, zeroed_slices
 
-__all__ = ["COMPARABLE", "importance", "labelled", "loss_prices", "mean_loss"]
+__all__ = ["COMPARABLE", "importance", "loss_prices"]
 
 # Criteria whose scores are in one unit across groups (a loss change): the search divides
 # them by their mean over all groups, not per group.
@@ -37,7 +37,7 @@ _EXAMPLES = 512  # labelled examples used by "taylor" and "loss"
 _BATCH = 128
 
 
-def labelled(data) -> tuple[np.ndarray, np.ndarray]:
+def _labelled(data) -> tuple[np.ndarray, np.ndarray]:
     """The first 512 examples of `data=(x, y)` as arrays.
 
     Args:
@@ -50,7 +50,7 @@ def labelled(data) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def mean_loss(model: keras.Model, loss_fn, x: np.ndarray, y: np.ndarray) -> float:
+def _mean_loss(model: keras.Model, loss_fn, x: np.ndarray, y: np.ndarray) -> float:
     """`loss_fn(y, model(x))` averaged over the examples (inference mode, batches of 128).
 
     Args:
@@ -100,9 +100,9 @@ def loss_prices(
         Per group, one score per channel, dropped ones included. A group with one channel
         left cannot be cut; its price is the highest measured.
     """
-    x, y = labelled(data)
+    x, y = _labelled(data)
     loss_fn = keras.losses.get(loss)
-    base = mean_loss(model, loss_fn, x, y)
+    base = _mean_loss(model, loss_fn, x, y)
     l1 = criteria_lib.get_channel("l1")
     context = criteria_lib.ChannelContext(seed=0)
     prices, orders = [], []
@@ -121,7 +121,7 @@ def loss_prices(
         fewer[kept[:k]] = False
         saved = _saved(group)
         zero_channels(group, fewer)
-        prices.append((mean_loss(model, loss_fn, x, y) - base) / k)
+        prices.append((_mean_loss(model, loss_fn, x, y) - base) / k)
         for var, value in saved:
             var.assign(value)
     measured = [p for p in prices if p is not None]
@@ -171,7 +171,7 @@ def importance(
     fn = criteria_lib.get_channel(criterion)
     context = criteria_lib.ChannelContext(seed=0)
     if criterion == "taylor":
-        x, y = labelled(data)
+        x, y = _labelled(data)
         batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
         context.gradients = taylor_terms(model, batches, loss)
     return [np.asarray(fn(g, context), np.float64) for g in groups]
